@@ -1,0 +1,45 @@
+# Gauntlet: two commands set everything up.  `make run`  |  `make test`
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+STAMP   = $(VENV)/.installed
+# Writable caches even when the checkout is read-only (CI); override freely.
+export GAUNTLET_CACHE_DIR ?= $(HOME)/.cache/gauntlet
+export NUMBA_CACHE_DIR    ?= $(GAUNTLET_CACHE_DIR)/numba
+export WANDB_MODE         ?= offline
+
+.PHONY: run test test-fast lint install checkpoints bench clean
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first, from the local wheel cache (never the 3 GB download); the rest resolves against it.
+	$(PY) -m pip install --quiet "torch>=2.4,<=2.14.1"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip check
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+## Run the default sweep on the embedded digits data and checkpoints.
+run: $(STAMP)
+	$(VENV)/bin/gauntlet $(ARGS)
+
+## The whole test suite (CPU; GPU tests skip themselves without CUDA).
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check engine kernels tests scripts
+	$(VENV)/bin/mypy
+
+## Train (or verify) the embedded checkpoints ahead of time.
+checkpoints: $(STAMP)
+	$(PY) scripts/train_digits.py
+
+clean:
+	rm -rf runs outputs .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,81 @@
+"""The one loop that calls a model and a perturbation: perturb, verify, classify, record per sample."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from engine.perturbations.base import BatchContext, LevelOutput
+from engine.resources import Resources
+from engine.tasks import Task, TaskResult
+from engine.verify import check_logits, verify_batch
+
+ProgressFn = Callable[[int], None]
+
+
+def margins(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Logit of the true class minus the largest other logit (> 0 ⇔ correct, barring ties)."""
+    true = logits.gather(1, labels[:, None]).squeeze(1)
+    others = logits.scatter(1, labels[:, None], float("-inf"))
+    return true - others.amax(dim=1)
+
+
+def _rows(out: LevelOutput, logits: torch.Tensor, y: torch.Tensor, ids: torch.Tensor,
+          sizes: torch.Tensor, default_breaker: str) -> dict[str, np.ndarray]:
+    pred = logits.argmax(dim=1)
+    correct = pred == y
+    n = len(ids)
+    if out.broken_by is not None:
+        breaker = np.asarray(out.broken_by, dtype=object)
+    else:
+        breaker = np.full(n, default_breaker, dtype=object)
+    # Only a misclassified perturbed sample was "broken" by anything.
+    breaker = np.where(correct.cpu().numpy(), "", breaker)
+    return {
+        "sample_id": ids.numpy().astype(np.int64),
+        "label": y.cpu().numpy().astype(np.int64),
+        "level": np.full(n, out.level, dtype=np.float64),
+        "pred": pred.cpu().numpy().astype(np.int64),
+        "correct": correct.cpu().numpy(),
+        "margin": margins(logits, y).double().cpu().numpy(),
+        "perturbation_size": sizes.numpy(),
+        "broken_by": breaker,
+        "grad_evals": out.grad_evals.cpu().numpy().astype(np.int64),
+        "queries": out.queries.cpu().numpy().astype(np.int64),
+    }
+
+
+def evaluate(task: Task, res: Resources, on_batch: ProgressFn | None = None) -> TaskResult:
+    """Run ``task`` and return its verified per-sample rows, sorted by (level, sample_id).
+
+    Every perturbed batch passes ``verify_batch`` and every logit matrix
+    ``check_logits`` before a row is recorded; a failure raises and nothing of
+    this task is returned.
+    """
+    started = time.perf_counter()
+    model = res.model(task.model_name, task.model)
+    data = res.dataset(task.dataset).slice(task.start, task.stop)
+    pert = res.perturbation(task.perturbation_name, task.perturbation)
+    chunks: list[dict[str, np.ndarray]] = []
+    default_breaker = pert.name if pert.family == "attack" else ""
+    for b0 in range(0, len(data), task.batch_size):
+        batch = data.slice(b0, b0 + task.batch_size)
+        x = batch.images.to(res.device)
+        y = batch.labels.to(res.device)
+        ctx = BatchContext(model=model, seed=task.seed, sample_ids=batch.sample_ids)
+        for out in pert.run(x, y, ctx):
+            sizes = verify_batch(pert, out.level, x, out.x)
+            with torch.no_grad():
+                logits = model(out.x)
+            check_logits(logits, len(y), data.num_classes, task.model_name,
+                         f"{pert.name} level {out.level:g}")
+            chunks.append(_rows(out, logits, y, batch.sample_ids, sizes, default_breaker))
+        if on_batch is not None:
+            on_batch(len(batch))
+    columns = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+    order = np.lexsort((columns["sample_id"], columns["level"]))
+    columns = {k: v[order] for k, v in columns.items()}
+    return TaskResult(task, columns, pert.family, pert.norm, time.perf_counter() - started, str(res.device))

@@ -1,0 +1,1 @@
+"""Classifiers: architectures, the normalising wrapper, and safe checkpoint loading."""

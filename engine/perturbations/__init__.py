@@ -1,0 +1,1 @@
+"""Perturbations: clean, adversarial attacks and corruptions behind one protocol."""

@@ -1,0 +1,124 @@
+"""The one protocol for attacks and corruptions: given a batch in [0, 1], yield one perturbed batch per level."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
+
+import torch
+from torch import nn
+
+from engine.errors import ConfigError
+from engine.perturbations.norms import Norm, get_norm
+from engine.seeding import derive_seed
+
+Family = Literal["clean", "attack", "corruption"]
+
+
+@dataclass(frozen=True)
+class BatchContext:
+    """What a perturbation may use besides the pixels: the model, the seed, and who the samples are."""
+
+    model: nn.Module
+    seed: int
+    sample_ids: torch.Tensor  # int64, CPU, one id per row of the batch
+
+    def batch_seed(self, *parts: object) -> int:
+        """A seed fixed by the global seed, these sample ids, and ``parts`` (name, level, ...)."""
+        return derive_seed(self.seed, self.sample_ids.tolist(), *parts)
+
+    def sample_generators(self, *parts: object) -> list[torch.Generator]:
+        """One CPU generator per sample, seeded by (global seed, sample id, ``parts``).
+
+        A sample's draws do not depend on the batch it lands in.
+        """
+        gens = []
+        for sid in self.sample_ids.tolist():
+            g = torch.Generator()
+            g.manual_seed(derive_seed(self.seed, int(sid), *parts))
+            gens.append(g)
+        return gens
+
+
+@dataclass(frozen=True)
+class LevelOutput:
+    """One level's perturbed batch, with its per-sample cost (gradient evaluations, model queries)."""
+
+    level: float
+    x: torch.Tensor
+    grad_evals: torch.Tensor  # int64, shape N
+    queries: torch.Tensor  # int64, shape N
+    # Per sample, the attack whose example is returned ("" when none changed the
+    # input); suites fill it, single attacks leave it None (= the attack itself).
+    broken_by: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Perturbation:
+    """Base of every perturbation. Subclasses set ``family`` and implement ``perturb_level``.
+
+    ``name`` is the config key it was selected under; ``levels`` are ε in pixel
+    units ([0, 1] scale) for attacks and integer severities 1-5 for corruptions.
+    """
+
+    family: ClassVar[Family]
+    needs_model: ClassVar[bool] = False
+    stochastic: ClassVar[bool] = False
+
+    name: str = ""
+    norm: str | None = None
+    tags: Sequence[str] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tags", tuple(self.tags))
+        if self.norm is not None:
+            get_norm(self.norm)
+        if not self.levels:
+            raise ConfigError(f"perturbation {self.name!r}: its list of levels is empty")
+
+    @property
+    def levels(self) -> tuple[float, ...]:
+        """ε values (attacks) or severities (corruptions), ascending."""
+        raise NotImplementedError
+
+    @property
+    def norm_obj(self) -> Norm | None:
+        return None if self.norm is None else get_norm(self.norm)
+
+    def task_extras(self, batch_size: int) -> dict[str, object]:
+        """Settings outside this config that change the rows (part of the task id)."""
+        return {}
+
+    def run(self, x: torch.Tensor, y: torch.Tensor, ctx: BatchContext) -> Iterator[LevelOutput]:
+        """Yield one perturbed batch per level, in ascending level order."""
+        for level in self.levels:
+            yield self.perturb_level(x, y, float(level), ctx)
+
+    def perturb_level(
+        self, x: torch.Tensor, y: torch.Tensor, level: float, ctx: BatchContext
+    ) -> LevelOutput:
+        raise NotImplementedError
+
+
+def zero_cost(n: int) -> torch.Tensor:
+    return torch.zeros(n, dtype=torch.int64)
+
+
+def check_eps_list(name: str, eps: Sequence[float]) -> None:
+    """ε must be finite, non-negative numbers in pixel units; anything above 1 is a units mistake."""
+    for e in eps:
+        if isinstance(e, bool) or not isinstance(e, (int, float)) or not math.isfinite(e):
+            raise ConfigError(f"perturbation {name!r}: ε {e!r} is not a finite number")
+        if e < 0:
+            raise ConfigError(f"perturbation {name!r}: ε {e} is negative; ε is a radius ≥ 0")
+
+
+def check_severities(name: str, severities: Sequence[float]) -> None:
+    for s in severities:
+        if isinstance(s, bool) or not float(s).is_integer() or not 1 <= s <= 5:
+            raise ConfigError(
+                f"perturbation {name!r}: severity {s!r} is outside 1-5; "
+                "corruption severities are the integers 1, 2, 3, 4, 5"
+            )

@@ -1,0 +1,103 @@
+"""Turn a composed sweep config into tasks: validate everything, then list models × perturbations × shards."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from engine.errors import ConfigError
+from engine.models.loader import ensure_checkpoint
+from engine.resources import build_dataset, build_perturbation
+from engine.seeding import stable_hash
+from engine.tasks import Task
+
+DoneFn = Callable[[str], bool]
+ModelCheck = Callable[[str, Mapping[str, Any]], object]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """All tasks of the sweep, split into those still to run and those whose results exist."""
+
+    run_id: str
+    tasks: tuple[Task, ...]
+    todo: tuple[Task, ...]
+
+    @property
+    def done(self) -> tuple[Task, ...]:
+        todo = {t.task_id for t in self.todo}
+        return tuple(t for t in self.tasks if t.task_id not in todo)
+
+
+def _positive(cfg: Mapping[str, Any], key: str) -> int:
+    value = cfg[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{key}={value!r} must be a positive integer")
+    return value
+
+
+def shard_ranges(n: int, shard_size: int | None) -> list[tuple[int, int]]:
+    """Contiguous row ranges covering ``[0, n)``; one range when ``shard_size`` is None."""
+    step = n if not shard_size else shard_size
+    return [(s, min(s + step, n)) for s in range(0, n, step)]
+
+
+def make_plan(
+    cfg: Mapping[str, Any], is_done: DoneFn, check_model: ModelCheck | None = None, progress: bool = True
+) -> Plan:
+    """Validate the sweep and build its tasks; ``is_done(task_id)`` filters finished ones.
+
+    Everything that can fail on bad input fails here, before any result is
+    written: value ranges, perturbation configs, dataset size, checkpoints
+    (``check_model(name, cfg)`` loads each model that still has work, so a
+    corrupt or mismatched file is caught up front).
+    """
+    n_examples = _positive(cfg, "n_examples")
+    batch_size = _positive(cfg, "batch_size")
+    shard_size = cfg.get("shard_size")
+    if shard_size is not None:
+        shard_size = _positive(cfg, "shard_size")
+    if not cfg["model"]:
+        raise ConfigError("no model selected; e.g. model=[digits_cnn,digits_cnn_at]")
+    if not cfg["perturbation"]:
+        raise ConfigError("no perturbation selected; e.g. perturbation=[clean,pgd_linf]")
+    dataset_cfg = dict(cfg["dataset"])
+    data = build_dataset(dataset_cfg)
+    if n_examples > len(data):
+        raise ConfigError(
+            f"n_examples={n_examples} but dataset {data.name!r} has only {len(data)} samples in this split; "
+            f"use n_examples≤{len(data)}"
+        )
+    perts = {name: build_perturbation(name, pcfg) for name, pcfg in cfg["perturbation"].items()}
+    shas = {name: ensure_checkpoint(name, mcfg, progress) for name, mcfg in cfg["model"].items()}
+    seed = int(cfg["seed"])
+    tasks = []
+    for model_name, model_cfg in cfg["model"].items():
+        identity = {k: v for k, v in model_cfg.items() if k not in ("checkpoint", "sha256", "train")}
+        for pert_name, pert in perts.items():
+            pert_cfg = dict(cfg["perturbation"][pert_name])
+            for start, stop in shard_ranges(n_examples, shard_size):
+                key = {
+                    "model": [model_name, identity, shas[model_name]],
+                    "dataset": dataset_cfg,
+                    "perturbation": [pert_name, pert_cfg, pert.task_extras(batch_size)],
+                    "rows": [start, stop],
+                    "seed": seed,
+                }
+                tasks.append(
+                    Task(
+                        task_id=stable_hash(key, 20), run_id="", model_name=model_name,
+                        model=dict(model_cfg), checkpoint_sha256=shas[model_name],
+                        dataset_name=data.name, dataset=dataset_cfg, perturbation_name=pert_name,
+                        perturbation=pert_cfg, start=start, stop=stop, seed=seed, batch_size=batch_size,
+                    )
+                )
+    run_id = stable_hash(sorted(t.task_id for t in tasks), 12)
+    tasks = [replace(t, run_id=run_id) for t in tasks]
+    todo = tuple(t for t in tasks if not is_done(t.task_id))
+    if check_model is not None:
+        for name in dict.fromkeys(t.model_name for t in todo):
+            check_model(name, cfg["model"][name])
+    return Plan(run_id, tuple(tasks), todo)
+

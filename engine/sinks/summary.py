@@ -1,0 +1,51 @@
+"""The terminal summary: accuracy per perturbation × level (rows) and model (columns), with 95 % CIs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from engine.aggregate import AccuracyRow
+
+
+def _level(row: AccuracyRow) -> str:
+    if row.family == "clean":
+        return "-"
+    if row.family == "corruption":
+        return f"s{int(row.level)}"
+    return f"ε={row.level:g}"
+
+
+def _cell(row: AccuracyRow | None) -> str:
+    if row is None:
+        return "—"
+    return f"{100 * row.accuracy:5.1f} [{100 * row.ci_low:4.1f}, {100 * row.ci_high:5.1f}]"
+
+
+def render_table(rows: Sequence[AccuracyRow], models: Sequence[str], perturbations: Sequence[str] = ()) -> str:
+    """A fixed-width table: one line per (perturbation, level), one column per model.
+
+    Perturbations appear in the order given (the sweep's), then any others alphabetically.
+    """
+    rank = {p: i for i, p in enumerate(perturbations)}
+    rows = sorted(rows, key=lambda r: (rank.get(r.perturbation, len(rank)), r.perturbation, r.level))
+    index: dict[tuple[str, float], dict[str, AccuracyRow]] = {}
+    labels: dict[tuple[str, float], str] = {}
+    for r in rows:
+        key = (r.perturbation, r.level)
+        index.setdefault(key, {})[r.model] = r
+        labels[key] = _level(r)
+    head = ["perturbation", "level", *(f"{m} acc % [95% CI]" for m in models)]
+    body = [[p, labels[(p, lv)], *(_cell(index[(p, lv)].get(m)) for m in models)] for p, lv in index]
+    widths = [max(len(str(line[i])) for line in [head, *body]) for i in range(len(head))]
+
+    def fmt(line: Sequence[str]) -> str:
+        return "  ".join(str(c).ljust(w) if i < 2 else str(c).rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
+
+    sep = "  ".join("-" * w for w in widths)
+    out, prev = [fmt(head), sep], None
+    for line in body:
+        if prev is not None and line[0] != prev:
+            out.append("")
+        out.append(fmt(line))
+        prev = line[0]
+    return "\n".join(out)

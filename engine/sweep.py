@@ -1,0 +1,97 @@
+"""Drive one sweep: plan, run the missing tasks, persist each result, aggregate the whole sweep."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra.utils import instantiate
+from tqdm.auto import tqdm
+
+from engine.aggregate import AccuracyRow, accuracy_table
+from engine.errors import ConfigError
+from engine.plan import Plan, make_plan
+from engine.resources import Resources, resolve_device
+from engine.runners.base import RunContext, Runner
+from engine.sinks.parquet import ResultStore
+from engine.sinks.summary import render_table
+from engine.tasks import Task
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SweepOutcome:
+    plan: Plan
+    results_dir: Path
+    accuracy: list[AccuracyRow]
+    summary: str
+    evaluated: int
+
+
+def _build_runner(cfg: Mapping[str, Any]) -> Runner:
+    try:
+        runner = instantiate(dict(cfg))
+    except Exception as exc:
+        raise ConfigError(f"runner cannot be built: {exc}") from None
+    if not hasattr(runner, "run"):
+        raise ConfigError(f"runner._target_ must build a runner, got {type(runner).__name__}")
+    return runner  # type: ignore[no-any-return]
+
+
+def run_sweep(cfg: Mapping[str, Any]) -> SweepOutcome:
+    """Run every task of ``cfg`` that has no result file yet, then summarise all of the sweep's rows."""
+    progress = bool(cfg.get("progress", True))
+    device = resolve_device(str(cfg["device"]))
+    store = ResultStore(str(cfg["out_dir"]))
+    resources = Resources(device)
+    runner = _build_runner(cfg["runner"])
+    plan = make_plan(cfg, store.has, check_model=resources.model, progress=progress)
+    if plan.done:
+        log.info("%d of %d task(s) already have results in %s; skipping them",
+                 len(plan.done), len(plan.tasks), store.dir)
+    evaluated = _execute(plan.todo, runner, RunContext(device, lambda t, n: None, resources), store, progress)
+    table = store.read(t.task_id for t in plan.tasks)
+    rows = accuracy_table(table)
+    models = list(dict.fromkeys(t.model_name for t in plan.tasks))
+    perts = list(dict.fromkeys(t.perturbation_name for t in plan.tasks))
+    summary = render_table(rows, models, perts)
+    _write_sidecars(Path(str(cfg["out_dir"])).expanduser(), cfg, plan, summary)
+    return SweepOutcome(plan, store.dir, rows, summary, evaluated)
+
+
+def _execute(todo: tuple[Task, ...], runner: Runner, ctx: RunContext, store: ResultStore, progress: bool) -> int:
+    if not todo:
+        return 0
+    total = sum(t.n_samples for t in todo)
+    with tqdm(total=len(todo), desc="tasks", unit="task", disable=not progress) as bar, \
+            tqdm(total=total, desc="samples", unit="sample", leave=False, disable=not progress) as inner:
+        ctx = RunContext(ctx.device, lambda t, n: inner.update(n), ctx.resources)
+        done = 0
+        for result in runner.run(todo, ctx):
+            path = store.write(result)
+            done += 1
+            bar.set_postfix_str(result.task.describe())
+            bar.update(1)
+            log.debug("wrote %s (%.1f s)", path, result.seconds)
+    return done
+
+
+def _write_sidecars(out_dir: Path, cfg: Mapping[str, Any], plan: Plan, summary: str) -> None:
+    """``sweep.json`` (config + task ids) and ``summary.txt`` next to ``results/``, never inside it."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "run_id": plan.run_id,
+        "config": cfg,
+        "tasks": [
+            {"task_id": t.task_id, "model": t.model_name, "perturbation": t.perturbation_name,
+             "rows": [t.start, t.stop], "checkpoint_sha256": t.checkpoint_sha256}
+            for t in plan.tasks
+        ],
+    }
+    (out_dir / "sweep.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    (out_dir / "summary.txt").write_text(summary + "\n")

@@ -1,0 +1,52 @@
+"""Units of work and their results: plain, frozen, picklable values that cross process boundaries."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Task:
+    """One model × one perturbation × one contiguous range of dataset rows.
+
+    ``task_id`` hashes everything that changes the rows (resolved configs,
+    checkpoint sha256, sample range, seed, and batch layout for perturbations
+    whose random draws are per batch) and nothing else, so it is stable across
+    runs, run order and sweeps that share the task.
+    """
+
+    task_id: str
+    run_id: str
+    model_name: str
+    model: dict[str, Any] = field(compare=False)
+    checkpoint_sha256: str
+    dataset_name: str
+    dataset: dict[str, Any] = field(compare=False)
+    perturbation_name: str
+    perturbation: dict[str, Any] = field(compare=False)
+    start: int
+    stop: int
+    seed: int
+    batch_size: int
+
+    @property
+    def n_samples(self) -> int:
+        return self.stop - self.start
+
+    def describe(self) -> str:
+        return f"{self.model_name} × {self.perturbation_name} [{self.start}:{self.stop}]"
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """Per-sample columns for one task (one entry per level × sample), plus timing."""
+
+    task: Task
+    columns: dict[str, np.ndarray]
+    family: str
+    norm: str | None
+    seconds: float
+    device: str

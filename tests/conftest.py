@@ -1,0 +1,78 @@
+"""Shared fixtures: composed configs, the embedded checkpoints, a tiny untrained model on disk."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+os.environ.setdefault("GAUNTLET_CACHE_DIR", str(Path.home() / ".cache" / "gauntlet"))
+os.environ.setdefault("NUMBA_CACHE_DIR", str(Path(os.environ["GAUNTLET_CACHE_DIR"]) / "numba"))
+os.environ.setdefault("WANDB_MODE", "offline")
+
+from engine.cli import CONFIG_DIR  # noqa: E402  (env first)
+from engine.config import register_schemas  # noqa: E402
+from engine.models.checkpoint import save_checkpoint  # noqa: E402
+from engine.models.cnn import SmallCNN  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+register_schemas()
+
+ComposeFn = Callable[..., dict[str, Any]]
+
+
+def compose_dict(overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Compose ``sweep.yaml`` with overrides and return it resolved as a plain dict."""
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("sweep", overrides=list(overrides))
+    out = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(out, dict)
+    return out
+
+
+@pytest.fixture(scope="session")
+def embedded_checkpoints() -> dict[str, str]:
+    """Train (first time only, ~2-4 min) or verify both embedded checkpoints; return their sha256."""
+    from engine.models.loader import ensure_checkpoint
+
+    cfg = compose_dict()
+    return {name: ensure_checkpoint(name, mcfg, progress=False) for name, mcfg in cfg["model"].items()}
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained SmallCNN saved as safetensors with a manifest: fast stand-in for unit tests."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    save_checkpoint(SmallCNN().state_dict(), path, {"model": "tiny"})
+    return path
+
+
+def tiny_overrides(ckpt: Path, out_dir: Path, *extra: str) -> list[str]:
+    """Overrides for a fast sweep on the untrained model (no training, few samples)."""
+    return [
+        "model=[digits_cnn]",
+        f"model.digits_cnn.checkpoint={ckpt}",
+        "model.digits_cnn.train=null",
+        f"out_dir={out_dir}",
+        "n_examples=20",
+        "batch_size=8",
+        "progress=false",
+        *extra,
+    ]
+
+
+def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """Run ``gauntlet`` as a user would; returns the finished process (never raises on exit code)."""
+    return subprocess.run(
+        [sys.executable, "-m", "engine.cli", *args],
+        cwd=REPO, capture_output=True, text=True, timeout=timeout, env={**os.environ, "HYDRA_FULL_ERROR": "0"},
+    )
