@@ -35,7 +35,7 @@ def hydra_main(cfg: DictConfig) -> None:
     try:
         container = OmegaConf.to_container(cfg, resolve=True)
         assert isinstance(container, dict)
-        outcome = run_sweep(container)
+        outcome = run_sweep({str(k): v for k, v in container.items()})
     except GauntletError as exc:
         log.error("%s", exc)
         sys.exit(2)

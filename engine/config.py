@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -73,7 +74,7 @@ def unknown_choices(argv: list[str], config_dirs: list[Path]) -> list[str]:
     the list of valid options; this check runs first so the user always sees them.
     """
     dirs = list(config_dirs)
-    for flag, value in zip(argv, argv[1:], strict=False):
+    for flag, value in itertools.pairwise(argv):
         if flag in ("--config-dir", "-cd"):
             dirs.append(Path(value))
     options = group_options(dirs)

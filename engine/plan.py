@@ -39,7 +39,7 @@ def _positive(cfg: Mapping[str, Any], key: str) -> int:
 
 def shard_ranges(n: int, shard_size: int | None) -> list[tuple[int, int]]:
     """Contiguous row ranges covering ``[0, n)``; one range when ``shard_size`` is None."""
-    step = n if not shard_size else shard_size
+    step = shard_size if shard_size else n
     return [(s, min(s + step, n)) for s in range(0, n, step)]
 
 

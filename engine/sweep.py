@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +17,9 @@ from engine.errors import ConfigError
 from engine.plan import Plan, make_plan
 from engine.resources import Resources, resolve_device
 from engine.runners.base import RunContext, Runner
+from engine.sanity import Flag, probe_model, result_flags
 from engine.sinks.parquet import ResultStore
-from engine.sinks.summary import render_table
+from engine.sinks.summary import render_flags, render_table
 from engine.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ class SweepOutcome:
     accuracy: list[AccuracyRow]
     summary: str
     evaluated: int
+    flags: list[Flag] = field(default_factory=list)
 
 
 def _build_runner(cfg: Mapping[str, Any]) -> Runner:
@@ -40,7 +42,7 @@ def _build_runner(cfg: Mapping[str, Any]) -> Runner:
         raise ConfigError(f"runner cannot be built: {exc}") from None
     if not hasattr(runner, "run"):
         raise ConfigError(f"runner._target_ must build a runner, got {type(runner).__name__}")
-    return runner  # type: ignore[no-any-return]
+    return runner
 
 
 def run_sweep(cfg: Mapping[str, Any]) -> SweepOutcome:
@@ -59,9 +61,40 @@ def run_sweep(cfg: Mapping[str, Any]) -> SweepOutcome:
     rows = accuracy_table(table)
     models = list(dict.fromkeys(t.model_name for t in plan.tasks))
     perts = list(dict.fromkeys(t.perturbation_name for t in plan.tasks))
-    summary = render_table(rows, models, perts)
-    _write_sidecars(Path(str(cfg["out_dir"])).expanduser(), cfg, plan, summary)
-    return SweepOutcome(plan, store.dir, rows, summary, evaluated)
+    flags = sanity_flags(cfg, models, table, resources)
+    summary = render_table(rows, models, perts) + render_flags(flags)
+    out_dir = Path(str(cfg["out_dir"])).expanduser()
+    _write_sidecars(out_dir, cfg, plan, summary)
+    _write_flags(out_dir, plan, flags)
+    return SweepOutcome(plan, store.dir, rows, summary, evaluated, flags)
+
+
+PROBE_SAMPLES = 64  # clean samples each model's gradient / output / randomness probe looks at
+
+
+def sanity_flags(cfg: Mapping[str, Any], models: list[str], table: Any, resources: Resources) -> list[Flag]:
+    """Result checks over the sweep's rows plus, when it has attacks, a probe of each model (docs/sanity.md)."""
+    perts = {name: resources.perturbation(name, pcfg) for name, pcfg in cfg["perturbation"].items()}
+    flags = result_flags(table, perts)
+    attacks_eot = {name: p.eot_iter for name, p in perts.items() if p.family == "attack"}
+    if attacks_eot:
+        data = resources.dataset(dict(cfg["dataset"]))
+        probe = data.slice(0, min(len(data), int(cfg["n_examples"]), PROBE_SAMPLES))
+        x, y = probe.images.to(resources.device), probe.labels.to(resources.device)
+        for name in models:
+            flags += probe_model(resources.model(name, cfg["model"][name]), x, y, name, attacks_eot)
+    for f in flags:
+        log.warning("sanity flag %s on %s%s: %s", f.check, f.model,
+                    f" / {f.perturbation}" if f.perturbation else "", f.message)
+    return sorted(flags, key=lambda f: (f.model, f.check, f.perturbation or ""))
+
+
+def _write_flags(out_dir: Path, plan: Plan, flags: list[Flag]) -> None:
+    """``flags.json`` next to ``results/`` (never inside it): the sanity flags of the whole sweep."""
+    doc = {"run_id": plan.run_id, "flags": [f.as_dict() for f in flags]}
+    tmp = out_dir / ".flags.json.tmp"
+    tmp.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    tmp.replace(out_dir / "flags.json")
 
 
 def _execute(todo: tuple[Task, ...], runner: Runner, ctx: RunContext, store: ResultStore, progress: bool) -> int:

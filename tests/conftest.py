@@ -18,10 +18,10 @@ os.environ.setdefault("GAUNTLET_CACHE_DIR", str(Path.home() / ".cache" / "gauntl
 os.environ.setdefault("NUMBA_CACHE_DIR", str(Path(os.environ["GAUNTLET_CACHE_DIR"]) / "numba"))
 os.environ.setdefault("WANDB_MODE", "offline")
 
-from engine.cli import CONFIG_DIR  # noqa: E402  (env first)
-from engine.config import register_schemas  # noqa: E402
-from engine.models.checkpoint import save_checkpoint  # noqa: E402
-from engine.models.cnn import SmallCNN  # noqa: E402
+from engine.cli import CONFIG_DIR
+from engine.config import register_schemas
+from engine.models.checkpoint import save_checkpoint
+from engine.models.cnn import SmallCNN
 
 REPO = Path(__file__).resolve().parent.parent
 register_schemas()

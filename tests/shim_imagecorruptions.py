@@ -71,11 +71,11 @@ def load_reference() -> Any:
             return original_noise(image, mode=mode, rng=rng, **kwargs)
 
         random_noise._gauntlet_shim = True  # type: ignore[attr-defined]
-        skimage.util.random_noise = random_noise
+        skimage.util.random_noise = random_noise  # type: ignore[assignment]
 
     mod = importlib.import_module("imagecorruptions")
     corr = importlib.import_module("imagecorruptions.corruptions")
-    corr.gaussian = skimage.filters.gaussian  # bound at import time with `from ... import gaussian`
+    corr.gaussian = skimage.filters.gaussian  # type: ignore[attr-defined]  # bound at import time with `from ... import gaussian`
     _MODULE = mod
     return mod
 
@@ -93,8 +93,7 @@ def reference_draws(kind: str, image_hwc: np.ndarray, severity: int) -> dict[str
     Only valid for the ImageNet-C constants of ``imagecorruptions`` (the shapes of
     some draws depend on them).
     """
-    from engine.perturbations.corruptions import PRESETS
-    from engine.perturbations.corruptions import textures
+    from engine.perturbations.corruptions import PRESETS, textures
 
     h, w, c = image_hwc.shape
     params, _ = PRESETS["imagenet_c"][kind]

@@ -57,7 +57,7 @@ def test_configured_sha256_overrides_the_manifest(tiny_checkpoint: Path) -> None
 def test_checkpoint_of_another_architecture_is_rejected(tmp_path: Path) -> None:
     path = tmp_path / "wide.safetensors"
     save_checkpoint(SmallCNN(num_classes=7).state_dict(), path, {})
-    with pytest.raises(CheckpointError, match="does not fit model.w.arch"):
+    with pytest.raises(CheckpointError, match=r"does not fit model\.w\.arch"):
         build_model("w", _cfg(path), torch.device("cpu"))
 
 

@@ -52,7 +52,7 @@ def test_eps_list_is_sorted_and_zero_is_the_clean_input() -> None:
     outs = list(pert.run(x, y, BatchContext(_model(), 0, torch.arange(len(x)))))
     assert [o.level for o in outs] == [0.0, 0.1, 0.2]
     assert torch.equal(outs[0].x, x) and int(outs[0].grad_evals.sum()) == 0
-    assert int(outs[2].grad_evals[0]) == 2
+    assert bool((outs[1].grad_evals == 2).all())  # every sample is attacked at the first ε > 0
 
 
 def test_fgsm_matches_torchattacks_exactly() -> None:
@@ -116,3 +116,20 @@ def test_contrast_scales_deviation_from_the_image_mean() -> None:
     out = pert.perturb_level(x, y, 2, BatchContext(_model(), 0, torch.arange(2))).x
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     assert torch.allclose(out, (x - mean) * 0.5 + mean, atol=1e-6)
+
+
+def test_eps_curve_reuses_broken_examples_and_never_increases() -> None:
+    model, (x, y) = _model(), _batch(32)
+    with torch.no_grad():
+        y = model(x).argmax(1)  # start from a correctly classified batch
+    pert = PGD(name="pgd_linf", eps=(0.0, 0.02, 0.05, 0.1, 0.3), steps=4)
+    outs = list(pert.run(x, y, BatchContext(model, 0, torch.arange(32))))
+    with torch.no_grad():
+        wrong = [model(o.x).argmax(1) != y for o in outs]
+    counts = [int(w.sum()) for w in wrong]
+    assert counts == sorted(counts) and counts[0] == 0 and counts[-1] > counts[1]
+    for lo, hi, out_hi in zip(wrong, wrong[1:], outs[1:], strict=False):
+        assert bool((hi | ~lo).all())  # broken stays broken
+        assert int(out_hi.grad_evals[lo].sum()) == 0  # and is not attacked again
+    assert torch.equal(outs[-1].x[wrong[1]], outs[1].x[wrong[1]])  # with the very same example
+    assert int(outs[1].grad_evals[~wrong[0]].min()) == 4

@@ -11,6 +11,9 @@ from torch import nn
 class NormalizedModel(nn.Module):
     """``net((x − mean) / std)``; the wrapper is what attacks differentiate through."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         self.net = net

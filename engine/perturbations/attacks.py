@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -45,6 +45,34 @@ class GradientAttack(Perturbation):
 
     def grad_evals_per_sample(self) -> int:
         raise NotImplementedError
+
+    def run(self, x: torch.Tensor, y: torch.Tensor, ctx: BatchContext) -> Iterator[LevelOutput]:
+        """Attack each ε in ascending order, only on the samples not broken at a smaller ε.
+
+        A sample misclassified at ε keeps that example at every larger ε (it lies
+        inside every larger ball), so the curve is a per-sample worst case over
+        the levels, non-increasing by construction, and costs nothing twice.
+        ``grad_evals`` counts what was spent on the sample at that level.
+        """
+        best = x.clone()
+        broken = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        for level in self.levels:
+            todo = ~broken
+            grad_evals = zero_cost(len(x))
+            if level > 0 and bool(todo.any()):
+                idx = todo.nonzero().squeeze(1)
+                sub_ctx = BatchContext(ctx.model, ctx.seed, ctx.sample_ids[idx.cpu()])
+                out = self.perturb_level(x[idx], y[idx], level, sub_ctx)
+                with torch.no_grad():
+                    fooled = ctx.model(out.x).argmax(dim=1) != y[idx]
+                best[idx[fooled]] = out.x[fooled]
+                broken[idx[fooled]] = True
+                grad_evals[idx.cpu()] = out.grad_evals
+                level_x = best.clone()
+                level_x[idx[~fooled]] = out.x[~fooled]
+            else:
+                level_x = best.clone()
+            yield LevelOutput(level, level_x, grad_evals, zero_cost(len(x)))
 
     def perturb_level(
         self, x: torch.Tensor, y: torch.Tensor, level: float, ctx: BatchContext

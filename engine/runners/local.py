@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 
 from engine.evaluate import evaluate
@@ -16,4 +17,4 @@ class LocalRunner:
     def run(self, tasks: Sequence[Task], ctx: RunContext) -> Iterator[TaskResult]:
         res = ctx.resources if ctx.resources is not None else Resources(ctx.device)
         for task in tasks:
-            yield evaluate(task, res, on_batch=lambda n, t=task: ctx.on_samples(t, n))
+            yield evaluate(task, res, on_batch=functools.partial(ctx.on_samples, task))

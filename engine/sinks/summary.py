@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from engine.aggregate import AccuracyRow
+from engine.sanity import Flag
 
 
 def _level(row: AccuracyRow) -> str:
@@ -39,7 +40,8 @@ def render_table(rows: Sequence[AccuracyRow], models: Sequence[str], perturbatio
     widths = [max(len(str(line[i])) for line in [head, *body]) for i in range(len(head))]
 
     def fmt(line: Sequence[str]) -> str:
-        return "  ".join(str(c).ljust(w) if i < 2 else str(c).rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
+        cells = zip(line, widths, strict=True)
+        return "  ".join(str(c).ljust(w) if i < 2 else str(c).rjust(w) for i, (c, w) in enumerate(cells))
 
     sep = "  ".join("-" * w for w in widths)
     out, prev = [fmt(head), sep], None
@@ -49,3 +51,14 @@ def render_table(rows: Sequence[AccuracyRow], models: Sequence[str], perturbatio
         out.append(fmt(line))
         prev = line[0]
     return "\n".join(out)
+
+
+def render_flags(flags: Sequence[Flag]) -> str:
+    """The sanity flags under the table ("" when there are none), one line each."""
+    if not flags:
+        return "\n\nsanity flags: none"
+    lines = ["", "", f"sanity flags ({len(flags)}): the numbers above may be optimistic, see docs/sanity.md"]
+    for f in flags:
+        where = f.model + (f" / {f.perturbation}" if f.perturbation else "")
+        lines.append(f"  ! {f.check} [{where}] {f.message}")
+    return "\n".join(lines)
