@@ -1,0 +1,37 @@
+"""GPU path: the same sweep on CUDA gives the same verdicts as on CPU (skipped without a CUDA device)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.dataset as ds
+import pytest
+import torch
+
+from engine.resources import resolve_device
+from engine.sweep import run_sweep
+from tests.conftest import compose_dict, tiny_overrides
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def test_auto_device_picks_cuda_exactly_when_present() -> None:
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_cuda_sweep_matches_cpu_sweep(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    perts = "perturbation=[clean,fgsm_linf,contrast,gaussian_blur]"
+    for device in ("cpu", "cuda"):
+        run_sweep(compose_dict(tiny_overrides(tiny_checkpoint, tmp_path / device, perts, f"device={device}")))
+    rows = {}
+    for device in ("cpu", "cuda"):
+        table = ds.dataset(tmp_path / device / "results", format="parquet").to_table()
+        rows[device] = sorted(table.select(["perturbation", "level", "sample_id", "pred", "margin"]).to_pylist(),
+                              key=lambda r: (r["perturbation"], r["level"], r["sample_id"]))
+    assert len(rows["cpu"]) == len(rows["cuda"])
+    agree = sum(a["pred"] == b["pred"] for a, b in zip(rows["cpu"], rows["cuda"], strict=True))
+    assert agree / len(rows["cpu"]) >= 0.99  # float differences may flip a prediction on a knife edge
+    assert max(abs(a["margin"] - b["margin"]) for a, b in zip(rows["cpu"], rows["cuda"], strict=True)
+               if a["perturbation"] == "clean") < 1e-3
