@@ -115,49 +115,68 @@ def shift_blend(planes, dxs, dys, weights, counts):  # type: ignore[no-untyped-d
     ``planes`` is (N, C, H, W); ``shift`` is the reference's roll-and-replicate
     shift, i.e. ``out[y, x] = in[clip(y - dy), clip(x - dx)]``. Accumulates in float64
     like the reference (float32 zeros + float64 kernel · image) and returns float64.
+    Each row splits into the replicated edges and a contiguous middle, so the inner
+    loop vectorises.
     """
     n, c, h, w = planes.shape
-    out = np.zeros((n, c, h, w), dtype=np.float64)
-    for b in prange(n):
-        for k in range(counts[b]):
-            dx = dxs[b, k]
-            dy = dys[b, k]
-            wk = weights[b, k]
-            for ch in range(c):
-                for y in range(h):
-                    sy = min(max(y - dy, 0), h - 1)
-                    for x in range(w):
-                        sx = min(max(x - dx, 0), w - 1)
-                        out[b, ch, y, x] += wk * planes[b, ch, sy, sx]
+    out = np.empty((n, c, h, w), dtype=np.float64)
+    for job in prange(n * c):
+        b = job // c
+        ch = job % c
+        acc = np.empty(w, dtype=np.float64)  # one output row, kept in L1 across all taps
+        for y in range(h):
+            acc[:] = 0.0
+            for k in range(counts[b]):
+                dx = dxs[b, k]
+                wk = weights[b, k]
+                x0 = min(max(dx, 0), w)  # first x whose source x - dx is inside the row
+                x1 = max(min(w + dx, w), x0)  # one past the last
+                src = planes[b, ch, min(max(y - dys[b, k], 0), h - 1)]
+                left = wk * src[0]
+                for x in range(x0):
+                    acc[x] += left
+                mid = acc[x0:x1]
+                shifted = src[x0 - dx : x1 - dx]
+                for j in range(x1 - x0):  # j ≥ 0: no wrap-around check, so LLVM vectorises
+                    mid[j] += wk * shifted[j]
+                right = wk * src[w - 1]
+                for x in range(x1, w):
+                    acc[x] += right
+            out[b, ch, y, :] = acc
     return out
 
 
 @njit(cache=True, parallel=True)
 def zoom_sum(planes, r0, rt, c0, ct, rmax, cmax):  # type: ignore[no-untyped-def]
-    """Σ over zoom factors f of the bilinear resample ``planes[.., r0[f, y] + rt[f, y], c0[f, x] + ct[f, x]]``.
+    """Σ over zoom factors f of ``planes`` sampled bilinearly at (r0[f, y] + rt[f, y], c0[f, x] + ct[f, x]).
 
     The index/weight tables come from :func:`zoom_tables` and fix the output size
-    (P, r0.shape[1], c0.shape[1]); each layer is cast to the
-    planes' dtype before it is added, as ``scipy.ndimage.zoom`` returns the input dtype.
-    ``rmax[f]``/``cmax[f]`` are the last valid row/column of factor f's crop.
+    (P, r0.shape[1], c0.shape[1]); each layer is cast to the planes' dtype before it
+    is added, as ``scipy.ndimage.zoom`` returns the input dtype. ``rmax[f]``/``cmax[f]``
+    are the last valid row/column of factor f's crop. Separable: the crop's rows are
+    interpolated along x once (float64), then blended along y in contiguous rows.
     """
     p = planes.shape[0]
     nf, h = r0.shape
     w = c0.shape[1]
     out = np.zeros((p, h, w), dtype=planes.dtype)
     for i in prange(p):
+        tmp = np.empty((planes.shape[1], w))
         for f in range(nf):
+            lo = r0[f, 0]
+            hi = min(r0[f, h - 1] + 1, rmax[f])
+            for r in range(lo, hi + 1):
+                for x in range(w):
+                    xa = c0[f, x]
+                    xb = min(xa + 1, cmax[f])
+                    tx = ct[f, x]
+                    tmp[r, x] = planes[i, r, xa] * (1.0 - tx) + planes[i, r, xb] * tx
             for y in range(h):
                 ya = r0[f, y]
                 yb = min(ya + 1, rmax[f])
                 ty = rt[f, y]
                 for x in range(w):
-                    xa = c0[f, x]
-                    xb = min(xa + 1, cmax[f])
-                    tx = ct[f, x]
-                    top = planes[i, ya, xa] * (1.0 - tx) + planes[i, ya, xb] * tx
-                    bot = planes[i, yb, xa] * (1.0 - tx) + planes[i, yb, xb] * tx
-                    out[i, y, x] += planes.dtype.type(top * (1.0 - ty) + bot * ty)
+                    out[i, y, x] += planes.dtype.type(tmp[ya, x] * (1.0 - ty) + tmp[yb, x] * ty)
     return out
 
 
@@ -174,7 +193,7 @@ def zoom_tables(
     """
     crop = int(np.ceil(size / float(factor)))
     top = (size - crop) // 2
-    zoomed = int(round(crop * factor))
+    zoomed = round(crop * factor)  # Python's round, as scipy.ndimage.zoom sizes its output
     trim = (zoomed - out_len) // 2 if center_trim else 0
     scale = (crop - 1) / (zoomed - 1) if zoomed > 1 else 0.0
     coord = (np.arange(out_len) + trim) * scale
@@ -276,4 +295,254 @@ def remap_bilinear_reflect(img, dy, dx):  # type: ignore[no-untyped-def]
                     top = img[b, ch, y0, x0] * (1.0 - tx) + img[b, ch, y0, x1] * tx
                     bot = img[b, ch, y1, x0] * (1.0 - tx) + img[b, ch, y1, x1] * tx
                     out[b, ch, y, x] = top * (1.0 - ty) + bot * ty
+    return out
+
+
+@njit(cache=True, parallel=True)
+def quantize_u8(x):  # type: ignore[no-untyped-def]
+    """float in [0, 1] → uint8 by round-half-up of x·255 (clipped), any shape, flattened in C order."""
+    flat = x.ravel()
+    out = np.empty(flat.shape[0], dtype=np.uint8)
+    for i in prange(flat.shape[0]):
+        v = math.floor(flat[i] * 255.0 + 0.5)
+        out[i] = 0 if v < 0 else (255 if v > 255 else np.uint8(v))
+    return out.reshape(x.shape)
+
+
+@njit(cache=True, inline="always")
+def _clip8(ss: int) -> int:
+    if ss >= (1 << 30):
+        return 255
+    if ss <= 0:
+        return 0
+    return ss >> 22
+
+
+@njit(cache=True, parallel=True)
+def pil_resample_u8(planes, idx_x, kk_x, idx_y, kk_y):  # type: ignore[no-untyped-def]
+    """Pillow's two-pass 8-bit resampling (``ImagingResample``) of uint8 planes (P, H, W).
+
+    Horizontal pass first, each output rounded to uint8, then vertical: output ``o``
+    sums inputs ``idx[o, k]`` times 22-bit fixed-point weights ``kk[o, k]`` (taps padded
+    to a common count with zero weights) plus half an ulp, then shifts and clips, exactly
+    as Pillow's ``clip8``. Sums fit int32 (≤ 255 · 2²² + 2²¹), so the loops vectorise.
+    """
+    p, h = planes.shape[0], planes.shape[1]
+    ow, kx = idx_x.shape
+    oh, ky = idx_y.shape
+    out = np.empty((p, oh, ow), dtype=np.uint8)
+    for i in prange(p):
+        tmp = np.empty((h, ow), dtype=np.int32)
+        acc = np.empty(ow, dtype=np.int32)
+        for y in range(h):
+            row = planes[i, y]
+            acc[:] = 1 << 21
+            for k in range(kx):
+                for o in range(ow):
+                    acc[o] += np.int32(row[idx_x[o, k]]) * kk_x[o, k]
+            for o in range(ow):
+                tmp[y, o] = _clip8(acc[o])
+        for o in range(oh):
+            acc[:] = 1 << 21
+            for k in range(ky):
+                src = tmp[idx_y[o, k]]
+                wk = kk_y[o, k]
+                for x in range(ow):
+                    acc[x] += src[x] * wk
+            for x in range(ow):
+                out[i, o, x] = _clip8(acc[x])
+    return out
+
+
+@njit(cache=True, parallel=True)
+def dequantize_u8(img, channels_last):  # type: ignore[no-untyped-def]
+    """uint8 (N, C, H, W) — or (N, H, W, C) when ``channels_last`` — to float32 (N, C, H, W) / 255."""
+    if channels_last:
+        n, h, w, c = img.shape
+    else:
+        n, c, h, w = img.shape
+    out = np.empty((n, c, h, w), dtype=np.float32)
+    for b in prange(n):
+        for ch in range(c):
+            for y in range(h):
+                for x in range(w):
+                    v = img[b, y, x, ch] if channels_last else img[b, ch, y, x]
+                    out[b, ch, y, x] = np.float32(v) / np.float32(255.0)
+    return out
+
+
+@njit(cache=True)
+def poisson_alias_tables(lams, length):  # type: ignore[no-untyped-def]
+    """Walker/Vose alias tables of Poisson(λ) truncated to [0, length), one row per λ in ``lams``.
+
+    ``length`` should exceed λ_max by > 10·√λ_max + 20: the tail it drops has mass < 1e-20.
+    """
+    m = lams.shape[0]
+    prob = np.ones((m, length))
+    alias = np.zeros((m, length), dtype=np.int32)
+    pmf = np.empty(length)
+    small = np.empty(length, dtype=np.int64)
+    large = np.empty(length, dtype=np.int64)
+    for r in range(m):
+        lam = lams[r]
+        total = 0.0
+        for k in range(length):
+            if lam > 0:
+                pmf[k] = math.exp(-lam + k * math.log(lam) - math.lgamma(k + 1.0))
+            else:
+                pmf[k] = 1.0 if k == 0 else 0.0
+            total += pmf[k]
+        ns = 0
+        nl = 0
+        for k in range(length):
+            pmf[k] = pmf[k] / total * length
+            if pmf[k] < 1.0:
+                small[ns] = k
+                ns += 1
+            else:
+                large[nl] = k
+                nl += 1
+        while ns > 0 and nl > 0:
+            ns -= 1
+            s = small[ns]
+            g = large[nl - 1]
+            prob[r, s] = pmf[s]
+            alias[r, s] = g
+            pmf[g] = (pmf[g] + pmf[s]) - 1.0
+            if pmf[g] < 1.0:
+                nl -= 1
+                small[ns] = g
+                ns += 1
+        # leftovers keep probability 1 (rounding residue)
+    return prob, alias
+
+
+@njit(cache=True, nogil=True)
+def poisson_alias_sample(levels, uniforms, prob, alias):  # type: ignore[no-untyped-def]
+    """One Poisson count per value: alias-table row ``levels[i]``, driven by ``uniforms[i]`` ∈ [0, 1)."""
+    flat_l = levels.ravel()
+    flat_u = uniforms.ravel()
+    length = prob.shape[1]
+    out = np.empty(flat_l.shape[0], dtype=np.float32)
+    for i in range(flat_l.shape[0]):
+        t = flat_u[i] * length
+        k = int(t)
+        if k >= length:
+            k = length - 1
+        row = flat_l[i]
+        out[i] = k if (t - k) < prob[row, k] else alias[row, k]
+    return out.reshape(levels.shape)
+
+
+@njit(cache=True, parallel=True)
+def pointwise_hwc(x, a, b, p, mode):  # type: ignore[no-untyped-def]
+    """Per-pixel noise on NCHW ``x`` from H×W×C draws ``a``/``b`` (N, H, W, C), written NCHW.
+
+    mode 0: x + a·p (Gaussian); 1: x + x·(a·p) (speckle); 2: a / p (shot; a = counts);
+    3: impulse, ``b`` (salt 1 / pepper 0) where the mask ``a`` is set, else x.
+    """
+    n, c, h, w = x.shape
+    out = np.empty_like(x)
+    for i in prange(n):
+        for ch in range(c):
+            for y in range(h):
+                src = x[i, ch, y]
+                dst = out[i, ch, y]
+                da = a[i, y]
+                if mode == 0:
+                    for xx in range(w):
+                        dst[xx] = src[xx] + da[xx, ch] * p
+                elif mode == 1:
+                    for xx in range(w):
+                        dst[xx] = src[xx] + src[xx] * (da[xx, ch] * p)
+                elif mode == 2:
+                    for xx in range(w):
+                        dst[xx] = da[xx, ch] / p
+                else:
+                    db = b[i, y]
+                    for xx in range(w):  # branch-free select: the masks are random
+                        m = np.float32(da[xx, ch])
+                        dst[xx] = src[xx] + m * (np.float32(db[xx, ch]) - src[xx])
+    return out
+
+
+@njit(cache=True, parallel=True)
+def truncate_u8(x):  # type: ignore[no-untyped-def]
+    """``np.uint8(x · 255)`` for x in [0, 1] (truncation, as the reference's glass blur), any shape."""
+    flat = x.ravel()
+    out = np.empty(flat.shape[0], dtype=np.uint8)
+    for i in prange(flat.shape[0]):
+        v = flat[i] * 255.0
+        out[i] = 0 if v <= 0 else (255 if v >= 255 else np.uint8(math.floor(v)))
+    return out.reshape(x.shape)
+
+
+@njit(cache=True, inline="always")
+def _round_half_even(v: float) -> float:
+    r = float(math.floor(v + 0.5))
+    if r - v == 0.5 and r % 2 != 0:  # a tie: go to the even neighbour, as np.round
+        r -= 1.0
+    return r
+
+
+@njit(cache=True, parallel=True)
+def snow_threshold(layer, threshold):  # type: ignore[no-untyped-def]
+    """Snow flakes: values below ``threshold`` → 0, then clip to [0, 1] (in place, returned)."""
+    flat = layer.ravel()
+    for i in prange(flat.shape[0]):
+        v = flat[i]
+        flat[i] = 0.0 if v < threshold else min(max(v, 0.0), 1.0)
+    return layer
+
+
+@njit(cache=True, parallel=True)
+def snow_compose(x, layer, blend):  # type: ignore[no-untyped-def]
+    """The reference's snow blend on NCHW RGB ``x`` with the blurred flake layer (N, 1, h', w') ⊇ H×W.
+
+    The layer is rounded to 8 bits, cropped to H×W, and added with its 180° rotation to
+    ``blend·x + (1 − blend)·max(x, 1.5·gray + 0.5)``, gray = ITU-R 601 luma.
+    """
+    n, c, h, w = x.shape
+    out = np.empty((n, c, h, w), dtype=x.dtype)
+    for b in prange(n):
+        for y in range(h):
+            for xx in range(w):
+                s = _round_half_even(layer[b, 0, y, xx] * 255) / 255.0
+                s += _round_half_even(layer[b, 0, h - 1 - y, w - 1 - xx] * 255) / 255.0
+                gray = np.float32(0.299) * x[b, 0, y, xx] + np.float32(0.587) * x[b, 1, y, xx]
+                gray += np.float32(0.114) * x[b, 2, y, xx]
+                lift = gray * np.float32(1.5) + np.float32(0.5)
+                for ch in range(c):
+                    v = x[b, ch, y, xx]
+                    base = blend * v + (1 - blend) * max(v, lift)
+                    out[b, ch, y, xx] = base + s
+    return out
+
+
+@njit(cache=True, parallel=True)
+def fog_compose(x, plasma, strength):  # type: ignore[no-untyped-def]
+    """``(x + strength · plasma[:H, :W]) · max(x) / (max(x) + strength)`` per image, in float64."""
+    n, c, h, w = x.shape
+    out = np.empty_like(x)
+    for b in prange(n):
+        peak = np.float64(x[b].max())
+        scale = peak / (peak + strength)
+        for ch in range(c):
+            for y in range(h):
+                for xx in range(w):
+                    out[b, ch, y, xx] = (np.float64(x[b, ch, y, xx]) + strength * plasma[b, y, xx]) * scale
+    return out
+
+
+@njit(cache=True, parallel=True)
+def gather_u8(planes, rows, cols):  # type: ignore[no-untyped-def]
+    """``planes[:, rows][:, :, cols]`` for uint8 (P, H, W): Pillow's NEAREST resize given its indices."""
+    p = planes.shape[0]
+    out = np.empty((p, rows.shape[0], cols.shape[0]), dtype=np.uint8)
+    for i in prange(p):
+        for y in range(rows.shape[0]):
+            src = planes[i, rows[y]]
+            dst = out[i, y]
+            for x in range(cols.shape[0]):
+                dst[x] = src[cols[x]]
     return out

@@ -77,7 +77,7 @@ def glass_shuffle(img: torch.Tensor, draws: torch.Tensor, delta: int) -> torch.T
         term[:, dst] = src
         nxt[:, dst] = src
         active[:, dst] = linked
-        for _ in range(int(math.ceil(math.log2(max(hw, 2)))) + 2):
+        for _ in range(math.ceil(math.log2(max(hw, 2))) + 2):
             if not bool(active.any()):
                 break
             q = nxt

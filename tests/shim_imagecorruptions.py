@@ -15,6 +15,7 @@ import importlib
 import importlib.util
 import sys
 import types
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -73,8 +74,10 @@ def load_reference() -> Any:
         random_noise._gauntlet_shim = True  # type: ignore[attr-defined]
         skimage.util.random_noise = random_noise  # type: ignore[assignment]
 
-    mod = importlib.import_module("imagecorruptions")
-    corr = importlib.import_module("imagecorruptions.corruptions")
+    with warnings.catch_warnings():  # its scipy.ndimage.interpolation import is deprecated
+        warnings.simplefilter("ignore", DeprecationWarning)
+        mod = importlib.import_module("imagecorruptions")
+        corr = importlib.import_module("imagecorruptions.corruptions")
     corr.gaussian = skimage.filters.gaussian  # type: ignore[attr-defined]  # bound at import time with `from ... import gaussian`
     _MODULE = mod
     return mod
@@ -104,7 +107,8 @@ def reference_draws(kind: str, image_hwc: np.ndarray, severity: int) -> dict[str
         return {"counts": np.random.poisson(image_hwc / 255.0 * p).astype(np.float64)}
     if kind == "impulse_noise":
         g = np.random.default_rng(legacy_seed_for_skimage())
-        return {"flip": g.random((h, w, c)), "salt": g.random((h, w, c))}
+        flip, salt = g.random((h, w, c)) <= p, g.random((h, w, c)) <= 0.5  # skimage's _bernoulli
+        return {"flip": flip.astype(np.uint8), "salt": salt.astype(np.uint8)}
     if kind == "glass_blur":
         _, delta, iters = p
         shifts = np.empty((iters, h - 2 * delta, w - 2 * delta, 2), dtype=np.int64)

@@ -12,7 +12,7 @@ import scipy.ndimage as ndi
 import torch
 
 from engine.perturbations.corruptions import ALL, CORRUPTIONS, PRESETS
-from engine.perturbations.corruptions.ops import gaussian_kernel1d, pil_coeffs, pil_matrix
+from engine.perturbations.corruptions.ops import gaussian_kernel1d, pil_matrix, pil_taps
 from kernels import corruptions_cpu as K
 from kernels import corruptions_torch as T
 
@@ -118,8 +118,8 @@ def test_pil_resample_is_pillow(n_in: int, n_out: int, kind: str) -> None:
     img = RNG.integers(0, 256, (n_in, n_in), dtype=np.uint8)
     resample = Image.Resampling.BOX if kind == "box" else Image.Resampling.NEAREST
     ref = np.asarray(Image.fromarray(img).resize((n_out, n_out), resample))
-    coeffs = pil_coeffs(n_in, n_out, kind)
-    np.testing.assert_array_equal(K.pil_resample_u8(img[None], *coeffs, *coeffs)[0], ref)
+    taps = pil_taps(n_in, n_out, kind)
+    np.testing.assert_array_equal(K.pil_resample_u8(img[None], *taps, *taps)[0], ref)
     m = pil_matrix(n_in, n_out, kind)
     tmp = np.clip(np.floor(img.astype(np.float64) @ m.T + 0.5), 0, 255)
     np.testing.assert_array_equal(np.clip(np.floor(m @ tmp + 0.5), 0, 255), ref)
@@ -160,3 +160,25 @@ def test_kernels_import_no_engine_and_default_the_numba_cache(tmp_path) -> None:
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # fmt: skip
     assert out.stdout.strip() == str(tmp_path / ".cache" / "gauntlet" / "numba")
+
+
+@pytest.mark.parametrize("size", [32, 224])
+def test_jpeg_round_trip_equals_pillow_for_both_presets(size: int) -> None:
+    """OpenCV encodes/decodes for speed; the pixels must be Pillow's (the reference's codec)."""
+    from io import BytesIO
+
+    import cv2
+    import skimage.data
+    from PIL import Image
+
+    from engine.perturbations.corruptions.ops import _jpeg_one
+
+    qualities = {q for preset in PRESETS.values() for q in preset["jpeg_compression"][0]}
+    for name in ("astronaut", "coffee"):
+        img = cv2.resize(getattr(skimage.data, name)(), (size, size), interpolation=cv2.INTER_AREA)
+        for q in sorted(qualities):
+            buf = BytesIO()
+            Image.fromarray(img).save(buf, "JPEG", quality=q)
+            ref = np.asarray(Image.open(BytesIO(buf.getvalue())))
+            got = _jpeg_one(np.ascontiguousarray(img[..., ::-1]), q)[..., ::-1]
+            np.testing.assert_array_equal(got, ref, err_msg=f"{name} {size}px q={q}")

@@ -1,4 +1,4 @@
-"""The ``Corruption`` perturbation: a preset's severity table, per-sample seeded draws, one batched kernel call."""
+"""The ``Corruption`` perturbation: a severity table, per-sample seeded draws, one batched kernel call."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from engine.perturbations.base import (
     check_severities,
     zero_cost,
 )
-from engine.perturbations.corruptions.ops import OPS, Draws, map_threads, to_luma
+from engine.perturbations.corruptions.ops import OPS, Draws, SampleRNG, map_threads, to_luma
 from engine.perturbations.corruptions.presets import GROUPS, PRESETS
 from engine.seeding import derive_seed
 
@@ -58,8 +58,9 @@ class Corruption(Perturbation):
 
     ``preset`` picks the severity table (``imagenet_c`` or ``cifar10_c``, see
     ``presets.py``); ``params`` (five entries) overrides it. A sample's random draws
-    come from ``numpy.random.default_rng(derive_seed(seed, sample_id, name, severity))``
-    and nothing else, so batch layout, worker and device do not change them.
+    come from ``derive_seed(seed, sample_id, name, severity)``
+    and nothing else, so batch layout, worker and device do not change them
+    (``ops.SampleRNG``: NumPy's PCG64 plus a torch CPU generator for normals).
     ``backend``: ``auto`` (numba on CPU, torch on CUDA), ``numba`` or ``torch``.
     Inputs with one channel pass through channel-wise corruptions as they are;
     colour corruptions (snow, frost, spatter, saturate, JPEG) see the grey image
@@ -82,7 +83,8 @@ class Corruption(Perturbation):
             raise ConfigError(f"perturbation {self.name!r}: {type(self).__name__} names no corruption kernel")
         if self.preset not in PRESETS:
             raise ConfigError(
-                f"perturbation {self.name!r}: preset {self.preset!r} is not one of {', '.join(sorted(PRESETS))}"
+                f"perturbation {self.name!r}: preset {self.preset!r} is not one of "
+                f"{', '.join(sorted(PRESETS))}"
             )
         if self.backend not in BACKENDS:
             raise ConfigError(
@@ -125,7 +127,7 @@ class Corruption(Perturbation):
         draw, param = op.draw, self.param(severity)
 
         def one(i: int) -> Draws:
-            rng = np.random.default_rng(derive_seed(seed, int(sample_ids[i]), self.name, severity))
+            rng = SampleRNG(derive_seed(seed, int(sample_ids[i]), self.name, severity))
             return draw(rng, shape, param, self.options, None if host is None else host[i])
 
         # NumPy's generators release the GIL while they fill arrays: draw samples on threads.
@@ -147,14 +149,14 @@ class Corruption(Perturbation):
         if draws is None:
             ids = list(range(n)) if sample_ids is None else [int(s) for s in sample_ids]
             draws = self.draws(xin, ids, seed, severity)
-        out = op.apply(xin, draws, self.param(severity), self.options, resolve_backend(self.backend, x.device))
+        out = op.apply(
+            xin, draws, self.param(severity), self.options, resolve_backend(self.backend, x.device)
+        )
         if op.colour and c == 1:
-            out = to_luma(out)
+            out = to_luma(out.clamp_(0.0, 1.0))
         return out.clamp_(0.0, 1.0).to(x.dtype)
 
-    def perturb_level(
-        self, x: torch.Tensor, y: torch.Tensor, level: float, ctx: BatchContext
-    ) -> LevelOutput:
+    def perturb_level(self, x: torch.Tensor, y: torch.Tensor, level: float, ctx: BatchContext) -> LevelOutput:
         out = self.corrupt(x, int(level), seed=ctx.seed, sample_ids=ctx.sample_ids.tolist())
         n = x.shape[0]
         return LevelOutput(level, out, zero_cost(n), zero_cost(n))

@@ -69,7 +69,9 @@ def rescaled_texture(idx: int, height: int, width: int, texture_scale: float | N
         f = texture_scale * max(height, width) / 32
         out = cv2.resize(frost, (0, 0), fx=f, fy=f)
     if out.shape[0] <= height or out.shape[1] <= width:
-        raise ConfigError(f"frost texture {FILES[idx]} rescaled to {out.shape[:2]} cannot cover {height}×{width}")
+        raise ConfigError(
+            f"frost texture {FILES[idx]} rescaled to {out.shape[:2]} cannot cover {height}×{width}"
+        )
     rgb = np.ascontiguousarray(out[..., ::-1])
     rgb.setflags(write=False)
     return rgb
