@@ -33,7 +33,8 @@ def _x(n: int = 4) -> torch.Tensor:
 def test_overshooting_attack_is_caught_and_named() -> None:
     pert = OvershootingAttack(name="broken_fgsm", eps=(0.1,))
     x = _x()
-    out = next(pert.run(x, torch.zeros(4, dtype=torch.long), BatchContext(torch.nn.Identity(), 0, torch.arange(4))))
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    out = next(pert.run(x, torch.zeros(4, dtype=torch.long), BatchContext(model, 0, torch.arange(4))))
     with pytest.raises(ThreatModelViolation, match=r"broken_fgsm.*outside the linf ball"):
         verify_batch(pert, out.level, x, out.x)
 
