@@ -50,6 +50,7 @@ class SweepConfig:
     shard_size: Optional[int] = None  # noqa: UP045
     cache_dir: str = "~/.cache/gauntlet"
     progress: bool = True
+    corruption_baseline: Optional[str] = None  # noqa: UP045
 
 
 def register_schemas() -> None:

@@ -62,6 +62,12 @@ def make_plan(
         raise ConfigError("no model selected; e.g. model=[digits_cnn,digits_cnn_at]")
     if not cfg["perturbation"]:
         raise ConfigError("no perturbation selected; e.g. perturbation=[clean,pgd_linf]")
+    baseline = cfg.get("corruption_baseline")
+    if baseline is not None and baseline != "alexnet" and baseline not in cfg["model"]:
+        raise ConfigError(
+            f"corruption_baseline={baseline!r} is not a model of this sweep; "
+            f"use one of {', '.join(cfg['model'])}, alexnet, or null"
+        )
     dataset_cfg = dict(cfg["dataset"])
     data = build_dataset(dataset_cfg)
     if n_examples > len(data):

@@ -18,6 +18,7 @@ from engine.plan import Plan, make_plan
 from engine.resources import Resources, resolve_device
 from engine.runners.base import RunContext, Runner
 from engine.sanity import Flag, probe_model, result_flags
+from engine.sinks.corruption_summary import render_corruption_summary
 from engine.sinks.parquet import ResultStore
 from engine.sinks.summary import render_flags, render_table
 from engine.tasks import Task
@@ -62,7 +63,8 @@ def run_sweep(cfg: Mapping[str, Any]) -> SweepOutcome:
     models = list(dict.fromkeys(t.model_name for t in plan.tasks))
     perts = list(dict.fromkeys(t.perturbation_name for t in plan.tasks))
     flags = sanity_flags(cfg, models, table, resources)
-    summary = render_table(rows, models, perts) + render_flags(flags)
+    corruption = render_corruption_summary(rows, models, cfg.get("corruption_baseline"))
+    summary = render_table(rows, models, perts) + (f"\n\n{corruption}" if corruption else "") + render_flags(flags)
     out_dir = Path(str(cfg["out_dir"])).expanduser()
     _write_sidecars(out_dir, cfg, plan, summary)
     _write_flags(out_dir, plan, flags)

@@ -34,6 +34,7 @@ def test_cli_prints_summary_and_results_path(tiny_checkpoint: Path, tmp_path: Pa
         ("n_examples=100000", r"n_examples=100000 .* only 450"),
         ("n_examples=-3", r"n_examples=-3 must be a positive integer"),
         ("device=tpu", r"device='tpu'"),
+        ("corruption_baseline=vgg", r"corruption_baseline='vgg' is not a model of this sweep"),
     ],
 )
 def test_bad_input_fails_with_one_clear_message(tiny_checkpoint: Path, tmp_path: Path, override: str,

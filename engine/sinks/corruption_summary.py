@@ -69,4 +69,7 @@ def render_corruption_summary(rows: Sequence[AccuracyRow], models: Sequence[str]
     out = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(x, widths, strict=True)))
            for x in [head, *lines]]
     out.insert(1, "  ".join("-" * w for w in widths))
+    if any(line[3] == "n/a" for line in lines):
+        out.append(f"n/a: CE is undefined where {base_name} makes no error on a corruption (or lacks a clean row); "
+                   "choose another corruption_baseline=<model>")
     return "corruption robustness\n" + "\n".join(out)
