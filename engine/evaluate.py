@@ -32,8 +32,9 @@ def _rows(out: LevelOutput, logits: torch.Tensor, y: torch.Tensor, ids: torch.Te
         breaker = np.asarray(out.broken_by, dtype=object)
     else:
         breaker = np.full(n, default_breaker, dtype=object)
-    # Only a misclassified perturbed sample was "broken" by anything.
-    breaker = np.where(correct.cpu().numpy(), "", breaker)
+    # Only a misclassified sample whose input was actually changed was "broken" by anything: the
+    # engine's own classification decides, whatever the perturbation claimed.
+    breaker = np.where(correct.cpu().numpy() | (sizes.numpy() == 0), "", breaker)
     return {
         "sample_id": ids.numpy().astype(np.int64),
         "label": y.cpu().numpy().astype(np.int64),

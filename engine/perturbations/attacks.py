@@ -58,7 +58,7 @@ class GradientAttack(Perturbation):
         broken = torch.zeros(len(x), dtype=torch.bool, device=x.device)
         for level in self.levels:
             todo = ~broken
-            grad_evals = zero_cost(len(x))
+            grad_evals, queries = zero_cost(len(x)), zero_cost(len(x))
             if level > 0 and bool(todo.any()):
                 idx = todo.nonzero().squeeze(1)
                 sub_ctx = BatchContext(ctx.model, ctx.seed, ctx.sample_ids[idx.cpu()])
@@ -68,11 +68,12 @@ class GradientAttack(Perturbation):
                 best[idx[fooled]] = out.x[fooled]
                 broken[idx[fooled]] = True
                 grad_evals[idx.cpu()] = out.grad_evals
+                queries[idx.cpu()] = out.queries
                 level_x = best.clone()
                 level_x[idx[~fooled]] = out.x[~fooled]
             else:
                 level_x = best.clone()
-            yield LevelOutput(level, level_x, grad_evals, zero_cost(len(x)))
+            yield LevelOutput(level, level_x, grad_evals, queries)
 
     def perturb_level(
         self, x: torch.Tensor, y: torch.Tensor, level: float, ctx: BatchContext
@@ -124,6 +125,7 @@ class PGD(GradientAttack):
     steps: int = 10
     step_size_factor: float = 2.5
     random_start: bool = True
+    restarts: int = 1
 
     _BACKENDS: ClassVar[dict[str, Any]] = {"linf": torchattacks.PGD, "l2": torchattacks.PGDL2}
 
@@ -137,6 +139,8 @@ class PGD(GradientAttack):
             raise ConfigError(f"perturbation {self.name!r}: steps must be ≥ 1, got {self.steps}")
         if self.step_size_factor <= 0:
             raise ConfigError(f"perturbation {self.name!r}: step_size_factor must be > 0")
+        if self.restarts < 1:
+            raise ConfigError(f"perturbation {self.name!r}: restarts must be ≥ 1, got {self.restarts}")
 
     def task_extras(self, batch_size: int) -> dict[str, object]:
         # The random start is drawn per batch, so the batch layout changes the rows.
@@ -149,3 +153,26 @@ class PGD(GradientAttack):
 
     def grad_evals_per_sample(self) -> int:
         return self.steps
+
+    def perturb_level(
+        self, x: torch.Tensor, y: torch.Tensor, level: float, ctx: BatchContext
+    ) -> LevelOutput:
+        """Restart 0 is plain torchattacks PGD; each further restart re-attacks only the samples still correct."""
+        out = super().perturb_level(x, y, level, ctx)
+        if self.restarts == 1 or level == 0.0:
+            return out
+        x_adv, grads, queries = out.x.clone(), out.grad_evals.clone(), out.queries.clone()
+        attack = self.build(ctx.model, level)
+        devices = [x.device] if x.device.type == "cuda" else []
+        for restart in range(1, self.restarts):
+            with torch.no_grad():
+                still = (ctx.model(x_adv).argmax(1) == y).cpu()
+            queries += 1
+            if not bool(still.any()):
+                break
+            rows = still.nonzero().squeeze(1)
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(ctx.batch_seed(self.name, level, restart))
+                x_adv[rows.to(x.device)] = attack(x[rows.to(x.device)], y[rows.to(x.device)]).detach()
+            grads[rows] += self.steps
+        return LevelOutput(level, x_adv, grads, queries)

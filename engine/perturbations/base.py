@@ -91,6 +91,17 @@ class Perturbation:
         """Settings outside this config that change the rows (part of the task id)."""
         return {}
 
+    @property
+    def eot_iter(self) -> int:
+        """Model samples averaged per gradient (Expectation over Transformation); 1 means no EOT."""
+        return 1
+
+    def threat_of(self, breaker: str) -> str | None:
+        """'white-box' or 'black-box' for the attack named ``breaker`` (suites ask their member), from the tags."""
+        if self.family != "attack" or not breaker:
+            return None
+        return "black-box" if "black-box" in self.tags and "white-box" not in self.tags else "white-box"
+
     def run(self, x: torch.Tensor, y: torch.Tensor, ctx: BatchContext) -> Iterator[LevelOutput]:
         """Yield one perturbed batch per level, in ascending level order."""
         for level in self.levels:

@@ -1,0 +1,276 @@
+"""Attack suites: an ordered cascade of attacks per ε, a per-sample worst case, and reuse across ascending ε.
+
+A suite attacks each ε of its list in ascending order. At one ε, every member
+attack runs only on the samples that are still correctly classified (AutoAttack's
+cascade); a sample counts as robust only if it survives every member. A sample
+broken at ε keeps its (verified) adversarial example at every larger ε and is not
+attacked again. Minimal-norm members whose search does not depend on ε (FAB with
+one restart, CW, DeepFool) run once per sample; their best example is reused at
+every larger ε where its norm fits.
+
+Every claimed success is checked here before a sample leaves the cascade: the
+example must lie in the ε ball and the [0, 1] box (else ``ThreatModelViolation``)
+and the model must misclassify it (else the claim is ignored and the next member
+attacks the sample). The evaluator re-checks and re-classifies the final batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from engine.errors import ConfigError, ThreatModelViolation
+from engine.perturbations.base import (
+    BatchContext,
+    Family,
+    LevelOutput,
+    Perturbation,
+    check_eps_list,
+    zero_cost,
+)
+from engine.perturbations.norms import Norm
+from engine.seeding import derive_seed
+
+WHITE_BOX = "white-box"
+BLACK_BOX = "black-box"
+
+
+@dataclass(frozen=True)
+class MemberContext:
+    """What one member attack gets for one ε: the model, the norm, ε and its seeds."""
+
+    model: nn.Module
+    norm: Norm
+    eps: float
+    num_classes: int
+    sample_seeds: tuple[int, ...]  # one per row: (global seed, sample id, suite, member, ε)
+    shared_seed: int  # (global seed, suite, member, ε): draws shared by all samples, same in every batch
+
+    def generators(self) -> list[torch.Generator]:
+        """One CPU generator per row; a sample's draws never depend on its batch."""
+        return [torch.Generator().manual_seed(s) for s in self.sample_seeds]
+
+    def shared_generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(self.shared_seed)
+
+
+@dataclass
+class MemberResult:
+    """A member's per-sample outcome on the rows it was given.
+
+    ``success`` is the member's *claim* (misclassified and within ε); the suite
+    verifies it. Minimal-norm members also report ``size`` (norm of their best
+    adversarial example, inf when none) and ``exhaustive`` (the search ran to the
+    end, so ``size`` holds for any larger ε).
+    """
+
+    x_adv: torch.Tensor
+    success: torch.Tensor
+    grad_evals: torch.Tensor
+    queries: torch.Tensor
+    size: torch.Tensor | None = None
+    exhaustive: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class SuiteMember:
+    """Base of an attack inside a suite; ``name`` is what ``broken_by`` records."""
+
+    minimal_norm: ClassVar[bool] = False
+    # True when the member's random draws come from a per-batch RNG (torchattacks), so
+    # the batch layout changes the rows.
+    batch_dependent: ClassVar[bool] = False
+    norms: ClassVar[tuple[str, ...]] = ("linf", "l2")
+
+    name: str = ""
+    tags: Sequence[str] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tags", tuple(self.tags))
+        if not self.name:
+            raise ConfigError(f"{type(self).__name__}: a suite member needs a name (what broken_by records)")
+
+    @property
+    def eot_iter(self) -> int:
+        """Samples per gradient under Expectation over Transformation (1: no EOT)."""
+        return 1
+
+    @property
+    def eps_independent(self) -> bool:
+        """True when the search does not depend on ε, so a minimal-norm result serves every ε."""
+        return False
+
+    @property
+    def threat(self) -> str:
+        return BLACK_BOX if BLACK_BOX in self.tags else WHITE_BOX
+
+    def attack(self, x: torch.Tensor, y: torch.Tensor, ctx: MemberContext) -> MemberResult:
+        raise NotImplementedError
+
+
+@dataclass
+class _MinNormCache:
+    """Best example of an ε-independent minimal-norm member per sample, for reuse at larger ε."""
+
+    x_adv: torch.Tensor
+    size: torch.Tensor
+    known: torch.Tensor
+
+
+@dataclass
+class _SuiteState:
+    """Per-batch state carried across ascending ε."""
+
+    x_out: torch.Tensor
+    broken: torch.Tensor
+    breaker: list[str]
+    caches: dict[str, _MinNormCache]
+
+
+@dataclass(frozen=True)
+class AttackSuite(Perturbation):
+    """An ordered list of attacks evaluated as a cascade at each ε, ascending (see module docstring)."""
+
+    family: ClassVar[Family] = "attack"
+    needs_model: ClassVar[bool] = True
+
+    eps: Sequence[float] = field(default_factory=tuple)
+    attacks: Sequence[SuiteMember] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        check_eps_list(self.name, list(self.eps))
+        object.__setattr__(self, "eps", tuple(sorted(float(e) for e in self.eps)))
+        object.__setattr__(self, "attacks", tuple(self.attacks))
+        if self.norm is None:
+            raise ConfigError(f"perturbation {self.name!r}: an attack suite must declare its norm")
+        if not self.attacks:
+            raise ConfigError(f"perturbation {self.name!r}: the suite lists no attacks")
+        names = [a.name for a in self.attacks]
+        for member in self.attacks:
+            if not isinstance(member, SuiteMember):
+                raise ConfigError(f"perturbation {self.name!r}: {member!r} is not a suite member")
+            if self.norm not in member.norms:
+                raise ConfigError(
+                    f"perturbation {self.name!r}: member {member.name!r} supports norms {list(member.norms)}, "
+                    f"not {self.norm!r}"
+                )
+        if len(set(names)) != len(names):
+            raise ConfigError(f"perturbation {self.name!r}: member names must be unique, got {names}")
+        super().__post_init__()
+
+    @property
+    def levels(self) -> tuple[float, ...]:
+        return tuple(self.eps)
+
+    @property
+    def eot_iter(self) -> int:
+        return min(a.eot_iter for a in self.attacks)
+
+    def threat_of(self, breaker: str) -> str | None:
+        for a in self.attacks:
+            if a.name == breaker:
+                return a.threat
+        return None
+
+    def task_extras(self, batch_size: int) -> dict[str, object]:
+        return {"batch_size": batch_size} if any(a.batch_dependent for a in self.attacks) else {}
+
+    def run(self, x: torch.Tensor, y: torch.Tensor, ctx: BatchContext) -> Iterator[LevelOutput]:
+        n = x.shape[0]
+        with torch.no_grad():
+            logits = ctx.model(x)
+        num_classes = int(logits.shape[1])
+        correct = (logits.argmax(1) == y).cpu()
+        state = _SuiteState(x.clone(), torch.zeros(n, dtype=torch.bool), [""] * n, {})
+        first_query = torch.ones(n, dtype=torch.int64)  # the clean classification above
+        for level in self.levels:
+            grads, queries = zero_cost(n), zero_cost(n)
+            queries += first_query
+            first_query = zero_cost(n)
+            if level > 0:
+                for member in self.attacks:
+                    pool = (correct & ~state.broken).nonzero().squeeze(1)
+                    if pool.numel() == 0:
+                        break
+                    self._run_member(member, level, pool, x, y, ctx, num_classes, state, grads, queries)
+            yield LevelOutput(level, state.x_out.clone(), grads, queries, tuple(state.breaker))
+
+    # -- one member at one ε ------------------------------------------------------------------
+
+    def _run_member(self, member: SuiteMember, level: float, pool: torch.Tensor, x: torch.Tensor,
+                    y: torch.Tensor, ctx: BatchContext, num_classes: int, state: _SuiteState,
+                    grads: torch.Tensor, queries: torch.Tensor) -> None:
+        cache = state.caches.get(member.name) if member.minimal_norm and member.eps_independent else None
+        if cache is not None:
+            known = pool[cache.known[pool]]
+            fits = known[cache.size[known] <= level]
+            self._accept(member, level, fits, cache.x_adv[fits.to(x.device)], x, y, ctx, state, queries)
+            pool = pool[~cache.known[pool]]
+            if pool.numel() == 0:
+                return
+        ids = ctx.sample_ids[pool].tolist()
+        mctx = MemberContext(
+            model=ctx.model, norm=self._norm, eps=level, num_classes=num_classes,
+            sample_seeds=tuple(derive_seed(ctx.seed, int(s), self.name, member.name, level) for s in ids),
+            shared_seed=derive_seed(ctx.seed, self.name, member.name, level),
+        )
+        dev_pool = pool.to(x.device)
+        res = member.attack(x[dev_pool], y[dev_pool], mctx)
+        grads[pool] += res.grad_evals.cpu()
+        queries[pool] += res.queries.cpu()
+        claimed = res.success.cpu()
+        self._accept(member, level, pool[claimed], res.x_adv[claimed.to(x.device)], x, y, ctx, state, queries)
+        if member.minimal_norm and member.eps_independent and res.size is not None and res.exhaustive is not None:
+            cache = state.caches.setdefault(
+                member.name,
+                _MinNormCache(x.clone(), torch.full((x.shape[0],), float("inf"), dtype=torch.float64),
+                              torch.zeros(x.shape[0], dtype=torch.bool)),
+            )
+            keep = (res.exhaustive.cpu() & ~claimed).nonzero().squeeze(1)
+            rows = pool[keep]
+            cache.x_adv[rows.to(x.device)] = res.x_adv[keep.to(x.device)]
+            cache.size[rows] = res.size.cpu().double()[keep]
+            cache.known[rows] = True
+
+    def _accept(self, member: SuiteMember, level: float, rows: torch.Tensor, x_adv: torch.Tensor,
+                x: torch.Tensor, y: torch.Tensor, ctx: BatchContext, state: _SuiteState,
+                queries: torch.Tensor) -> None:
+        """Verify claimed successes; record the confirmed ones as broken by ``member``."""
+        if rows.numel() == 0:
+            return
+        dev_rows = rows.to(x.device)
+        self._check_ball(member, level, x[dev_rows], x_adv)
+        with torch.no_grad():
+            pred = ctx.model(x_adv).argmax(1)
+        queries[rows] += 1
+        confirmed = (pred != y[dev_rows]).cpu()
+        for r, ok, xa in zip(rows.tolist(), confirmed.tolist(), x_adv, strict=True):
+            if ok:
+                state.x_out[r] = xa
+                state.broken[r] = True
+                state.breaker[r] = member.name
+
+    def _check_ball(self, member: SuiteMember, level: float, x: torch.Tensor, x_adv: torch.Tensor) -> None:
+        where = f"perturbation {self.name!r}, member {member.name!r} at ε={level:g}"
+        if not bool(torch.isfinite(x_adv).all()):
+            raise ThreatModelViolation(f"{where} returned NaN/inf pixels")
+        if float(x_adv.min()) < -1e-6 or float(x_adv.max()) > 1 + 1e-6:
+            raise ThreatModelViolation(f"{where} left the [0, 1] pixel box")
+        sizes = self._norm.measure(x_adv - x)
+        bound = self._norm.bound(level)
+        if bool((sizes > bound).any()):
+            raise ThreatModelViolation(
+                f"{where} claimed {int((sizes > bound).sum())} example(s) outside the {self._norm.name} ball "
+                f"(largest ‖δ‖ = {float(sizes.max()):.6g} > ε). The attack is broken; its results are not counted."
+            )
+
+    @property
+    def _norm(self) -> Norm:
+        norm = self.norm_obj
+        assert norm is not None
+        return norm
+
