@@ -8,7 +8,7 @@ export GAUNTLET_CACHE_DIR ?= $(HOME)/.cache/gauntlet
 export NUMBA_CACHE_DIR    ?= $(GAUNTLET_CACHE_DIR)/numba
 export WANDB_MODE         ?= offline
 
-.PHONY: run test test-fast lint install checkpoints bench clean
+.PHONY: run test test-fast lint install checkpoints bench-corruptions bench-attacks parity clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
@@ -40,6 +40,16 @@ lint: $(STAMP)
 ## Train (or verify) the embedded checkpoints ahead of time.
 checkpoints: $(STAMP)
 	$(PY) scripts/train_digits.py
+
+## Benchmarks and the full AutoAttack parity run (minutes each; figures go to docs/BENCHMARKS.md).
+bench-corruptions: $(STAMP)
+	$(PY) scripts/bench_corruptions.py $(ARGS)
+
+bench-attacks: $(STAMP)
+	$(PY) scripts/bench_attacks.py $(ARGS)
+
+parity: $(STAMP)
+	$(PY) scripts/parity_autoattack.py $(ARGS)
 
 clean:
 	rm -rf runs outputs .pytest_cache .mypy_cache .ruff_cache

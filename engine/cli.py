@@ -9,10 +9,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from engine.config import register_schemas, unknown_choices
+from engine.config import CONFIG_DIR, register_schemas, unknown_choices
 from engine.errors import GauntletError
 
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 log = logging.getLogger("gauntlet")
 
 register_schemas()

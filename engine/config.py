@@ -53,9 +53,25 @@ class SweepConfig:
     corruption_baseline: Optional[str] = None  # noqa: UP045
 
 
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
+
+
 def register_schemas() -> None:
     """Make ``sweep_schema`` available to the defaults list of ``sweep.yaml``."""
     ConfigStore.instance().store(name="sweep_schema", node=SweepConfig)
+
+
+def compose_sweep(overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """Compose ``configs/sweep.yaml`` with Hydra overrides, resolved to a plain dict (for scripts and tests)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    register_schemas()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("sweep", overrides=list(overrides))
+    out = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(out, dict)
+    return {str(k): v for k, v in out.items()}
 
 
 def group_options(config_dirs: list[Path]) -> dict[str, list[str]]:

@@ -42,7 +42,7 @@ SWEEP_LEVELS = [0.05, 0.1, 0.15, 0.2, 0.25, 0.3]
 
 
 def aa_config(name: str = "autoattack_standard_linf") -> dict:  # type: ignore[type-arg]
-    from tests.conftest import compose_dict
+    from engine.config import compose_sweep as compose_dict
 
     return dict(compose_dict([f"perturbation=[{name}]"])["perturbation"][name])
 
@@ -175,9 +175,9 @@ def main() -> None:
         for eps in args.resnet_eps:
             compare("resnet18-cifar10", model, x, y, eps, args.repeats)
     if "digits" in what or "sweep" in what:
+        from engine.config import compose_sweep as compose_dict
         from engine.data.digits import load_digits
         from engine.models.loader import build_model, ensure_checkpoint
-        from tests.conftest import compose_dict
 
         mcfg = compose_dict(["model=[digits_cnn_at]"])["model"]["digits_cnn_at"]
         ensure_checkpoint("digits_cnn_at", mcfg, progress=False)

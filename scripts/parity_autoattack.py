@@ -28,7 +28,7 @@ from engine.resources import build_perturbation
 
 
 def compose(model: str) -> dict:  # type: ignore[type-arg]
-    from tests.conftest import compose_dict
+    from engine.config import compose_sweep as compose_dict
 
     return compose_dict([f"model=[{model}]", "perturbation=[autoattack_standard_linf]"])
 

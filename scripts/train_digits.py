@@ -13,10 +13,8 @@ import argparse
 import logging
 
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
-from engine.cli import CONFIG_DIR
+from engine.config import compose_sweep
 from engine.data.digits import load_digits
 from engine.models.checkpoint import manifest_path
 from engine.models.loader import build_model, checkpoint_path, ensure_checkpoint
@@ -29,10 +27,7 @@ def main() -> None:
     parser.add_argument("--force", action="store_true", help="delete and retrain the checkpoints")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("sweep", overrides=[f"model=[{','.join(MODELS)}]"])
-    models = OmegaConf.to_container(cfg.model, resolve=True)
-    assert isinstance(models, dict)
+    models = compose_sweep([f"model=[{','.join(MODELS)}]"])["model"]
     test = load_digits(split="test")
     for name in MODELS:
         mcfg = models[name]

@@ -11,15 +11,12 @@ from typing import Any
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
 os.environ.setdefault("GAUNTLET_CACHE_DIR", str(Path.home() / ".cache" / "gauntlet"))
 os.environ.setdefault("NUMBA_CACHE_DIR", str(Path(os.environ["GAUNTLET_CACHE_DIR"]) / "numba"))
 os.environ.setdefault("WANDB_MODE", "offline")
 
-from engine.cli import CONFIG_DIR
-from engine.config import register_schemas
+from engine.config import compose_sweep, register_schemas
 from engine.models.checkpoint import save_checkpoint
 from engine.models.cnn import SmallCNN
 
@@ -31,11 +28,7 @@ ComposeFn = Callable[..., dict[str, Any]]
 
 def compose_dict(overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Compose ``sweep.yaml`` with overrides and return it resolved as a plain dict."""
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("sweep", overrides=list(overrides))
-    out = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(out, dict)
-    return out
+    return compose_sweep(tuple(overrides))
 
 
 @pytest.fixture(scope="session")

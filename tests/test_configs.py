@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from hydra.utils import instantiate
 
-from engine.cli import CONFIG_DIR
+from engine.config import CONFIG_DIR
 from engine.perturbations.base import Perturbation
 from engine.resources import build_perturbation
 from tests.conftest import compose_dict

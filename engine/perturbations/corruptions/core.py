@@ -131,7 +131,7 @@ class Corruption(Perturbation):
             return draw(rng, shape, param, self.options, None if host is None else host[i])
 
         # NumPy's generators release the GIL while they fill arrays: draw samples on threads.
-        return stack_draws(map_threads(one, list(range(len(sample_ids)))))
+        return stack_draws(map_threads(one, list(range(len(sample_ids))), shape[1] * shape[2]))
 
     def corrupt(
         self, x: torch.Tensor, severity: int, *, draws: Draws | None = None, seed: int = 0,
