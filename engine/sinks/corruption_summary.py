@@ -69,7 +69,8 @@ def render_corruption_summary(rows: Sequence[AccuracyRow], models: Sequence[str]
     out = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(x, widths, strict=True)))
            for x in [head, *lines]]
     out.insert(1, "  ".join("-" * w for w in widths))
-    if any(line[3] == "n/a" for line in lines):
-        out.append(f"n/a: CE is undefined where {base_name} makes no error on a corruption (or lacks a clean row); "
-                   "choose another corruption_baseline=<model>")
+    if any("n/a" in line[3:] for line in lines):
+        out.append(f"n/a: undefined because {base_name} makes no error on some corruption (CE), or its corruption "
+                   "error equals its clean error, or a clean row is missing (relative mCE); "
+                   "choose another corruption_baseline=<model> or add perturbation clean")
     return "corruption robustness\n" + "\n".join(out)
