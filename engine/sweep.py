@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from hydra.utils import instantiate
 from tqdm.auto import tqdm
 
@@ -57,7 +58,7 @@ def run_sweep(cfg: Mapping[str, Any]) -> SweepOutcome:
     if plan.done:
         log.info("%d of %d task(s) already have results in %s; skipping them",
                  len(plan.done), len(plan.tasks), store.dir)
-    evaluated = _execute(plan.todo, runner, RunContext(device, lambda t, n: None, resources), store, progress)
+    evaluated = _execute(plan.todo, runner, device, resources, store, progress)
     table = store.read(t.task_id for t in plan.tasks)
     rows = accuracy_table(table)
     models = list(dict.fromkeys(t.model_name for t in plan.tasks))
@@ -99,13 +100,15 @@ def _write_flags(out_dir: Path, plan: Plan, flags: list[Flag]) -> None:
     tmp.replace(out_dir / "flags.json")
 
 
-def _execute(todo: tuple[Task, ...], runner: Runner, ctx: RunContext, store: ResultStore, progress: bool) -> int:
+def _execute(todo: tuple[Task, ...], runner: Runner, device: torch.device, resources: Resources,
+             store: ResultStore, progress: bool) -> int:
+    """Run ``todo`` on ``runner``, writing each result as it arrives; return how many were evaluated."""
     if not todo:
         return 0
     total = sum(t.n_samples for t in todo)
     with tqdm(total=len(todo), desc="tasks", unit="task", disable=not progress) as bar, \
             tqdm(total=total, desc="samples", unit="sample", leave=False, disable=not progress) as inner:
-        ctx = RunContext(ctx.device, lambda t, n: inner.update(n), ctx.resources)
+        ctx = RunContext(device, lambda t, n: inner.update(n), resources)
         done = 0
         for result in runner.run(todo, ctx):
             path = store.write(result)
