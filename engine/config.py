@@ -32,6 +32,7 @@ class ModelConfig:
     checkpoint: str = "???"
     sha256: Optional[str] = None  # noqa: UP045 (OmegaConf needs typing.Optional)
     train: Optional[TrainConfig] = None  # noqa: UP045
+    memory_format: str = "contiguous"  # or channels_last: faster convolutions for some models (docs/BENCHMARKS.md)
 
 
 @dataclass

@@ -89,7 +89,8 @@ def probe_model(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, model_
             flags.append(Flag(
                 "randomised_without_eot", model_name, None,
                 f"two forward passes on the same inputs differ (max |Δlogit| = {diff:.3g}) and these attacks "
-                f"use no EOT: {', '.join(no_eot)}; use an EOT attack (eot_pgd_linf, APGD eot: 20)",
+                f"use no EOT: {', '.join(no_eot)}; use an EOT attack (autoattack_rand_linf / _l2, the original "
+                f"AutoAttack's suite for randomised models, eot_pgd_linf, or APGD with eot: 20)",
                 {"max_logit_diff": diff, "perturbations": no_eot},
             ))
     return flags

@@ -41,10 +41,17 @@ from engine.resources import build_perturbation
 SWEEP_LEVELS = [0.05, 0.1, 0.15, 0.2, 0.25, 0.3]
 
 
+TARGET_BATCH: int | None = None  # --target-batch: override the configs' target_batch of APGD-T / FAB-T
+
+
 def aa_config(name: str = "autoattack_standard_linf") -> dict:  # type: ignore[type-arg]
     from engine.config import compose_sweep as compose_dict
 
-    return dict(compose_dict([f"perturbation=[{name}]"])["perturbation"][name])
+    cfg = dict(compose_dict([f"perturbation=[{name}]"])["perturbation"][name])
+    if TARGET_BATCH is not None:
+        cfg["attacks"] = [{**a, "target_batch": TARGET_BATCH} if "n_target_classes" in a else a
+                          for a in cfg["attacks"]]
+    return cfg
 
 
 def load_resnet() -> torch.nn.Module:
@@ -161,12 +168,17 @@ def main() -> None:
     ap.add_argument("--sweep-configs", nargs="+", default=["autoattack_standard_linf", "apgd_ce_linf", "fab_t_linf"])
     ap.add_argument("--resnet-eps", type=float, nargs="+", default=[8 / 255, 0.25 / 255],
                     help="L∞ ε for the ResNet (8/255: everything breaks at once; 0.25/255: some samples survive)")
+    ap.add_argument("--target-batch", type=int, default=None,
+                    help="override target_batch (targets of APGD-T / FAB-T run together) in Gauntlet's configs")
     args = ap.parse_args()
+    global TARGET_BATCH
+    TARGET_BATCH = args.target_batch
     torch.set_num_threads(args.threads)
     os.environ.setdefault("GAUNTLET_CACHE_DIR", str(Path.home() / ".cache" / "gauntlet"))
     what = args.only or ["resnet", "digits", "sweep"]
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
-          f"torch {torch.__version__}, threads={args.threads}, CUDA {'yes' if torch.cuda.is_available() else 'no'}")
+          f"torch {torch.__version__}, threads={args.threads}, CUDA {'yes' if torch.cuda.is_available() else 'no'}, "
+          f"target_batch={'config' if TARGET_BATCH is None else TARGET_BATCH}")
     if "resnet" in what:
         model = load_resnet()
         x = smooth_images(args.n or 8)

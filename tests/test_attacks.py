@@ -83,6 +83,36 @@ def test_fab_t_finds_the_same_minimal_norms_as_the_original(norm: str, eps: floa
     assert int(grads.max()) == 30
 
 
+@pytest.mark.parametrize("norm, eps", [("linf", 0.012), ("l2", 0.06)])
+@pytest.mark.parametrize("member", ["apgd-t", "fab-t"])
+def test_running_targets_together_changes_no_verdict(norm: str, eps: float, member: str) -> None:
+    model = _model()
+    x, y = _batch(model)
+    ctx = _ctx(model, norm, eps, len(x))
+
+    def run(target_batch: int) -> MemberResult:
+        if member == "apgd-t":
+            m: SuiteMember = APGD(name="t", loss="dlr-targeted", n_iter=30, n_target_classes=5,
+                                  target_batch=target_batch)
+        else:
+            m = FABTargeted(name="f", n_iter=20, n_target_classes=5, target_batch=target_batch)
+        return m.attack(x, y, ctx)
+
+    one, together, pairs = run(1), run(5), run(2)
+    assert 0 < int(one.success.sum()) < len(x)  # a mix, or the comparison says nothing
+    for other in (together, pairs):
+        assert torch.equal(one.success, other.success)
+        assert get_norm(norm).measure((other.x_adv - x)[other.success]).max() <= eps + 1e-6
+        with torch.no_grad():
+            assert bool((model(other.x_adv[other.success]).argmax(1) != y[other.success]).all())
+        # a sample that survives every target costs the same; the rest stop when any target breaks them
+        robust = ~one.success
+        assert torch.equal(one.grad_evals[robust], other.grad_evals[robust])
+    if member == "fab-t":  # the minimal norms of surviving samples (reused across ε) are the same
+        assert one.size is not None and together.size is not None
+        assert torch.allclose(one.size[~one.success], together.size[~one.success])
+
+
 def test_square_linf_stays_in_the_ball_and_counts_queries() -> None:
     model = _model()
     x, y = _batch(model, 16)
@@ -92,6 +122,50 @@ def test_square_linf_stays_in_the_ball_and_counts_queries() -> None:
     assert int(res.queries.max()) <= 201 and int(res.queries[res.success].min()) >= 1
     with torch.no_grad():
         assert bool((model(res.x_adv[res.success]).argmax(1) != y[res.success]).all())
+
+
+def test_targets_run_together_only_as_far_as_the_batch_allows() -> None:
+    from engine.perturbations.autoattack import _target_chunks
+
+    ranks = list(range(2, 11))
+    assert list(_target_chunks(ranks, 9, 0, lambda: 50)) == [ranks]  # no cap
+    assert list(_target_chunks(ranks, 1, 100, lambda: 1)) == [[r] for r in ranks]  # one at a time
+    left = iter([4, 4, 1])  # samples still unbroken before each group: 2 targets fit in 10 rows, then all
+    assert list(_target_chunks(ranks, 9, 10, lambda: next(left))) == [[2, 3], [4, 5], [6, 7, 8, 9, 10]]
+    assert list(_target_chunks(ranks, 4, 1000, lambda: 3)) == [[2, 3, 4, 5], [6, 7, 8, 9], [10]]
+
+
+def test_square_linf_matches_the_original_draw_for_draw() -> None:
+    """The original Square (L∞) fed the same random draws returns the same examples after the same queries."""
+    from pyautoattack.square import SquareAttack
+
+    model = _model()
+    x, y = _batch(model, 16)
+    eps, n_queries, seeds, shared_seed = 0.03, 300, tuple(range(100, 116)), 7
+    ctx = MemberContext(model, get_norm("linf"), eps, 10, seeds, shared_seed)
+    hit, x_best, queries = Square(name="s", n_queries=n_queries)._single_run(ctx, x, y, ctx.generators(),
+                                                                             ctx.shared_generator())
+    replica = ctx.shared_generator()
+
+    def random_choice(shape: list[int]) -> torch.Tensor:
+        if len(shape) == 4:  # the initial vertical stripes: one draw per sample, from its own generator
+            return torch.stack([torch.sign(2 * torch.rand(shape[1:], generator=g) - 1) for g in ctx.generators()])
+        return torch.sign(2 * torch.rand(shape, generator=replica) - 1)
+
+    def random_int(low: int = 0, high: int = 1, shape: list[int] | None = None) -> torch.Tensor:
+        return (low + (high - low) * torch.rand(shape or [1], generator=replica)).long()
+
+    ref = SquareAttack(model, norm="Linf", eps=eps, n_queries=n_queries, p_init=0.8, loss="margin",
+                       resc_schedule=False, device="cpu")
+    ref.random_choice, ref.random_int = random_choice, random_int  # type: ignore[method-assign]
+    ref.ndims = x.ndim - 1  # what its perturb() sets before calling attack_single_run
+    ref_queries, ref_best = ref.attack_single_run(x, y)
+    with torch.no_grad():
+        ref_hit = model(ref_best).argmax(1) != y
+    assert 0 < int(hit.sum()) < len(x)  # a mix, or the comparison says nothing
+    assert torch.equal(hit, ref_hit)
+    assert torch.equal(x_best, ref_best)
+    assert torch.equal(queries, ref_queries.long())
 
 
 def test_square_schedule_follows_the_original() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.errors import CheckpointError
+from engine.errors import CheckpointError, ConfigError
 from engine.models.checkpoint import load_state, manifest_path, save_checkpoint, sha256_of, verify_file
 from engine.models.cnn import SmallCNN
 from engine.models.loader import build_model, ensure_checkpoint
@@ -91,3 +91,25 @@ def test_unknown_suffix_is_rejected(tmp_path: Path) -> None:
     path.write_bytes(b"x")
     with pytest.raises(CheckpointError, match="suffix"):
         load_state(path, "m")
+
+
+def test_channels_last_memory_format_gives_the_same_logits_and_input_gradients(tiny_checkpoint: Path) -> None:
+    plain = build_model("tiny", _cfg(tiny_checkpoint), torch.device("cpu"))
+    fast = build_model("tiny", {**_cfg(tiny_checkpoint), "memory_format": "channels_last"}, torch.device("cpu"))
+    conv = next(m for m in fast.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.rand(6, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    grads = []
+    for model in (plain, fast):
+        xg = x.clone().requires_grad_(True)
+        out = model(xg)
+        (g,) = torch.autograd.grad(out.max(1).values.sum(), [xg])
+        assert g.is_contiguous()  # attacks keep seeing ordinary images
+        grads.append((out.detach(), g))
+    assert torch.allclose(grads[0][0], grads[1][0], atol=1e-5)
+    assert torch.allclose(grads[0][1], grads[1][1], atol=1e-5)
+
+
+def test_unknown_memory_format_names_the_choices(tiny_checkpoint: Path) -> None:
+    with pytest.raises(ConfigError, match=r"memory_format.*channels_last"):
+        build_model("tiny", {**_cfg(tiny_checkpoint), "memory_format": "nhwc"}, torch.device("cpu"))

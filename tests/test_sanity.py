@@ -150,6 +150,27 @@ def test_randomised_model_without_eot_is_flagged_and_with_eot_is_not(healthy: to
     assert probe_model(Noisy(healthy), x, y, "noisy", {"eot_pgd_linf": 10}) == []
 
 
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_autoattack_rand_averages_20_passes_per_gradient_and_is_not_flagged(healthy: torch.nn.Module,
+                                                                            data: tuple,  # type: ignore[type-arg]
+                                                                            norm: str) -> None:
+    from engine.perturbations.base import BatchContext
+    from engine.resources import build_perturbation
+    from tests.conftest import compose_dict
+
+    name = f"autoattack_rand_{norm}"
+    cfg = compose_dict([f"perturbation=[{name}]"])["perturbation"][name]
+    suite = build_perturbation(name, {**cfg, "eps": [0.05 if norm == "linf" else 0.5],
+                                      "attacks": [{**a, "n_iter": 5} for a in cfg["attacks"]]})
+    assert [(a.name, a.eot_iter) for a in suite.attacks] == [("apgd-ce", 20), ("apgd-dlr", 20)]
+    x, y, _ = data
+    torch.manual_seed(0)
+    assert probe_model(Noisy(healthy), x, y, "noisy", {name: suite.eot_iter}) == []
+    (out,) = list(suite.run(x[:4], y[:4], BatchContext(Noisy(healthy), 0, torch.arange(4))))
+    grads = out.grad_evals[out.grad_evals > 0]
+    assert grads.numel() > 0 and bool((grads % 20 == 0).all())  # every gradient is a mean over 20 passes
+
+
 # -- result checks -------------------------------------------------------------------------------------------
 
 

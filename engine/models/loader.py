@@ -34,6 +34,9 @@ def ensure_checkpoint(name: str, model_cfg: Mapping[str, Any], progress: bool = 
     return verify_file(path, model_cfg.get("sha256"), name)
 
 
+MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+
+
 def build_model(name: str, model_cfg: Mapping[str, Any], device: torch.device) -> NormalizedModel:
     """Architecture + weights (strict) + normalisation, in eval mode with frozen parameters."""
     mean, std = list(model_cfg["mean"]), list(model_cfg["std"])
@@ -52,7 +55,14 @@ def build_model(name: str, model_cfg: Mapping[str, Any], device: torch.device) -
         raise CheckpointError(
             f"model {name!r}: checkpoint {path} does not fit model.{name}.arch ({first})"
         ) from None
+    fmt = str(model_cfg.get("memory_format", "contiguous"))
+    if fmt not in MEMORY_FORMATS:
+        raise ConfigError(f"model.{name}.memory_format is {fmt!r}; use one of {sorted(MEMORY_FORMATS)}")
     model = NormalizedModel(net, mean, std).to(device).eval()
+    if fmt != "contiguous":
+        # weights only: a convolution with channels-last weights runs channels-last whatever the input's
+        # layout, and the attacks keep seeing (and returning) ordinary contiguous images
+        model.to(memory_format=MEMORY_FORMATS[fmt])
     for p in model.parameters():
         p.requires_grad_(False)
     return model

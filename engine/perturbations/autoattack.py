@@ -19,7 +19,7 @@ implementation (``pyautoattack`` 0.2.0: ``autopgd_base.py``, ``fab_base.py``,
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -99,6 +99,7 @@ class _APGDRows:
     loss_steps: torch.Tensor
     loss_best_last: torch.Tensor
     reduced_last: torch.Tensor
+    group: torch.Tensor | None = None  # sample of each row when several targets of a sample run together
 
     def keep(self, mask: torch.Tensor) -> None:
         for name in ("idx", "x", "y", "x_adv", "x_old", "grad", "x_best", "grad_best", "loss_best", "step",
@@ -106,6 +107,8 @@ class _APGDRows:
             setattr(self, name, getattr(self, name)[mask])
         if self.target is not None:
             self.target = self.target[mask]
+        if self.group is not None:
+            self.group = self.group[mask]
         self.loss_steps = self.loss_steps[:, mask]
 
 
@@ -114,6 +117,8 @@ class APGD(SuiteMember):
     """Auto-PGD (Croce & Hein 2020) on the CE, DLR or targeted DLR loss (``loss: dlr-targeted`` is APGD-T).
 
     ``n_target_classes`` (APGD-T only) is capped at (number of classes − 1).
+    ``target_batch`` (APGD-T only) runs that many target classes of a sample in
+    one batch (see :func:`expand_targets`); 1 is the original's one-target-at-a-time order.
     """
 
     loss: str = "ce"
@@ -122,12 +127,13 @@ class APGD(SuiteMember):
     rho: float = 0.75
     eot: int = 1
     n_target_classes: int = 9
+    target_batch: int = 1
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.loss not in LOSSES:
             raise ConfigError(f"attack {self.name!r}: loss {self.loss!r} is not one of {sorted(LOSSES)}")
-        for key in ("n_iter", "n_restarts", "eot", "n_target_classes"):
+        for key in ("n_iter", "n_restarts", "eot", "n_target_classes", "target_batch"):
             if int(getattr(self, key)) < 1:
                 raise ConfigError(f"attack {self.name!r}: {key} must be ≥ 1")
         if not 0 < self.rho < 1:
@@ -144,25 +150,27 @@ class APGD(SuiteMember):
         x_found = x.clone()
         grads = torch.zeros(n, dtype=torch.int64, device=x.device)
         queries = torch.zeros(n, dtype=torch.int64, device=x.device)
-        targeted = self.loss == "dlr-targeted"
         order = None
-        if targeted:
+        ranks: list[int] = [0]  # untargeted: one pass, no target
+        if self.loss == "dlr-targeted":
             with torch.no_grad():
                 order = ctx.model(x).sort(dim=1)[1]
             queries += 1
-        n_targets = min(self.n_target_classes, ctx.num_classes - 1) if targeted else 1
-        for target_rank in range(2, n_targets + 2):
+            ranks = list(range(2, min(self.n_target_classes, ctx.num_classes - 1) + 2))
+        for chunk in _target_chunks(ranks, self.target_batch, ctx.max_rows, lambda: int((~found).sum())):
             for _ in range(self.n_restarts):
                 rows = (~found).nonzero().squeeze(1)
                 if rows.numel() == 0:
                     break
-                target = order[rows, -target_rank] if order is not None else None
-                start = _random_start(x[rows], ctx.eps, ctx.norm.name, [gens[i] for i in rows.tolist()])
-                hit, x_hit, cost, q = self._single_run(ctx, x[rows], y[rows], target, start)
-                grads[rows] += cost
-                queries[rows] += q
-                found[rows[hit]] = True
-                x_found[rows[hit]] = x_hit[hit]
+                sample, target = expand_targets(rows, chunk, order)
+                # a sample's generator yields its starts in (target, restart) order, as one target at a time would
+                start = _random_start(x[sample], ctx.eps, ctx.norm.name, [gens[i] for i in sample.tolist()])
+                group = sample if len(chunk) > 1 else None
+                hit, x_hit, cost, q = self._single_run(ctx, x[sample], y[sample], target, start, group)
+                grads.index_add_(0, sample, cost)
+                queries.index_add_(0, sample, q)
+                found[sample[hit]] = True
+                x_found[sample[hit]] = x_hit[hit]
         return MemberResult(x_found, found, grads, queries)
 
     def _grad(self, ctx: MemberContext, x_adv: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None,
@@ -199,8 +207,13 @@ class APGD(SuiteMember):
                            0.0, 1.0)
 
     def _single_run(self, ctx: MemberContext, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None,
-                    start: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One APGD run from ``start``; returns (broken, example, gradient evaluations, queries) per row."""
+                    start: torch.Tensor, group: torch.Tensor | None = None,
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One APGD run from ``start``; returns (broken, example, gradient evaluations, queries) per row.
+
+        With ``group`` (the sample of each row, rows of a sample adjacent), a sample
+        leaves as soon as any of its rows is broken; only that row counts as a hit.
+        """
         n, eps, norm = x.shape[0], ctx.eps, ctx.norm.name
         hit = torch.zeros(n, dtype=torch.bool, device=x.device)
         x_hit = x.clone()
@@ -215,7 +228,7 @@ class APGD(SuiteMember):
             grad=grad, x_best=x_adv.clone(), grad_best=grad.clone(), loss_best=loss.clone(),
             step=2.0 * eps * torch.ones([n, *([1] * (x.ndim - 1))], device=x.device),
             loss_steps=torch.zeros(self.n_iter, n, device=x.device),
-            loss_best_last=loss.clone(), reduced_last=torch.ones_like(loss),
+            loss_best_last=loss.clone(), reduced_last=torch.ones_like(loss), group=group,
         )
         self._retire(s, logits, hit, x_hit)
         k, counter3 = n_iter_2, 0
@@ -264,11 +277,60 @@ class APGD(SuiteMember):
     def _retire(s: _APGDRows, logits: torch.Tensor, hit: torch.Tensor, x_hit: torch.Tensor) -> None:
         """Rows misclassified at the current iterate are broken: record them and drop them from the batch."""
         wrong = logits.argmax(1) != s.y
-        if bool(wrong.any()):
-            rows = s.idx[wrong]
-            hit[rows] = True
-            x_hit[rows] = s.x_adv[wrong]
-            s.keep(~wrong)
+        if not bool(wrong.any()):
+            return
+        if s.group is None:
+            first, drop = wrong, wrong
+        else:
+            first, drop = _first_in_group(wrong, s.group)
+        rows = s.idx[first]
+        hit[rows] = True
+        x_hit[rows] = s.x_adv[first]
+        s.keep(~drop)
+
+
+def _target_chunks(ranks: list[int], target_batch: int, max_rows: int, remaining: Callable[[], int],
+                   ) -> Iterator[list[int]]:
+    """Consecutive groups of target ranks to run together: at most ``target_batch`` of them and, when
+    ``max_rows`` > 0, no more than fit in ``max_rows`` rows for the samples still ``remaining()``
+    (so a batch never grows past the one the user sized for memory)."""
+    i = 0
+    while i < len(ranks):
+        k = target_batch
+        if max_rows > 0:
+            k = min(k, max(1, max_rows // max(remaining(), 1)))
+        yield ranks[i:i + k]
+        i += k
+
+
+def expand_targets(rows: torch.Tensor, ranks: list[int], order: torch.Tensor | None,
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One row per (sample, target rank), sample-major: the sample index and target class of each row.
+
+    Rank r is the r-th most likely class of the clean input (2: the runner-up).
+    Every per-row computation of APGD and FAB is independent of the other rows and
+    each row's random start comes from its sample's own generator (with one restart,
+    in the order one target at a time would draw them), so running k targets together
+    changes no verdict, only the batch shape and the cost: a sample's other targets
+    stop as soon as one breaks it.
+    """
+    k = len(ranks)
+    sample = rows.repeat_interleave(k)
+    if order is None:
+        return sample, None
+    rank = torch.tensor(ranks, device=order.device).repeat(rows.numel())
+    return sample, order[sample.to(order.device), order.shape[1] - rank]
+
+
+def _first_in_group(mask: torch.Tensor, group: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(first flagged row of each group with a flagged row, every row of those groups); groups are contiguous."""
+    pos = mask.nonzero().squeeze(1)
+    g = group[pos]
+    lead = torch.ones_like(g, dtype=torch.bool)
+    lead[1:] = g[1:] != g[:-1]
+    first = torch.zeros_like(mask)
+    first[pos[lead]] = True
+    return first, torch.isin(group, g)
 
 
 @dataclass(frozen=True)
@@ -288,10 +350,11 @@ class FABTargeted(SuiteMember):
     alpha_max: float = 0.1
     eta: float = 1.05
     beta: float = 0.9
+    target_batch: int = 1
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for key in ("n_iter", "n_restarts", "n_target_classes"):
+        for key in ("n_iter", "n_restarts", "n_target_classes", "target_batch"):
             if int(getattr(self, key)) < 1:
                 raise ConfigError(f"attack {self.name!r}: {key} must be ≥ 1")
 
@@ -308,21 +371,26 @@ class FABTargeted(SuiteMember):
         queries = torch.ones(n, dtype=torch.int64, device=x.device)  # the target ranking below
         with torch.no_grad():
             order = ctx.model(x).sort(dim=-1)[1]
-        n_targets = min(self.n_target_classes, ctx.num_classes - 1)
-        for target_rank in range(2, n_targets + 2):
+        ranks = list(range(2, min(self.n_target_classes, ctx.num_classes - 1) + 2))
+        for chunk in _target_chunks(ranks, self.target_batch, ctx.max_rows, lambda: int((size > ctx.eps).sum())):
             for restart in range(self.n_restarts):
                 rows = (size > ctx.eps).nonzero().squeeze(1)
                 if rows.numel() == 0:
                     break
-                x1 = x[rows]
+                sample, target = expand_targets(rows, chunk, order)
+                assert target is not None
+                x1 = x[sample]
                 if restart > 0:
-                    x1 = self._random_start(x[rows], ctx, [gens[i] for i in rows.tolist()])
-                adv, res, g, q = self._single_run(ctx, x[rows], y[rows], order[rows, -target_rank], x1)
-                grads[rows] += g
-                queries[rows] += q
-                better = res < size[rows]
-                size[rows[better]] = res[better]
-                best[rows[better]] = adv[better]
+                    x1 = self._random_start(x1, ctx, [gens[i] for i in sample.tolist()])
+                group = sample if len(chunk) > 1 else None
+                adv, res, g, q = self._single_run(ctx, x[sample], y[sample], target, x1, group)
+                grads.index_add_(0, sample, g)
+                queries.index_add_(0, sample, q)
+                for j in range(len(chunk)):  # in rank order: on a tie the earlier target's example stays
+                    rj, resj = rows, res[j::len(chunk)]
+                    better = resj < size[rj]
+                    size[rj[better]] = resj[better]
+                    best[rj[better]] = adv[j::len(chunk)][better]
         success = size <= ctx.eps
         return MemberResult(best, success, grads, queries, size=size, exhaustive=~success)
 
@@ -335,8 +403,13 @@ class FABTargeted(SuiteMember):
         return (x + ctx.eps * _normalize(t, norm) * 0.5).clamp(0.0, 1.0)
 
     def _single_run(self, ctx: MemberContext, im2: torch.Tensor, la2: torch.Tensor, la_t: torch.Tensor,
-                    x1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One FAB-T run; returns (best example, its norm (inf: none), gradients, queries) per row."""
+                    x1: torch.Tensor, group: torch.Tensor | None = None,
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One FAB-T run; returns (best example, its norm (inf: none), gradients, queries) per row.
+
+        With ``group`` (the sample of each row), a row stops once any row of its
+        sample has an example within ε.
+        """
         n, norm, nd = im2.shape[0], ctx.norm.name, im2.ndim
         project = projection_linf if norm == "linf" else projection_l2
         adv = im2.clone()
@@ -345,6 +418,7 @@ class FABTargeted(SuiteMember):
         queries = torch.zeros(n, dtype=torch.int64, device=im2.device)
         act = torch.arange(n, device=im2.device)
         x0_all = im2.reshape(n, -1)
+        n_groups = int(group.max()) + 1 if group is not None else 0
         for _ in range(self.n_iter):
             if act.numel() == 0:
                 break
@@ -379,7 +453,12 @@ class FABTargeted(SuiteMember):
                     res2[rows] = torch.where(better, t, res2[rows])
                     xa[is_adv] = ia[is_adv] + (xa[is_adv] - ia[is_adv]) * self.beta
                 # early exit: a row whose best example already fits in ε is broken at ε
-                keep = res2[act] > ctx.eps
+                if group is None:
+                    keep = res2[act] > ctx.eps
+                else:
+                    best = torch.full((n_groups,), 1e10, device=im2.device)
+                    best.scatter_reduce_(0, group, res2, reduce="amin")
+                    keep = best[group[act]] > ctx.eps
                 act, x1 = act[keep], xa[keep]
         size = torch.where(res2 < 1e10, res2, torch.full_like(res2, float("inf")))
         return adv, size, grads, queries

@@ -49,6 +49,7 @@ class MemberContext:
     num_classes: int
     sample_seeds: tuple[int, ...]  # one per row: (global seed, sample id, suite, member, ε)
     shared_seed: int  # (global seed, suite, member, ε): draws shared by all samples, same in every batch
+    max_rows: int = 0  # rows of the suite's batch: a member that widens its batch (targets together) stays within it
 
     def generators(self) -> list[torch.Generator]:
         """One CPU generator per row; a sample's draws never depend on its batch."""
@@ -216,7 +217,7 @@ class AttackSuite(Perturbation):
         mctx = MemberContext(
             model=ctx.model, norm=self._norm, eps=level, num_classes=num_classes,
             sample_seeds=tuple(derive_seed(ctx.seed, int(s), self.name, member.name, level) for s in ids),
-            shared_seed=derive_seed(ctx.seed, self.name, member.name, level),
+            shared_seed=derive_seed(ctx.seed, self.name, member.name, level), max_rows=int(x.shape[0]),
         )
         dev_pool = pool.to(x.device)
         res = member.attack(x[dev_pool], y[dev_pool], mctx)
