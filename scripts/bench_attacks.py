@@ -9,11 +9,14 @@
   32×32) labelled with the model's own predictions, L∞ ε = 8/255 and 0.25/255.
 * ``digits``: the embedded ``digits_cnn_at`` on the first N digits test samples, L∞ ε = 0.2.
 * ``sweep``: ``digits_cnn_at``, an ε curve of 6 levels in one suite run against
-  6 single-ε runs from scratch; ratio of gradient evaluations (``grad_evals``).
+  6 single-ε runs from scratch; ratio of gradient evaluations (``grad_evals``);
+  ``--sweep-original`` adds the original run once per ε.
 
-Both implementations get the same model object (eval mode, frozen parameters), the
-same inputs and the same thread count, alternately, in one process; times are
-medians over ``--repeats``. Not a test: numbers go to docs/BENCHMARKS.md.
+Both implementations get the same model object as Gauntlet's loader builds it (eval
+mode, frozen parameters, the config's memory format), the same inputs and the same
+thread count, alternately, in one process; a third column times the original as its
+README calls it (parameters requiring grad, default memory format). Times are medians
+over ``--repeats``. Not a test: numbers go to docs/BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -118,8 +121,9 @@ def timed(fn: Callable[[], object]) -> tuple[float, object]:
 
 
 def compare(label: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, repeats: int) -> None:
-    # The original as its README calls it: eval mode, parameters still requiring grad.
-    unfrozen = copy.deepcopy(model)
+    # The original as its README calls it: eval mode, parameters still requiring grad, weights in
+    # PyTorch's default (contiguous) layout; Gauntlet's loader may have chosen channels-last for this model.
+    unfrozen = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
     for p in unfrozen.parameters():
         p.requires_grad_(True)
     ours_t, ref_t, raw_t = [], [], []
@@ -139,13 +143,13 @@ def compare(label: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
     print(f"  time (median): gauntlet {mo:.2f} s {sorted(round(t, 2) for t in ours_t)}   "
           f"original {mr:.2f} s {sorted(round(t, 2) for t in ref_t)}")
     mu = statistics.median(raw_t)
-    print(f"  original, parameters requiring grad (its README's usage): {mu:.2f} s "
+    print(f"  original, parameters requiring grad, default memory format (its README's usage): {mu:.2f} s "
           f"{sorted(round(t, 2) for t in raw_t)}")
     print(f"  time ratio gauntlet/original = {mo / mr:.2f} (same frozen model)   "
           f"{mo / mu:.2f} (original as usually called)")
 
 
-def sweep(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, config: str) -> None:
+def sweep(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, config: str, against_original: bool) -> None:
     t_sweep, (accs, grads) = timed(lambda: run_gauntlet(model, x, y, SWEEP_LEVELS, config))  # type: ignore[misc]
     scratch, t_scratch = 0, 0.0
     for e in SWEEP_LEVELS:
@@ -157,6 +161,18 @@ def sweep(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, config: str)
                                                                                              strict=True)))
     print(f"  gradient evaluations: one sweep {grads}   six runs from scratch {scratch}   ratio {grads / scratch:.2f}")
     print(f"  time: one sweep {t_sweep:.1f} s   six runs {t_scratch:.1f} s   ratio {t_sweep / t_scratch:.2f}")
+    if against_original and config.startswith("autoattack_standard"):
+        orig, t_orig, orig_accs = 0, 0.0, []
+        for e in SWEEP_LEVELS:
+            t, (acc, g) = timed(lambda e=e: run_original(model, x, y, e))  # type: ignore[misc]
+            orig += g
+            t_orig += t
+            orig_accs.append(acc)
+        print("  original, one run per ε: robust accuracy " + ", ".join(f"{100 * a:.1f} %" for a in orig_accs))
+        print(f"  gradient evaluations: one Gauntlet sweep {grads}   six original runs {orig}   "
+              f"ratio {grads / orig:.2f}")
+        print(f"  time: one Gauntlet sweep {t_sweep:.1f} s   six original runs {t_orig:.1f} s   "
+              f"ratio {t_sweep / t_orig:.2f}")
 
 
 def main() -> None:
@@ -168,6 +184,8 @@ def main() -> None:
     ap.add_argument("--sweep-configs", nargs="+", default=["autoattack_standard_linf", "apgd_ce_linf", "fab_t_linf"])
     ap.add_argument("--resnet-eps", type=float, nargs="+", default=[8 / 255, 0.25 / 255],
                     help="L∞ ε for the ResNet (8/255: everything breaks at once; 0.25/255: some samples survive)")
+    ap.add_argument("--sweep-original", action="store_true",
+                    help="also run the original AutoAttack once per ε of the sweep (the user's from-scratch option)")
     ap.add_argument("--target-batch", type=int, default=None,
                     help="override target_batch (targets of APGD-T / FAB-T run together) in Gauntlet's configs")
     args = ap.parse_args()
@@ -201,7 +219,7 @@ def main() -> None:
             compare("digits_cnn_at", model, x, y, 0.2, args.repeats)
         if "sweep" in what:
             for config in args.sweep_configs:
-                sweep(model, x, y, config)
+                sweep(model, x, y, config, args.sweep_original)
 
 
 if __name__ == "__main__":

@@ -11,9 +11,11 @@ import torch
 
 from engine.errors import ThreatModelViolation
 from engine.perturbations.attacks import PGD
-from engine.perturbations.autoattack import APGD, FABTargeted, Square, _random_start
+from engine.perturbations.autoattack import APGD, random_start
 from engine.perturbations.base import BatchContext, LevelOutput
+from engine.perturbations.fab import FAB, FABTargeted
 from engine.perturbations.norms import get_norm
+from engine.perturbations.square import Square
 from engine.perturbations.suite import AttackSuite, MemberContext, MemberResult, SuiteMember
 
 pyautoattack = pytest.importorskip("pyautoattack")
@@ -49,7 +51,7 @@ def test_apgd_breaks_exactly_the_samples_the_original_breaks(norm: str, eps: flo
     model = _model()
     x, y = _batch(model)
     ctx = _ctx(model, norm, eps, len(x))
-    start = _random_start(x, eps, norm, ctx.generators())
+    start = random_start(x, eps, norm, ctx.generators())
     target = model(x).sort(dim=1)[1][:, -2] if loss == "dlr-targeted" else None
     hit, _, cost, _ = APGD(name="a", loss=loss, n_iter=40)._single_run(ctx, x, y, target, start)
     if target is None:
@@ -81,6 +83,36 @@ def test_fab_t_finds_the_same_minimal_norms_as_the_original(norm: str, eps: floa
     assert torch.equal(torch.isfinite(size), ok)
     assert torch.allclose(size[ok], res[ok], atol=1e-6)
     assert int(grads.max()) == 30
+
+
+@pytest.mark.parametrize("norm, eps, ref_norm", NORMS)
+def test_untargeted_fab_finds_the_same_minimal_norms_as_the_original(norm: str, eps: float, ref_norm: str) -> None:
+    from pyautoattack.fab_pt import FABAttack_PT
+
+    model = _model()
+    x, y = _batch(model)
+    _, size, grads, _ = FAB(name="f", n_iter=30)._single_run(_ctx(model, norm, 0.0, len(x)), x, y, None, x.clone())
+    ref = FABAttack_PT(model, norm=ref_norm, n_iter=30, eps=eps, targeted=False, device="cpu")
+    adv = ref.attack_single_run(x, y, use_rand_start=False, is_targeted=False)
+    ok = model(adv).argmax(1) != y
+    res = get_norm(norm).measure(adv - x).float()
+    assert bool(ok.any())
+    assert torch.equal(torch.isfinite(size), ok)
+    assert torch.allclose(size[ok], res[ok], atol=1e-6)
+    assert int(grads.max()) == 30 * 10  # one gradient per class and step: the full Jacobian
+
+
+def test_untargeted_fab_restarts_only_samples_still_robust_and_stay_in_the_ball() -> None:
+    model = _model()
+    x, y = _batch(model)
+    eps = 0.012
+    one = FAB(name="f", n_iter=20).attack(x, y, _ctx(model, "linf", eps, len(x)))
+    five = FAB(name="f", n_iter=20, n_restarts=5).attack(x, y, _ctx(model, "linf", eps, len(x)))
+    assert bool(one.success.any()) and bool((~five.success).any())
+    assert bool((five.success | ~one.success).all())  # restarts add successes, never lose one
+    assert bool((five.grad_evals[one.success] == one.grad_evals[one.success]).all())  # broken: no restart
+    assert int(five.grad_evals[~five.success].min()) == 5 * 20 * 10
+    assert float((five.x_adv - x)[five.success].abs().amax()) <= eps + 1e-6
 
 
 @pytest.mark.parametrize("norm, eps", [("linf", 0.012), ("l2", 0.06)])
@@ -125,14 +157,14 @@ def test_square_linf_stays_in_the_ball_and_counts_queries() -> None:
 
 
 def test_targets_run_together_only_as_far_as_the_batch_allows() -> None:
-    from engine.perturbations.autoattack import _target_chunks
+    from engine.perturbations.autoattack import target_chunks
 
     ranks = list(range(2, 11))
-    assert list(_target_chunks(ranks, 9, 0, lambda: 50)) == [ranks]  # no cap
-    assert list(_target_chunks(ranks, 1, 100, lambda: 1)) == [[r] for r in ranks]  # one at a time
+    assert list(target_chunks(ranks, 9, 0, lambda: 50)) == [ranks]  # no cap
+    assert list(target_chunks(ranks, 1, 100, lambda: 1)) == [[r] for r in ranks]  # one at a time
     left = iter([4, 4, 1])  # samples still unbroken before each group: 2 targets fit in 10 rows, then all
-    assert list(_target_chunks(ranks, 9, 10, lambda: next(left))) == [[2, 3], [4, 5], [6, 7, 8, 9, 10]]
-    assert list(_target_chunks(ranks, 4, 1000, lambda: 3)) == [[2, 3, 4, 5], [6, 7, 8, 9], [10]]
+    assert list(target_chunks(ranks, 9, 10, lambda: next(left))) == [[2, 3], [4, 5], [6, 7, 8, 9, 10]]
+    assert list(target_chunks(ranks, 4, 1000, lambda: 3)) == [[2, 3, 4, 5], [6, 7, 8, 9], [10]]
 
 
 def test_square_linf_matches_the_original_draw_for_draw() -> None:
@@ -365,3 +397,43 @@ class ClaimingSuite(AttackSuite):
             n = len(x)
             yield LevelOutput(level, x.clone(), torch.zeros(n, dtype=torch.int64), torch.zeros(n, dtype=torch.int64),
                               ("apgd-ce",) * n)
+
+
+# -- the suite configs against the original's own version settings ------------------------------------------
+
+
+@pytest.mark.parametrize("version", ["standard", "plus", "rand"])
+@pytest.mark.parametrize("norm, ref_norm", [("linf", "Linf"), ("l2", "L2")])
+def test_suite_configs_reproduce_the_original_versions(version: str, norm: str, ref_norm: str) -> None:
+    """Member order and every parameter of autoattack_<version>_<norm> equal what the original sets."""
+    from pyautoattack import AutoAttack
+
+    from engine.resources import build_perturbation
+    from tests.conftest import compose_dict
+
+    name = f"autoattack_{version}_{norm}"
+    suite = build_perturbation(name, compose_dict([f"perturbation=[{name}]"])["perturbation"][name])
+    assert suite.norm == norm
+    aa = AutoAttack(_model(), norm=ref_norm, eps=0.1, version=version, device="cpu")
+    assert [m.name for m in suite.attacks] == aa.attacks_to_run
+    for m in suite.attacks:
+        if m.name in ("apgd-ce", "apgd-dlr"):
+            assert isinstance(m, APGD) and m.loss == m.name.removeprefix("apgd-")
+            assert (m.n_iter, m.n_restarts, m.eot, m.rho) == (aa.apgd.n_iter, aa.apgd.n_restarts, aa.apgd.eot_iter,
+                                                             aa.apgd.thr_decr)
+        elif m.name == "apgd-t":
+            ref = aa.apgd_targeted
+            assert isinstance(m, APGD) and m.loss == "dlr-targeted"
+            assert (m.n_iter, m.n_restarts, m.n_target_classes, m.eot, m.rho) == (
+                ref.n_iter, ref.n_restarts, ref.n_target_classes, ref.eot_iter, ref.thr_decr)
+        elif m.name in ("fab", "fab-t"):
+            assert isinstance(m, FABTargeted if m.name == "fab-t" else FAB)
+            restarts = 1 if m.name == "fab-t" else aa.fab.n_restarts  # the original forces 1 for fab-t at run time
+            assert (m.n_iter, m.n_restarts, m.alpha_max, m.eta, m.beta) == (
+                aa.fab.n_iter, restarts, aa.fab.alpha_max, aa.fab.eta, aa.fab.beta)
+            if isinstance(m, FABTargeted):
+                assert m.n_target_classes == aa.fab.n_target_classes
+        else:
+            assert m.name == "square" and isinstance(m, Square)
+            assert (m.n_queries, m.p_init, m.n_restarts, m.resc_schedule) == (
+                aa.square.n_queries, aa.square.p_init, aa.square.n_restarts, aa.square.rescale_schedule)

@@ -13,8 +13,9 @@ import torch
 from engine.data.digits import load_digits
 from engine.evaluate import _rows
 from engine.perturbations.attacks import FGSM, PGD
-from engine.perturbations.autoattack import APGD, Square
+from engine.perturbations.autoattack import APGD
 from engine.perturbations.base import BatchContext, Perturbation
+from engine.perturbations.square import Square
 from engine.perturbations.suite import AttackSuite
 from engine.sanity import probe_model, result_flags
 from engine.sinks.parquet import SCHEMA

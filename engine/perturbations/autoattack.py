@@ -1,8 +1,10 @@
-"""The attacks of AutoAttack (APGD-CE/DLR, APGD-T, FAB-T, Square), ported from the original code as suite members.
+"""APGD (CE, DLR, targeted DLR) ported from the original AutoAttack as a suite member, and what the ports share.
 
+The AutoAttack members live in three modules: APGD here, FAB in
+:mod:`engine.perturbations.fab`, Square in :mod:`engine.perturbations.square`.
 Parameters, schedules, losses and update rules follow Croce & Hein's original
 implementation (``pyautoattack`` 0.2.0: ``autopgd_base.py``, ``fab_base.py``,
-``square.py``; MIT licence). What differs, on purpose:
+``square.py``; MIT licence). What differs, on purpose, in all three:
 
 * Random draws come from per-sample generators seeded by (global seed, sample id,
   suite, member, ε), or for Square's window positions from one stream shared by
@@ -14,18 +16,17 @@ implementation (``pyautoattack`` 0.2.0: ``autopgd_base.py``, ``fab_base.py``,
   cost; the example returned is the first adversarial iterate found.
 * Redundant forward passes are dropped (target ranking is computed once per
   call; the last APGD iteration does not compute a gradient nobody uses).
+* Targeted members may run several target classes of a sample in one batch
+  (``target_batch``, see :func:`expand_targets`); verdicts are unchanged.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from torchattacks.attacks.fab import projection_l2, projection_linf
 
 from engine.errors import ConfigError
 from engine.perturbations.suite import MemberContext, MemberResult, SuiteMember
@@ -33,17 +34,24 @@ from engine.perturbations.suite import MemberContext, MemberResult, SuiteMember
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 
 
-def _expand(v: torch.Tensor, ndim: int) -> torch.Tensor:
+def expand_rows(v: torch.Tensor, ndim: int) -> torch.Tensor:
     return v.view(-1, *([1] * (ndim - 1)))
 
 
-def _lp(delta: torch.Tensor, norm: str) -> torch.Tensor:
+def lp_norm(delta: torch.Tensor, norm: str) -> torch.Tensor:
     flat = delta.reshape(delta.shape[0], -1)
     return flat.abs().amax(dim=1) if norm == "linf" else (flat**2).sum(1).sqrt()
 
 
-def _normalize(t: torch.Tensor, norm: str) -> torch.Tensor:
-    return t / (_expand(_lp(t, norm), t.ndim) + 1e-12)
+def normalize(t: torch.Tensor, norm: str) -> torch.Tensor:
+    return t / (expand_rows(lp_norm(t, norm), t.ndim) + 1e-12)
+
+
+def project_l2_ball(x: torch.Tensor, x1: torch.Tensor, eps: float) -> torch.Tensor:
+    """The original's L2 projection: shrink x1 − x to norm ≤ ε, then clip to [0, 1]."""
+    delta = x1 - x
+    return torch.clamp(x + normalize(delta, "l2") * torch.clamp(expand_rows(lp_norm(delta, "l2"), x.ndim), max=eps),
+                       0.0, 1.0)
 
 
 def dlr_loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
@@ -70,7 +78,7 @@ def ce_loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None =
 LOSSES: dict[str, LossFn] = {"ce": ce_loss, "dlr": dlr_loss, "dlr-targeted": dlr_targeted_loss}
 
 
-def _random_start(x: torch.Tensor, eps: float, norm: str, gens: list[torch.Generator]) -> torch.Tensor:
+def random_start(x: torch.Tensor, eps: float, norm: str, gens: list[torch.Generator]) -> torch.Tensor:
     """x + ε·t/‖t‖ with t uniform in [-1, 1] (L∞) or Gaussian (L2), drawn per sample."""
     shape = x.shape[1:]
     if norm == "linf":
@@ -78,7 +86,7 @@ def _random_start(x: torch.Tensor, eps: float, norm: str, gens: list[torch.Gener
     else:
         t = torch.stack([torch.randn(shape, generator=g) for g in gens])
     t = t.to(x.device)
-    return x + eps * torch.ones_like(x) * _normalize(t, norm)
+    return x + eps * torch.ones_like(x) * normalize(t, norm)
 
 
 @dataclass
@@ -157,14 +165,14 @@ class APGD(SuiteMember):
                 order = ctx.model(x).sort(dim=1)[1]
             queries += 1
             ranks = list(range(2, min(self.n_target_classes, ctx.num_classes - 1) + 2))
-        for chunk in _target_chunks(ranks, self.target_batch, ctx.max_rows, lambda: int((~found).sum())):
+        for chunk in target_chunks(ranks, self.target_batch, ctx.max_rows, lambda: int((~found).sum())):
             for _ in range(self.n_restarts):
                 rows = (~found).nonzero().squeeze(1)
                 if rows.numel() == 0:
                     break
                 sample, target = expand_targets(rows, chunk, order)
                 # a sample's generator yields its starts in (target, restart) order, as one target at a time would
-                start = _random_start(x[sample], ctx.eps, ctx.norm.name, [gens[i] for i in sample.tolist()])
+                start = random_start(x[sample], ctx.eps, ctx.norm.name, [gens[i] for i in sample.tolist()])
                 group = sample if len(chunk) > 1 else None
                 hit, x_hit, cost, q = self._single_run(ctx, x[sample], y[sample], target, start, group)
                 grads.index_add_(0, sample, cost)
@@ -199,12 +207,10 @@ class APGD(SuiteMember):
             x1 = torch.clamp(torch.min(torch.max(x1, x - eps), x + eps), 0.0, 1.0)
             return torch.clamp(torch.min(torch.max(x_adv + (x1 - x_adv) * a + grad2 * (1 - a), x - eps), x + eps),
                                0.0, 1.0)
-        x1 = x_adv + s.step * _normalize(s.grad, norm)
-        x1 = torch.clamp(x + _normalize(x1 - x, norm) * torch.clamp(_expand(_lp(x1 - x, norm), x.ndim), max=eps),
-                         0.0, 1.0)
+        x1 = x_adv + s.step * normalize(s.grad, norm)
+        x1 = project_l2_ball(x, x1, eps)
         x1 = x_adv + (x1 - x_adv) * a + grad2 * (1 - a)
-        return torch.clamp(x + _normalize(x1 - x, norm) * torch.clamp(_expand(_lp(x1 - x, norm), x.ndim), max=eps),
-                           0.0, 1.0)
+        return project_l2_ball(x, x1, eps)
 
     def _single_run(self, ctx: MemberContext, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None,
                     start: torch.Tensor, group: torch.Tensor | None = None,
@@ -289,7 +295,7 @@ class APGD(SuiteMember):
         s.keep(~drop)
 
 
-def _target_chunks(ranks: list[int], target_batch: int, max_rows: int, remaining: Callable[[], int],
+def target_chunks(ranks: list[int], target_batch: int, max_rows: int, remaining: Callable[[], int],
                    ) -> Iterator[list[int]]:
     """Consecutive groups of target ranks to run together: at most ``target_batch`` of them and, when
     ``max_rows`` > 0, no more than fit in ``max_rows`` rows for the samples still ``remaining()``
@@ -331,315 +337,3 @@ def _first_in_group(mask: torch.Tensor, group: torch.Tensor) -> tuple[torch.Tens
     first = torch.zeros_like(mask)
     first[pos[lead]] = True
     return first, torch.isin(group, g)
-
-
-@dataclass(frozen=True)
-class FABTargeted(SuiteMember):
-    """FAB-T (Croce & Hein 2019/2020): targeted minimal-norm attack against the top ``n_target_classes``.
-
-    The search minimises ‖δ‖; a sample counts as broken at ε when its smallest
-    adversarial example has norm ≤ ε. With one restart it draws nothing random,
-    so one search serves every ε of a curve.
-    """
-
-    minimal_norm: ClassVar[bool] = True
-
-    n_iter: int = 100
-    n_restarts: int = 1
-    n_target_classes: int = 9
-    alpha_max: float = 0.1
-    eta: float = 1.05
-    beta: float = 0.9
-    target_batch: int = 1
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        for key in ("n_iter", "n_restarts", "n_target_classes", "target_batch"):
-            if int(getattr(self, key)) < 1:
-                raise ConfigError(f"attack {self.name!r}: {key} must be ≥ 1")
-
-    @property
-    def eps_independent(self) -> bool:
-        return self.n_restarts == 1  # later restarts start at a random point of radius ε/2
-
-    def attack(self, x: torch.Tensor, y: torch.Tensor, ctx: MemberContext) -> MemberResult:
-        n = x.shape[0]
-        gens = ctx.generators()
-        best = x.clone()
-        size = torch.full((n,), float("inf"), device=x.device)
-        grads = torch.zeros(n, dtype=torch.int64, device=x.device)
-        queries = torch.ones(n, dtype=torch.int64, device=x.device)  # the target ranking below
-        with torch.no_grad():
-            order = ctx.model(x).sort(dim=-1)[1]
-        ranks = list(range(2, min(self.n_target_classes, ctx.num_classes - 1) + 2))
-        for chunk in _target_chunks(ranks, self.target_batch, ctx.max_rows, lambda: int((size > ctx.eps).sum())):
-            for restart in range(self.n_restarts):
-                rows = (size > ctx.eps).nonzero().squeeze(1)
-                if rows.numel() == 0:
-                    break
-                sample, target = expand_targets(rows, chunk, order)
-                assert target is not None
-                x1 = x[sample]
-                if restart > 0:
-                    x1 = self._random_start(x1, ctx, [gens[i] for i in sample.tolist()])
-                group = sample if len(chunk) > 1 else None
-                adv, res, g, q = self._single_run(ctx, x[sample], y[sample], target, x1, group)
-                grads.index_add_(0, sample, g)
-                queries.index_add_(0, sample, q)
-                for j in range(len(chunk)):  # in rank order: on a tie the earlier target's example stays
-                    rj, resj = rows, res[j::len(chunk)]
-                    better = resj < size[rj]
-                    size[rj[better]] = resj[better]
-                    best[rj[better]] = adv[j::len(chunk)][better]
-        success = size <= ctx.eps
-        return MemberResult(best, success, grads, queries, size=size, exhaustive=~success)
-
-    def _random_start(self, x: torch.Tensor, ctx: MemberContext, gens: list[torch.Generator]) -> torch.Tensor:
-        norm = ctx.norm.name
-        if norm == "linf":
-            t = torch.stack([2 * torch.rand(x.shape[1:], generator=g) - 1 for g in gens]).to(x.device)
-        else:
-            t = torch.stack([torch.randn(x.shape[1:], generator=g) for g in gens]).to(x.device)
-        return (x + ctx.eps * _normalize(t, norm) * 0.5).clamp(0.0, 1.0)
-
-    def _single_run(self, ctx: MemberContext, im2: torch.Tensor, la2: torch.Tensor, la_t: torch.Tensor,
-                    x1: torch.Tensor, group: torch.Tensor | None = None,
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One FAB-T run; returns (best example, its norm (inf: none), gradients, queries) per row.
-
-        With ``group`` (the sample of each row), a row stops once any row of its
-        sample has an example within ε.
-        """
-        n, norm, nd = im2.shape[0], ctx.norm.name, im2.ndim
-        project = projection_linf if norm == "linf" else projection_l2
-        adv = im2.clone()
-        res2 = torch.full((n,), 1e10, device=im2.device)
-        grads = torch.zeros(n, dtype=torch.int64, device=im2.device)
-        queries = torch.zeros(n, dtype=torch.int64, device=im2.device)
-        act = torch.arange(n, device=im2.device)
-        x0_all = im2.reshape(n, -1)
-        n_groups = int(group.max()) + 1 if group is not None else 0
-        for _ in range(self.n_iter):
-            if act.numel() == 0:
-                break
-            xa, ya, ta, ia = x1, la2[act], la_t[act], im2[act]
-            bs = xa.shape[0]
-            u = torch.arange(bs, device=im2.device)
-            xg = xa.clone().requires_grad_(True)
-            with torch.enable_grad():
-                out = ctx.model(xg)
-                diffy = -(out[u, ya] - out[u, ta])
-                (g,) = torch.autograd.grad(diffy.sum(), [xg])
-            grads[act] += 1
-            with torch.no_grad():
-                w = g.reshape(bs, -1)
-                b = -diffy.detach() + (w * xa.reshape(bs, -1)).sum(dim=-1)
-                d3 = project(torch.cat((xa.reshape(bs, -1), x0_all[act]), 0), torch.cat((w, w), 0),
-                             torch.cat((b, b), 0))
-                d1, d2 = d3[:bs].reshape(xa.shape), d3[-bs:].reshape(xa.shape)
-                a0 = _lp(d3, norm).view(-1, *([1] * (nd - 1)))
-                a0 = torch.max(a0, 1e-8 * torch.ones_like(a0))
-                a1, a2 = a0[:bs], a0[-bs:]
-                alpha = torch.min(torch.max(a1 / (a1 + a2), torch.zeros_like(a1)),
-                                  self.alpha_max * torch.ones_like(a1))
-                xa = ((xa + self.eta * d1) * (1 - alpha) + (ia + d2 * self.eta) * alpha).clamp(0.0, 1.0)
-                is_adv = ctx.model(xa).argmax(1) != ya
-                queries[act] += 1
-                if bool(is_adv.any()):
-                    t = _lp(xa[is_adv] - ia[is_adv], norm)
-                    rows = act[is_adv]
-                    better = t < res2[rows]
-                    adv[rows[better]] = xa[is_adv][better]
-                    res2[rows] = torch.where(better, t, res2[rows])
-                    xa[is_adv] = ia[is_adv] + (xa[is_adv] - ia[is_adv]) * self.beta
-                # early exit: a row whose best example already fits in ε is broken at ε
-                if group is None:
-                    keep = res2[act] > ctx.eps
-                else:
-                    best = torch.full((n_groups,), 1e10, device=im2.device)
-                    best.scatter_reduce_(0, group, res2, reduce="amin")
-                    keep = best[group[act]] > ctx.eps
-                act, x1 = act[keep], xa[keep]
-        size = torch.where(res2 < 1e10, res2, torch.full_like(res2, float("inf")))
-        return adv, size, grads, queries
-
-
-# (iteration threshold, divisor of p_init once the iteration exceeds it), from the original p_selection
-P_SCHEDULE = ((10, 2), (50, 4), (200, 8), (500, 16), (1000, 32), (2000, 64), (4000, 128), (6000, 256), (8000, 512))
-
-
-@dataclass(frozen=True)
-class Square(SuiteMember):
-    """Square Attack (Andriushchenko et al. 2020), score-based black-box random search on the margin loss.
-
-    L∞ and L2 follow the original; window positions (and L2's window orientation)
-    come from one stream shared by all samples, as the original draws them once
-    per batch; the per-sample signs come from each sample's own generator.
-    """
-
-    n_queries: int = 5000
-    p_init: float = 0.8
-    n_restarts: int = 1
-    resc_schedule: bool = False
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.n_queries < 1 or self.n_restarts < 1 or not 0 < self.p_init <= 1:
-            raise ConfigError(f"attack {self.name!r}: n_queries, n_restarts ≥ 1 and 0 < p_init ≤ 1")
-
-    def p_selection(self, it: int) -> float:
-        if self.resc_schedule:
-            it = int(it / self.n_queries * 10000)
-        div = 1
-        for bound, d in P_SCHEDULE:
-            if it > bound:
-                div = d
-        return self.p_init / div
-
-    def attack(self, x: torch.Tensor, y: torch.Tensor, ctx: MemberContext) -> MemberResult:
-        n = x.shape[0]
-        gens = ctx.generators()
-        shared = ctx.shared_generator()
-        found = torch.zeros(n, dtype=torch.bool, device=x.device)
-        x_found = x.clone()
-        queries = torch.zeros(n, dtype=torch.int64, device=x.device)
-        for _ in range(self.n_restarts):
-            rows = (~found).nonzero().squeeze(1)
-            if rows.numel() == 0:
-                break
-            run = self._single_run if ctx.norm.name == "linf" else self._single_run_l2
-            hit, xb, q = run(ctx, x[rows], y[rows], [gens[i] for i in rows.tolist()], shared)
-            queries[rows] += q
-            found[rows[hit]] = True
-            x_found[rows[hit]] = xb[hit]
-        return MemberResult(x_found, found, torch.zeros(n, dtype=torch.int64, device=x.device), queries)
-
-    @staticmethod
-    def _margin(ctx: MemberContext, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        logits = ctx.model(x)
-        u = torch.arange(x.shape[0], device=x.device)
-        y_corr = logits[u, y].clone()
-        logits[u, y] = -float("inf")
-        return y_corr - logits.max(dim=-1)[0]
-
-    def _single_run(self, ctx: MemberContext, x: torch.Tensor, y: torch.Tensor, gens: list[torch.Generator],
-                    shared: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        eps = ctx.eps
-        c, h, w = x.shape[1:]
-        n_features = c * h * w
-        with torch.inference_mode():
-            stripes = torch.stack([torch.sign(2 * torch.rand(c, 1, w, generator=g) - 1) for g in gens]).to(x.device)
-            x_best = torch.clamp(x + eps * stripes, 0.0, 1.0)
-            margin_min = self._margin(ctx, x_best, y)
-            loss_min = margin_min.clone()
-            queries = torch.ones(x.shape[0], dtype=torch.int64, device=x.device)
-            for i_iter in range(self.n_queries):
-                idx = (margin_min > 0.0).nonzero().squeeze(1)
-                if idx.numel() == 0:
-                    break
-                x_curr, x_best_curr, y_curr = x[idx], x_best[idx], y[idx]
-                p = self.p_selection(i_iter)
-                s = min(max(round(math.sqrt(p * n_features / c)), 1), min(h, w))
-                vh = int((h - s) * torch.rand([1], generator=shared))
-                vw = int((w - s) * torch.rand([1], generator=shared))
-                sign = torch.sign(2 * torch.rand([c, 1, 1], generator=shared) - 1).to(x.device)
-                new_deltas = torch.zeros([c, h, w], device=x.device)
-                new_deltas[:, vh:vh + s, vw:vw + s] = 2.0 * eps * sign
-                x_new = torch.min(torch.max(x_best_curr + new_deltas, x_curr - eps), x_curr + eps).clamp(0.0, 1.0)
-                margin = self._margin(ctx, x_new, y_curr)
-                loss = margin
-                improved = (loss < loss_min[idx]).float()
-                loss_min[idx] = improved * loss + (1.0 - improved) * loss_min[idx]
-                improved = torch.max(improved, (margin <= 0.0).float())
-                margin_min[idx] = improved * margin + (1.0 - improved) * margin_min[idx]
-                imp = improved.view(-1, 1, 1, 1)
-                x_best[idx] = imp * x_new + (1.0 - imp) * x_best_curr
-                queries[idx] += 1
-        return (margin_min <= 0.0).clone(), x_best.clone(), queries.clone()
-
-    def _eta(self, s: int, shared: torch.Generator, device: torch.device) -> torch.Tensor:
-        """The original's L2 square window: two opposite-signed stacked rectangles, unit L2 norm."""
-        delta = torch.zeros([s, s])
-        delta[: s // 2] = _eta_rectangles(s // 2, s)
-        delta[s // 2:] = -1.0 * _eta_rectangles(s - s // 2, s)
-        delta /= (delta**2).sum(dim=(0, 1), keepdim=True).sqrt()
-        if float(torch.rand([1], generator=shared)) > 0.5:
-            delta = delta.permute([1, 0])
-        return delta.to(device)
-
-    def _single_run_l2(self, ctx: MemberContext, x: torch.Tensor, y: torch.Tensor, gens: list[torch.Generator],
-                       shared: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        eps, dev = ctx.eps, x.device
-        n, c, h, w = x.shape
-        n_features = c * h * w
-        # per-sample signs: 25 initial windows, then one draw per iteration
-        signs = torch.stack([torch.sign(2 * torch.rand(25 + self.n_queries, c, generator=g) - 1)
-                             for g in gens]).to(dev)
-        with torch.inference_mode():
-            delta_init = torch.zeros_like(x)
-            s = h // 5
-            sp_init = (h - s * 5) // 2
-            vh, k = sp_init, 0
-            for _ in range(h // s):
-                vw = sp_init
-                for _ in range(w // s):
-                    sign = signs[:, min(k, 24)].view(n, c, 1, 1)
-                    delta_init[:, :, vh:vh + s, vw:vw + s] += self._eta(s, shared, dev).view(1, 1, s, s) * sign
-                    vw += s
-                    k += 1
-                vh += s
-            x_best = torch.clamp(x + _normalize(delta_init, "l2") * eps, 0.0, 1.0)
-            margin_min = self._margin(ctx, x_best, y)
-            loss_min = margin_min.clone()
-            queries = torch.ones(n, dtype=torch.int64, device=dev)
-            for i_iter in range(self.n_queries):
-                idx = (margin_min > 0.0).nonzero().squeeze(1)
-                if idx.numel() == 0:
-                    break
-                x_curr, x_best_curr, y_curr = x[idx], x_best[idx], y[idx]
-                delta_curr = x_best_curr - x_curr
-                p = self.p_selection(i_iter)
-                s = max(round(math.sqrt(p * n_features / c)), 3)
-                s = min(s + 1 if s % 2 == 0 else s, min(h, w))
-                vh = int((h - s) * torch.rand([1], generator=shared))
-                vw = int((w - s) * torch.rand([1], generator=shared))
-                vh2 = int((h - s) * torch.rand([1], generator=shared))
-                vw2 = int((w - s) * torch.rand([1], generator=shared))
-                norms_window_1 = (delta_curr[:, :, vh:vh + s, vw:vw + s] ** 2).sum(dim=(-2, -1), keepdim=True).sqrt()
-                mask_image = torch.zeros_like(x_curr)
-                mask_image[:, :, vh:vh + s, vw:vw + s] = 1.0
-                mask_image[:, :, vh2:vh2 + s, vw2:vw2 + s] = 1.0
-                norms_image = _expand(_lp(x_best_curr - x_curr, "l2"), 4)
-                norms_windows = ((delta_curr * mask_image) ** 2).sum(dim=(-2, -1), keepdim=True).sqrt()
-                sign = signs[idx, 25 + i_iter].view(-1, c, 1, 1)
-                new_deltas = torch.ones([x_curr.shape[0], c, s, s], device=dev)
-                new_deltas *= self._eta(s, shared, dev).view(1, 1, s, s) * sign
-                new_deltas += delta_curr[:, :, vh:vh + s, vw:vw + s] / (1e-12 + norms_window_1)
-                new_deltas = new_deltas / (1e-12 + (new_deltas**2).sum(dim=(-2, -1), keepdim=True).sqrt()) * (
-                    torch.max((eps * torch.ones_like(new_deltas)) ** 2 - norms_image**2,
-                              torch.zeros_like(new_deltas)) / c + norms_windows**2).sqrt()
-                delta_curr[:, :, vh2:vh2 + s, vw2:vw2 + s] = 0.0
-                delta_curr[:, :, vh:vh + s, vw:vw + s] = new_deltas + 0
-                x_new = torch.clamp(x_curr + _normalize(delta_curr, "l2") * eps, 0.0, 1.0)
-                margin = self._margin(ctx, x_new, y_curr)
-                improved = (margin < loss_min[idx]).float()
-                loss_min[idx] = improved * margin + (1.0 - improved) * loss_min[idx]
-                improved = torch.max(improved, (margin <= 0.0).float())
-                margin_min[idx] = improved * margin + (1.0 - improved) * margin_min[idx]
-                imp = improved.view(-1, 1, 1, 1)
-                x_best[idx] = imp * x_new + (1.0 - imp) * x_best_curr
-                queries[idx] += 1
-        return (margin_min <= 0.0).clone(), x_best.clone(), queries.clone()
-
-
-def _eta_rectangles(x: int, y: int) -> torch.Tensor:
-    """Concentric rectangles weighted 1/(k+1)², unit L2 norm (the original's ``eta_rectangles`` for L2)."""
-    delta = torch.zeros([x, y])
-    x_c, y_c = x // 2 + 1, y // 2 + 1
-    c0, c1 = x_c - 1, y_c - 1
-    for counter in range(max(x_c, y_c)):
-        delta[max(c0, 0):min(c0 + (2 * counter + 1), x), max(0, c1):min(c1 + (2 * counter + 1), y)] += (
-            1.0 / (counter + 1) ** 2)
-        c0 -= 1
-        c1 -= 1
-    return delta / (delta**2).sum(dim=(0, 1), keepdim=True).sqrt()
