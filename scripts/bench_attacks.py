@@ -45,6 +45,7 @@ SWEEP_LEVELS = [0.05, 0.1, 0.15, 0.2, 0.25, 0.3]
 
 
 TARGET_BATCH: int | None = None  # --target-batch: override the configs' target_batch of APGD-T / FAB-T
+DEVICE = torch.device("cpu")  # --device
 
 
 def aa_config(name: str = "autoattack_standard_linf") -> dict:  # type: ignore[type-arg]
@@ -108,15 +109,19 @@ def run_original(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: 
 
     logging.getLogger("auto-attack").setLevel(logging.ERROR)
     counted = Counting(model)
-    aa = AutoAttack(counted, norm="Linf", eps=eps, version="standard", seed=0, device="cpu")
+    aa = AutoAttack(counted, norm="Linf", eps=eps, version="standard", seed=0, device=DEVICE)
     x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=len(x))
     with torch.no_grad():
         return float((model(x_adv).argmax(1) == y).float().mean()), counted.grad_samples
 
 
 def timed(fn: Callable[[], object]) -> tuple[float, object]:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
     t = time.perf_counter()
     out = fn()
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
     return time.perf_counter() - t, out
 
 
@@ -186,20 +191,23 @@ def main() -> None:
                     help="L∞ ε for the ResNet (8/255: everything breaks at once; 0.25/255: some samples survive)")
     ap.add_argument("--sweep-original", action="store_true",
                     help="also run the original AutoAttack once per ε of the sweep (the user's from-scratch option)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (both implementations run there)")
     ap.add_argument("--target-batch", type=int, default=None,
                     help="override target_batch (targets of APGD-T / FAB-T run together) in Gauntlet's configs")
     args = ap.parse_args()
-    global TARGET_BATCH
+    global TARGET_BATCH, DEVICE
     TARGET_BATCH = args.target_batch
+    DEVICE = torch.device(args.device)
     torch.set_num_threads(args.threads)
     os.environ.setdefault("GAUNTLET_CACHE_DIR", str(Path.home() / ".cache" / "gauntlet"))
     what = args.only or ["resnet", "digits", "sweep"]
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
-          f"torch {torch.__version__}, threads={args.threads}, CUDA {'yes' if torch.cuda.is_available() else 'no'}, "
+          f"torch {torch.__version__}, threads={args.threads}, device={DEVICE}"
+          f"{' (' + torch.cuda.get_device_name() + ')' if DEVICE.type == 'cuda' else ''}, "
           f"target_batch={'config' if TARGET_BATCH is None else TARGET_BATCH}")
     if "resnet" in what:
-        model = load_resnet()
-        x = smooth_images(args.n or 8)
+        model = load_resnet().to(DEVICE)
+        x = smooth_images(args.n or 8).to(DEVICE)
         with torch.no_grad():
             y = model(x).argmax(1)
         for eps in args.resnet_eps:
@@ -211,10 +219,10 @@ def main() -> None:
 
         mcfg = compose_dict(["model=[digits_cnn_at]"])["model"]["digits_cnn_at"]
         ensure_checkpoint("digits_cnn_at", mcfg, progress=False)
-        model = build_model("digits_cnn_at", mcfg, torch.device("cpu"))
+        model = build_model("digits_cnn_at", mcfg, DEVICE)
         data = load_digits(split="test")
         n = args.n or 24
-        x, y = data.images[:n], data.labels[:n]
+        x, y = data.images[:n].to(DEVICE), data.labels[:n].to(DEVICE)
         if "digits" in what:
             compare("digits_cnn_at", model, x, y, 0.2, args.repeats)
         if "sweep" in what:

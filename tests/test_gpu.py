@@ -35,3 +35,32 @@ def test_cuda_sweep_matches_cpu_sweep(tiny_checkpoint: Path, tmp_path: Path) -> 
     assert agree / len(rows["cpu"]) >= 0.99  # float differences may flip a prediction on a knife edge
     assert max(abs(a["margin"] - b["margin"]) for a, b in zip(rows["cpu"], rows["cuda"], strict=True)
                if a["perturbation"] == "clean") < 1e-3
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_autoattack_suite_on_cuda_agrees_with_cpu(tiny_checkpoint: Path) -> None:
+    """The AutoAttack members (per-sample CPU generators, targets run together, FAB's grouped early exit) run
+    on CUDA and reach the CPU's verdicts up to float noise."""
+    from engine.models.loader import build_model
+    from engine.perturbations.base import BatchContext
+    from engine.resources import build_perturbation
+
+    name = "autoattack_standard_linf"
+    pcfg = compose_dict([f"perturbation=[{name}]"])["perturbation"][name]
+    short = [{**a, "n_iter": 10} if "n_iter" in a else {**a, "n_queries": 200} for a in pcfg["attacks"]]
+    suite = build_perturbation(name, {**pcfg, "eps": [0.02, 0.05], "attacks": short})
+    mcfg = compose_dict(tiny_overrides(tiny_checkpoint, Path("unused")))["model"]["digits_cnn"]
+    x = torch.rand(32, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    robust = {}
+    for device in ("cpu", "cuda"):
+        model = build_model("digits_cnn", mcfg, torch.device(device))
+        xd = x.to(device)
+        with torch.no_grad():
+            y = model(xd).argmax(1)
+        outs = list(suite.run(xd, y, BatchContext(model, 0, torch.arange(32))))
+        with torch.no_grad():
+            robust[device] = torch.stack([(model(o.x).argmax(1) == y).cpu() for o in outs])
+        for o in outs:
+            assert float((o.x - xd).abs().max()) <= o.level + 1e-5
+    assert float((robust["cpu"] == robust["cuda"]).float().mean()) >= 0.9
