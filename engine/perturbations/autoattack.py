@@ -141,9 +141,7 @@ class APGD(SuiteMember):
         super().__post_init__()
         if self.loss not in LOSSES:
             raise ConfigError(f"attack {self.name!r}: loss {self.loss!r} is not one of {sorted(LOSSES)}")
-        for key in ("n_iter", "n_restarts", "eot", "n_target_classes", "target_batch"):
-            if int(getattr(self, key)) < 1:
-                raise ConfigError(f"attack {self.name!r}: {key} must be ≥ 1")
+        self.require_positive("n_iter", "n_restarts", "eot", "n_target_classes", "target_batch")
         if not 0 < self.rho < 1:
             raise ConfigError(f"attack {self.name!r}: rho must be in (0, 1)")
 

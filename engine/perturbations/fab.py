@@ -17,7 +17,6 @@ from typing import ClassVar
 import torch
 from torchattacks.attacks.fab import projection_l2, projection_linf
 
-from engine.errors import ConfigError
 from engine.perturbations.autoattack import expand_targets, lp_norm, normalize, target_chunks
 from engine.perturbations.suite import MemberContext, MemberResult, SuiteMember
 
@@ -36,9 +35,7 @@ class _FABBase(SuiteMember):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for key in ("n_iter", "n_restarts"):
-            if int(getattr(self, key)) < 1:
-                raise ConfigError(f"attack {self.name!r}: {key} must be ≥ 1")
+        self.require_positive("n_iter", "n_restarts")
 
     @property
     def eps_independent(self) -> bool:
@@ -131,9 +128,7 @@ class FABTargeted(_FABBase):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for key in ("n_target_classes", "target_batch"):
-            if int(getattr(self, key)) < 1:
-                raise ConfigError(f"attack {self.name!r}: {key} must be ≥ 1")
+        self.require_positive("n_target_classes", "target_batch")
 
     def attack(self, x: torch.Tensor, y: torch.Tensor, ctx: MemberContext) -> MemberResult:
         n = x.shape[0]

@@ -9,7 +9,6 @@ import torch
 import torchattacks
 from torch import nn
 
-from engine.errors import ConfigError
 from engine.perturbations.suite import MemberContext, MemberResult, SuiteMember
 from engine.seeding import derive_seed
 
@@ -122,8 +121,7 @@ class EOTPGD(TorchattacksMember):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.steps < 1 or self.eot < 1:
-            raise ConfigError(f"attack {self.name!r}: steps and eot must be ≥ 1")
+        self.require_positive("steps", "eot")
 
     @property
     def eot_iter(self) -> int:

@@ -97,16 +97,22 @@ class Square(SuiteMember):
                 new_deltas = torch.zeros([c, h, w], device=x.device)
                 new_deltas[:, vh:vh + s, vw:vw + s] = 2.0 * eps * sign
                 x_new = torch.min(torch.max(x_best_curr + new_deltas, x_curr - eps), x_curr + eps).clamp(0.0, 1.0)
-                margin = self._margin(ctx, x_new, y_curr)
-                loss = margin
-                improved = (loss < loss_min[idx]).float()
-                loss_min[idx] = improved * loss + (1.0 - improved) * loss_min[idx]
-                improved = torch.max(improved, (margin <= 0.0).float())
-                margin_min[idx] = improved * margin + (1.0 - improved) * margin_min[idx]
-                imp = improved.view(-1, 1, 1, 1)
-                x_best[idx] = imp * x_new + (1.0 - imp) * x_best_curr
-                queries[idx] += 1
+                self._keep_better(self._margin(ctx, x_new, y_curr), idx, x_new, x_best_curr, loss_min, margin_min,
+                                  x_best, queries)
         return (margin_min <= 0.0).clone(), x_best.clone(), queries.clone()
+
+    @staticmethod
+    def _keep_better(margin: torch.Tensor, idx: torch.Tensor, x_new: torch.Tensor, x_best_curr: torch.Tensor,
+                     loss_min: torch.Tensor, margin_min: torch.Tensor, x_best: torch.Tensor,
+                     queries: torch.Tensor) -> None:
+        """The original's acceptance rule (margin loss): keep a candidate that lowers the loss or fools the model."""
+        improved = (margin < loss_min[idx]).float()
+        loss_min[idx] = improved * margin + (1.0 - improved) * loss_min[idx]
+        improved = torch.max(improved, (margin <= 0.0).float())
+        margin_min[idx] = improved * margin + (1.0 - improved) * margin_min[idx]
+        imp = improved.view(-1, *([1] * (x_new.ndim - 1)))
+        x_best[idx] = imp * x_new + (1.0 - imp) * x_best_curr
+        queries[idx] += 1
 
     def _eta(self, s: int, shared: torch.Generator, device: torch.device) -> torch.Tensor:
         """The original's L2 square window: two opposite-signed stacked rectangles, unit L2 norm."""
@@ -172,14 +178,8 @@ class Square(SuiteMember):
                 delta_curr[:, :, vh2:vh2 + s, vw2:vw2 + s] = 0.0
                 delta_curr[:, :, vh:vh + s, vw:vw + s] = new_deltas + 0
                 x_new = torch.clamp(x_curr + normalize(delta_curr, "l2") * eps, 0.0, 1.0)
-                margin = self._margin(ctx, x_new, y_curr)
-                improved = (margin < loss_min[idx]).float()
-                loss_min[idx] = improved * margin + (1.0 - improved) * loss_min[idx]
-                improved = torch.max(improved, (margin <= 0.0).float())
-                margin_min[idx] = improved * margin + (1.0 - improved) * margin_min[idx]
-                imp = improved.view(-1, 1, 1, 1)
-                x_best[idx] = imp * x_new + (1.0 - imp) * x_best_curr
-                queries[idx] += 1
+                self._keep_better(self._margin(ctx, x_new, y_curr), idx, x_new, x_best_curr, loss_min, margin_min,
+                                  x_best, queries)
         return (margin_min <= 0.0).clone(), x_best.clone(), queries.clone()
 
 

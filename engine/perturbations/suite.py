@@ -95,6 +95,12 @@ class SuiteMember:
         if not self.name:
             raise ConfigError(f"{type(self).__name__}: a suite member needs a name (what broken_by records)")
 
+    def require_positive(self, *keys: str) -> None:
+        """ConfigError naming the first of these integer fields that is below 1."""
+        for key in keys:
+            if int(getattr(self, key)) < 1:
+                raise ConfigError(f"attack {self.name!r}: {key} must be ≥ 1, got {getattr(self, key)!r}")
+
     @property
     def eot_iter(self) -> int:
         """Samples per gradient under Expectation over Transformation (1: no EOT)."""
