@@ -15,10 +15,12 @@ from tqdm.auto import tqdm
 
 from engine.aggregate import AccuracyRow, accuracy_table
 from engine.errors import ConfigError
+from engine.perturbations.base import Perturbation
 from engine.plan import Plan, make_plan
 from engine.resources import Resources, resolve_device
 from engine.runners.base import RunContext, Runner
 from engine.sanity import Flag, probe_model, result_flags
+from engine.sinks.attack_summary import render_attack_summary
 from engine.sinks.corruption_summary import render_corruption_summary
 from engine.sinks.parquet import ResultStore
 from engine.sinks.summary import render_flags, render_table
@@ -63,9 +65,11 @@ def run_sweep(cfg: Mapping[str, Any]) -> SweepOutcome:
     rows = accuracy_table(table)
     models = list(dict.fromkeys(t.model_name for t in plan.tasks))
     perts = list(dict.fromkeys(t.perturbation_name for t in plan.tasks))
-    flags = sanity_flags(cfg, models, table, resources)
-    corruption = render_corruption_summary(rows, models, cfg.get("corruption_baseline"))
-    summary = render_table(rows, models, perts) + (f"\n\n{corruption}" if corruption else "") + render_flags(flags)
+    built = {name: resources.perturbation(name, pcfg) for name, pcfg in cfg["perturbation"].items()}
+    flags = sanity_flags(cfg, models, table, resources, built)
+    blocks = [render_corruption_summary(rows, models, cfg.get("corruption_baseline")),
+              render_attack_summary(table, [n for n, p in built.items() if len(getattr(p, "attacks", ())) > 1])]
+    summary = render_table(rows, models, perts) + "".join(f"\n\n{b}" for b in blocks if b) + render_flags(flags)
     out_dir = Path(str(cfg["out_dir"])).expanduser()
     _write_sidecars(out_dir, cfg, plan, summary)
     _write_flags(out_dir, plan, flags)
@@ -75,9 +79,9 @@ def run_sweep(cfg: Mapping[str, Any]) -> SweepOutcome:
 PROBE_SAMPLES = 64  # clean samples each model's gradient / output / randomness probe looks at
 
 
-def sanity_flags(cfg: Mapping[str, Any], models: list[str], table: Any, resources: Resources) -> list[Flag]:
+def sanity_flags(cfg: Mapping[str, Any], models: list[str], table: Any, resources: Resources,
+                 perts: Mapping[str, Perturbation]) -> list[Flag]:
     """Result checks over the sweep's rows plus, when it has attacks, a probe of each model (docs/sanity.md)."""
-    perts = {name: resources.perturbation(name, pcfg) for name, pcfg in cfg["perturbation"].items()}
     flags = result_flags(table, perts)
     attacks_eot = {name: p.eot_iter for name, p in perts.items() if p.family == "attack"}
     if attacks_eot:
