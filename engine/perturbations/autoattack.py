@@ -169,7 +169,8 @@ class APGD(SuiteMember):
                 if rows.numel() == 0:
                     break
                 sample, target = expand_targets(rows, chunk, order)
-                # a sample's generator yields its starts in (target, restart) order, as one target at a time would
+                # each sample draws its starts from its own generator; with one restart in the order one
+                # target at a time would draw them
                 start = random_start(x[sample], ctx.eps, ctx.norm.name, [gens[i] for i in sample.tolist()])
                 group = sample if len(chunk) > 1 else None
                 hit, x_hit, cost, q = self._single_run(ctx, x[sample], y[sample], target, start, group)
