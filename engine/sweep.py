@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from engine.aggregate import AccuracyRow, accuracy_table
 from engine.errors import ConfigError
 from engine.perturbations.base import Perturbation
+from engine.perturbations.suite import AttackSuite
 from engine.plan import Plan, make_plan
 from engine.resources import Resources, resolve_device
 from engine.runners.base import RunContext, Runner
@@ -67,8 +68,9 @@ def run_sweep(cfg: Mapping[str, Any]) -> SweepOutcome:
     perts = list(dict.fromkeys(t.perturbation_name for t in plan.tasks))
     built = {name: resources.perturbation(name, pcfg) for name, pcfg in cfg["perturbation"].items()}
     flags = sanity_flags(cfg, models, table, resources, built)
+    suites = [n for n, p in built.items() if isinstance(p, AttackSuite) and len(p.attacks) > 1]
     blocks = [render_corruption_summary(rows, models, cfg.get("corruption_baseline")),
-              render_attack_summary(table, [n for n, p in built.items() if len(getattr(p, "attacks", ())) > 1])]
+              render_attack_summary(table, suites)]
     summary = render_table(rows, models, perts) + "".join(f"\n\n{b}" for b in blocks if b) + render_flags(flags)
     out_dir = Path(str(cfg["out_dir"])).expanduser()
     _write_sidecars(out_dir, cfg, plan, summary)

@@ -17,7 +17,7 @@ from typing import ClassVar
 import torch
 from torchattacks.attacks.fab import projection_l2, projection_linf
 
-from engine.perturbations.autoattack import expand_targets, lp_norm, normalize, target_chunks
+from engine.perturbations.autoattack import expand_targets, lp_norm, random_start, target_chunks
 from engine.perturbations.suite import MemberContext, MemberResult, SuiteMember
 
 
@@ -41,14 +41,44 @@ class _FABBase(SuiteMember):
     def eps_independent(self) -> bool:
         return self.n_restarts == 1  # later restarts start at a random point of radius ε/2
 
-    def _start(self, x: torch.Tensor, ctx: MemberContext, gens: list[torch.Generator]) -> torch.Tensor:
-        """The original's random start for restarts after the first: radius ε/2 around x."""
-        norm = ctx.norm.name
-        if norm == "linf":
-            t = torch.stack([2 * torch.rand(x.shape[1:], generator=g) - 1 for g in gens]).to(x.device)
-        else:
-            t = torch.stack([torch.randn(x.shape[1:], generator=g) for g in gens]).to(x.device)
-        return (x + ctx.eps * normalize(t, norm) * 0.5).clamp(0.0, 1.0)
+    @property
+    def _per_call(self) -> int:
+        """Target classes of a sample run together in one batch."""
+        return 1
+
+    def _targets(self, x: torch.Tensor, ctx: MemberContext) -> tuple[torch.Tensor | None, list[int]]:
+        """(class ranking of the clean inputs or None, target ranks to attack; [0]: untargeted, one pass)."""
+        raise NotImplementedError
+
+    def attack(self, x: torch.Tensor, y: torch.Tensor, ctx: MemberContext) -> MemberResult:
+        n = x.shape[0]
+        gens = ctx.generators()
+        best = x.clone()
+        size = torch.full((n,), float("inf"), device=x.device)
+        grads = torch.zeros(n, dtype=torch.int64, device=x.device)
+        order, ranks = self._targets(x, ctx)
+        queries = torch.full((n,), int(order is not None), dtype=torch.int64, device=x.device)  # the ranking
+        for chunk in target_chunks(ranks, self._per_call, ctx.max_rows, lambda: int((size > ctx.eps).sum())):
+            for restart in range(self.n_restarts):
+                rows = (size > ctx.eps).nonzero().squeeze(1)
+                if rows.numel() == 0:
+                    break
+                sample, target = expand_targets(rows, chunk, order)
+                x1 = x[sample]
+                if restart > 0:  # the original's random start for later restarts: radius ε/2 around x
+                    x1 = random_start(x1, 0.5 * ctx.eps, ctx.norm.name, [gens[i] for i in sample.tolist()])
+                    x1 = x1.clamp(0.0, 1.0)
+                group = sample if len(chunk) > 1 else None
+                adv, res, g, q = self._single_run(ctx, x[sample], y[sample], target, x1, group)
+                grads.index_add_(0, sample, g)
+                queries.index_add_(0, sample, q)
+                for j in range(len(chunk)):  # in rank order: on a tie the earlier target's example stays
+                    resj = res[j::len(chunk)]
+                    better = resj < size[rows]
+                    size[rows[better]] = resj[better]
+                    best[rows[better]] = adv[j::len(chunk)][better]
+        success = size <= ctx.eps
+        return MemberResult(best, success, grads, queries, size=size, exhaustive=~success)
 
     def _linearise(self, ctx: MemberContext, xa: torch.Tensor, ya: torch.Tensor, ta: torch.Tensor | None,
                    ) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -130,36 +160,14 @@ class FABTargeted(_FABBase):
         super().__post_init__()
         self.require_positive("n_target_classes", "target_batch")
 
-    def attack(self, x: torch.Tensor, y: torch.Tensor, ctx: MemberContext) -> MemberResult:
-        n = x.shape[0]
-        gens = ctx.generators()
-        best = x.clone()
-        size = torch.full((n,), float("inf"), device=x.device)
-        grads = torch.zeros(n, dtype=torch.int64, device=x.device)
-        queries = torch.ones(n, dtype=torch.int64, device=x.device)  # the target ranking below
+    @property
+    def _per_call(self) -> int:
+        return self.target_batch
+
+    def _targets(self, x: torch.Tensor, ctx: MemberContext) -> tuple[torch.Tensor | None, list[int]]:
         with torch.no_grad():
             order = ctx.model(x).sort(dim=-1)[1]
-        ranks = list(range(2, min(self.n_target_classes, ctx.num_classes - 1) + 2))
-        for chunk in target_chunks(ranks, self.target_batch, ctx.max_rows, lambda: int((size > ctx.eps).sum())):
-            for restart in range(self.n_restarts):
-                rows = (size > ctx.eps).nonzero().squeeze(1)
-                if rows.numel() == 0:
-                    break
-                sample, target = expand_targets(rows, chunk, order)
-                x1 = x[sample]
-                if restart > 0:
-                    x1 = self._start(x1, ctx, [gens[i] for i in sample.tolist()])
-                group = sample if len(chunk) > 1 else None
-                adv, res, g, q = self._single_run(ctx, x[sample], y[sample], target, x1, group)
-                grads.index_add_(0, sample, g)
-                queries.index_add_(0, sample, q)
-                for j in range(len(chunk)):  # in rank order: on a tie the earlier target's example stays
-                    resj = res[j::len(chunk)]
-                    better = resj < size[rows]
-                    size[rows[better]] = resj[better]
-                    best[rows[better]] = adv[j::len(chunk)][better]
-        success = size <= ctx.eps
-        return MemberResult(best, success, grads, queries, size=size, exhaustive=~success)
+        return order, list(range(2, min(self.n_target_classes, ctx.num_classes - 1) + 2))
 
     def _linearise(self, ctx: MemberContext, xa: torch.Tensor, ya: torch.Tensor, ta: torch.Tensor | None,
                    ) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -184,26 +192,8 @@ class FAB(_FABBase):
     at every ε of a curve.
     """
 
-    def attack(self, x: torch.Tensor, y: torch.Tensor, ctx: MemberContext) -> MemberResult:
-        n = x.shape[0]
-        gens = ctx.generators()
-        best = x.clone()
-        size = torch.full((n,), float("inf"), device=x.device)
-        grads = torch.zeros(n, dtype=torch.int64, device=x.device)
-        queries = torch.zeros(n, dtype=torch.int64, device=x.device)
-        for restart in range(self.n_restarts):
-            rows = (size > ctx.eps).nonzero().squeeze(1)
-            if rows.numel() == 0:
-                break
-            x1 = x[rows] if restart == 0 else self._start(x[rows], ctx, [gens[i] for i in rows.tolist()])
-            adv, res, g, q = self._single_run(ctx, x[rows], y[rows], None, x1)
-            grads[rows] += g
-            queries[rows] += q
-            better = res < size[rows]
-            size[rows[better]] = res[better]
-            best[rows[better]] = adv[better]
-        success = size <= ctx.eps
-        return MemberResult(best, success, grads, queries, size=size, exhaustive=~success)
+    def _targets(self, x: torch.Tensor, ctx: MemberContext) -> tuple[torch.Tensor | None, list[int]]:
+        return None, [0]
 
     def _linearise(self, ctx: MemberContext, xa: torch.Tensor, ya: torch.Tensor, ta: torch.Tensor | None,
                    ) -> tuple[torch.Tensor, torch.Tensor, int]:
