@@ -9,7 +9,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from engine.config import CONFIG_DIR, register_schemas, unknown_choices
+from engine.config import CONFIG_DIR, config_dirs_from_argv, package_problems, register_schemas, unknown_choices
 from engine.errors import GauntletError
 
 log = logging.getLogger("gauntlet")
@@ -17,13 +17,43 @@ log = logging.getLogger("gauntlet")
 register_schemas()
 
 
+SUBCOMMANDS = {"compact": "engine.compact:main"}
+
+
+def _fail(problems: list[str]) -> None:
+    for p in problems:
+        print(f"error: {p}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _precheck(argv: list[str]) -> list[str]:
+    """What can be checked before Hydra: group choices, ``# @package`` headers, the output folder."""
+    dirs = [Path(CONFIG_DIR), *config_dirs_from_argv(argv)]
+    problems = unknown_choices(argv, [Path(CONFIG_DIR)]) + package_problems(dirs)
+    if "-m" in argv or "--multirun" in argv:
+        return problems
+    for arg in argv:
+        if arg.startswith("out_dir=") and "," not in arg and "$" not in arg:
+            from engine.outdir import check_out_dir
+
+            try:
+                check_out_dir(arg.partition("=")[2])
+            except GauntletError as exc:
+                problems.append(str(exc))
+    return problems
+
+
 def main() -> None:
-    """Console entry point: check group choices (listing valid ones), then hand over to Hydra."""
-    problems = unknown_choices(sys.argv[1:], [Path(CONFIG_DIR)])
+    """Console entry point: a subcommand (``gauntlet compact …``), or a sweep handed over to Hydra."""
+    argv = sys.argv[1:]
+    if argv and argv[0] in SUBCOMMANDS:
+        import importlib
+
+        module, _, func = SUBCOMMANDS[argv[0]].partition(":")
+        sys.exit(getattr(importlib.import_module(module), func)(argv[1:]))
+    problems = _precheck(argv)
     if problems:
-        for p in problems:
-            print(f"error: {p}", file=sys.stderr)
-        sys.exit(2)
+        _fail(problems)
     hydra_main()
 
 
@@ -42,7 +72,7 @@ def hydra_main(cfg: DictConfig) -> None:
     print(f"\nGauntlet run {outcome.plan.run_id}: {len(outcome.plan.tasks)} task(s), "
           f"{outcome.evaluated} evaluated, {len(outcome.plan.tasks) - outcome.evaluated} reused, {n_rows} rows\n")
     print(outcome.summary)
-    print(f"\nResults: {outcome.results_dir}  (read with pyarrow.dataset.dataset(path))")
+    print(f"\nResults: {outcome.results_dir}  (read with engine.results.read({str(cfg.out_dir)!r}); docs/results.md)")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import itertools
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -52,14 +53,21 @@ class SweepConfig:
     cache_dir: str = "~/.cache/gauntlet"
     progress: bool = True
     corruption_baseline: Optional[str] = None  # noqa: UP045
+    # ``_target_`` policy (docs/reliability.md): modules beyond Gauntlet's own, torchvision and timm
+    # that configs may instantiate, or every importable callable when allow_any_target is true.
+    target_packages: list[str] = field(default_factory=list)
+    allow_any_target: bool = False
 
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 
 
 def register_schemas() -> None:
-    """Make ``sweep_schema`` available to the defaults list of ``sweep.yaml``."""
+    """Make ``sweep_schema`` available to ``sweep.yaml``, and ``${gauntlet_expand:…}`` (``~`` in paths)."""
+    from omegaconf import OmegaConf
+
     ConfigStore.instance().store(name="sweep_schema", node=SweepConfig)
+    OmegaConf.register_new_resolver("gauntlet_expand", lambda p: os.path.expanduser(str(p)), replace=True)
 
 
 def compose_sweep(overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
@@ -85,17 +93,32 @@ def group_options(config_dirs: list[Path]) -> dict[str, list[str]]:
     return {g: sorted(opts) for g, opts in groups.items()}
 
 
+def config_dirs_from_argv(argv: list[str]) -> list[Path]:
+    """Folders added by ``--config-dir PATH``, ``--config-dir=PATH``, ``-cd PATH``, ``-cd=PATH`` and
+    ``hydra.searchpath=[file://…,…]`` (``pkg://`` entries hold no user files and are skipped)."""
+    dirs: list[Path] = []
+    for i, arg in enumerate(argv):
+        flag, eq, value = arg.partition("=")
+        if flag in ("--config-dir", "-cd"):
+            if eq:
+                dirs.append(Path(value).expanduser())
+            elif i + 1 < len(argv):
+                dirs.append(Path(argv[i + 1]).expanduser())
+        elif flag.lstrip("+") == "hydra.searchpath" and eq:
+            for entry in value.strip().strip("[]").split(","):
+                entry = entry.strip().strip("'\"")
+                if entry and not entry.startswith("pkg://"):
+                    dirs.append(Path(entry.removeprefix("file://")).expanduser())
+    return dirs
+
+
 def unknown_choices(argv: list[str], config_dirs: list[Path]) -> list[str]:
     """Messages for group overrides naming options that do not exist, each listing the valid ones.
 
     Hydra reports a missing option of a *list* selection ('model=[a,b]') without
     the list of valid options; this check runs first so the user always sees them.
     """
-    dirs = list(config_dirs)
-    for flag, value in itertools.pairwise(argv):
-        if flag in ("--config-dir", "-cd"):
-            dirs.append(Path(value))
-    options = group_options(dirs)
+    options = group_options([*config_dirs, *config_dirs_from_argv(argv)])
     problems = []
     for arg in argv:
         if arg.startswith("-") or "=" not in arg:
@@ -108,4 +131,70 @@ def unknown_choices(argv: list[str], config_dirs: list[Path]) -> list[str]:
             choice = choice.strip()
             if choice and choice != "null" and choice not in options[key]:
                 problems.append(f"unknown {key} {choice!r}; valid choices: {', '.join(options[key])}")
+    return problems
+
+
+MULTI_GROUPS = ("model", "perturbation")  # groups selected as lists: each file is its own entry
+_PACKAGE = re.compile(r"^#\s*@package\s+(\S+)\s*$")
+
+
+def _declared_package(path: Path) -> str | None:
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            return None  # the header must come before any content
+        m = _PACKAGE.match(line.strip())
+        if m:
+            return m.group(1)
+    return None
+
+
+def _only_defaults(path: Path) -> bool:
+    import yaml
+
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError:
+        return False
+    return isinstance(doc, dict) and set(doc) == {"defaults"}
+
+
+def package_problems(config_dirs: list[Path]) -> list[str]:
+    """Each model/perturbation file must declare ``# @package <group>.<its file name>``.
+
+    A copied file that still names another entry would otherwise silently replace it
+    (``'model=[digits_cnn_at,my_model]'`` running one model under the wrong name).
+    """
+    problems = []
+    for group in MULTI_GROUPS:
+        files = [p for root in config_dirs for p in sorted((root / group).glob("*.yaml"))]
+        owners = {p.stem: p for p in files}
+        for path in files:
+            want = f"{group}.{path.stem}"
+            if _only_defaults(path):
+                continue  # a suite: it selects other files of the group, each keeping its own header
+            got = _declared_package(path)
+            if got == want:
+                continue
+            if got is None:
+                problems.append(f"{path} has no '# @package {want}' line; add it as the file's first line "
+                                f"(each {group} file becomes its own entry, named after the file)")
+                continue
+            other = owners.get(got.removeprefix(f"{group}."))
+            clash = f" — the entry of {other}" if other is not None and other != path else ""
+            problems.append(f"{path} declares '# @package {got}'{clash}; as written it would replace that "
+                            f"entry instead of adding {path.stem!r}. Change its first line to '# @package {want}'")
+    return problems
+
+
+def schema_problems(cfg: dict[str, Any]) -> list[str]:
+    """Keys added with ``+key=value`` that no part of Gauntlet reads (top level and model entries)."""
+    from dataclasses import fields
+
+    top = {f.name for f in fields(SweepConfig)}
+    model_keys = {f.name for f in fields(ModelConfig)}
+    problems = [f"unknown key {k!r}; valid top-level keys: {', '.join(sorted(top))}" for k in cfg if k not in top]
+    for name, mcfg in (cfg.get("model") or {}).items():
+        extra = sorted(k for k in (mcfg or {}) if k not in model_keys)
+        if extra:
+            problems.append(f"model.{name}: unknown key(s) {extra}; valid keys: {', '.join(sorted(model_keys))}")
     return problems

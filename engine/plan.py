@@ -6,10 +6,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from engine.config import schema_problems
 from engine.errors import ConfigError
+from engine.levels import Labels, check_units, normalize_levels
 from engine.models.loader import ensure_checkpoint
 from engine.resources import build_dataset, build_perturbation
 from engine.seeding import stable_hash
+from engine.targets import check_sweep_targets
 from engine.tasks import Task
 
 DoneFn = Callable[[str], bool]
@@ -43,6 +46,30 @@ def shard_ranges(n: int, shard_size: int | None) -> list[tuple[int, int]]:
     return [(s, min(s + step, n)) for s in range(0, n, step)]
 
 
+def prepare(cfg: Mapping[str, Any]) -> tuple[dict[str, Any], Labels]:
+    """Checks that need no file or model: unknown keys, the ``_target_`` policy, level lists.
+
+    Returns the config with normalised levels (``eps=0.1`` → ``[0.1]``, ``8/255`` → a float)
+    and the text of levels given as fractions.
+    """
+    problems = schema_problems(dict(cfg))
+    if problems:
+        raise ConfigError("; ".join(problems))
+    check_sweep_targets(cfg)
+    perts, labels = normalize_levels(cfg.get("perturbation") or {})
+    return {**cfg, "perturbation": perts}, labels
+
+
+def _check_threat_models(perts: Mapping[str, Any], image_shape: tuple[int, ...]) -> None:
+    """An attack must declare a norm (else nothing could verify it) and ε in the norm's units."""
+    for name, pert in perts.items():
+        if pert.family == "attack" and pert.norm is None:
+            raise ConfigError(f"perturbation.{name} is an attack without a norm; set norm: linf | l2 | l1 "
+                              "(every adversarial example is checked against its ε ball)")
+        if pert.family == "attack":
+            check_units(name, pert.norm, tuple(pert.levels), image_shape)
+
+
 def make_plan(
     cfg: Mapping[str, Any], is_done: DoneFn, check_model: ModelCheck | None = None, progress: bool = True
 ) -> Plan:
@@ -53,6 +80,7 @@ def make_plan(
     (``check_model(name, cfg)`` loads each model that still has work, so a
     corrupt or mismatched file is caught up front).
     """
+    cfg, _ = prepare(cfg)
     n_examples = _positive(cfg, "n_examples")
     batch_size = _positive(cfg, "batch_size")
     shard_size = cfg.get("shard_size")
@@ -76,6 +104,7 @@ def make_plan(
             f"use n_examples≤{len(data)}"
         )
     perts = {name: build_perturbation(name, pcfg) for name, pcfg in cfg["perturbation"].items()}
+    _check_threat_models(perts, tuple(data.images.shape[1:]))
     shas = {name: ensure_checkpoint(name, mcfg, progress) for name, mcfg in cfg["model"].items()}
     seed = int(cfg["seed"])
     tasks = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,10 +15,12 @@ from hydra.utils import instantiate
 from tqdm.auto import tqdm
 
 from engine.aggregate import AccuracyRow, accuracy_table
-from engine.errors import ConfigError
+from engine.errors import ConfigError, GauntletError
+from engine.levels import Labels
+from engine.outdir import OutDirLock, check_out_dir
 from engine.perturbations.base import Perturbation
 from engine.perturbations.suite import AttackSuite
-from engine.plan import Plan, make_plan
+from engine.plan import Plan, make_plan, prepare
 from engine.resources import Resources, resolve_device
 from engine.runners.base import RunContext, Runner
 from engine.sanity import Flag, probe_model, result_flags
@@ -51,31 +54,53 @@ def _build_runner(cfg: Mapping[str, Any]) -> Runner:
 
 
 def run_sweep(cfg: Mapping[str, Any]) -> SweepOutcome:
-    """Run every task of ``cfg`` that has no result file yet, then summarise all of the sweep's rows."""
+    """Run every task of ``cfg`` that has no verified result yet, then summarise all of the sweep's rows.
+
+    Everything that can fail on bad input fails before any result is written; the
+    output folder is held (``.gauntlet.lock``) so two runs never compute the same tasks.
+    """
     progress = bool(cfg.get("progress", True))
+    cfg, labels = prepare(cfg)
+    out_dir = check_out_dir(cfg["out_dir"])
     device = resolve_device(str(cfg["device"]))
-    store = ResultStore(str(cfg["out_dir"]))
-    resources = Resources(device)
     runner = _build_runner(cfg["runner"])
-    plan = make_plan(cfg, store.has, check_model=resources.model, progress=progress)
-    if plan.done:
-        log.info("%d of %d task(s) already have results in %s; skipping them",
-                 len(plan.done), len(plan.tasks), store.dir)
-    evaluated = _execute(plan.todo, runner, device, resources, store, progress)
-    table = store.read(t.task_id for t in plan.tasks)
-    rows = accuracy_table(table)
-    models = list(dict.fromkeys(t.model_name for t in plan.tasks))
-    perts = list(dict.fromkeys(t.perturbation_name for t in plan.tasks))
-    built = {name: resources.perturbation(name, pcfg) for name, pcfg in cfg["perturbation"].items()}
-    flags = sanity_flags(cfg, models, table, resources, built)
-    suites = [n for n, p in built.items() if isinstance(p, AttackSuite) and len(p.attacks) > 1]
-    blocks = [render_corruption_summary(rows, models, cfg.get("corruption_baseline")),
-              render_attack_summary(table, suites)]
-    summary = render_table(rows, models, perts) + "".join(f"\n\n{b}" for b in blocks if b) + render_flags(flags)
-    out_dir = Path(str(cfg["out_dir"])).expanduser()
-    _write_sidecars(out_dir, cfg, plan, summary)
-    _write_flags(out_dir, plan, flags)
+    with OutDirLock(out_dir):
+        store = ResultStore(out_dir)
+        store.clean_temporaries()
+        store.report_foreign()
+        resources = Resources(device)
+        plan = make_plan(cfg, store.has, check_model=resources.model, progress=progress)
+        if plan.done:
+            log.info("%d of %d task(s) already have verified results in %s; reusing them",
+                     len(plan.done), len(plan.tasks), store.dir)
+        evaluated = _execute_keeping_finished(plan, runner, device, resources, store, progress)
+        table = store.read(t.task_id for t in plan.tasks)
+        rows = accuracy_table(table)
+        models = list(dict.fromkeys(t.model_name for t in plan.tasks))
+        perts = list(dict.fromkeys(t.perturbation_name for t in plan.tasks))
+        built = {name: resources.perturbation(name, pcfg) for name, pcfg in cfg["perturbation"].items()}
+        flags = sanity_flags(cfg, models, table, resources, built)
+        suites = [n for n, p in built.items() if isinstance(p, AttackSuite) and len(p.attacks) > 1]
+        blocks = [render_corruption_summary(rows, models, cfg.get("corruption_baseline")),
+                  render_attack_summary(table, suites)]
+        summary = (render_table(rows, models, perts, labels) + "".join(f"\n\n{b}" for b in blocks if b)
+                   + render_flags(flags))
+        _write_sidecars(out_dir, cfg, plan, summary, labels)
+        _write_flags(out_dir, plan, flags)
     return SweepOutcome(plan, store.dir, rows, summary, evaluated, flags)
+
+
+def _execute_keeping_finished(plan: Plan, runner: Runner, device: torch.device, resources: Resources,
+                              store: ResultStore, progress: bool) -> int:
+    """``_execute``, and on an error say how many tasks finished: their rows stay, a re-run resumes."""
+    try:
+        return _execute(plan.todo, runner, device, resources, store, progress)
+    except GauntletError as exc:
+        kept = sum(store.verify(t.task_id) for t in plan.todo) + len(plan.done)
+        raise type(exc)(
+            f"{exc}\n{kept} of {len(plan.tasks)} task(s) of this sweep have verified results in {store.dir} "
+            "(kept); re-running the same command resumes from them and recomputes only the rest."
+        ) from None
 
 
 PROBE_SAMPLES = 64  # clean samples each model's gradient / output / randomness probe looks at
@@ -101,9 +126,7 @@ def sanity_flags(cfg: Mapping[str, Any], models: list[str], table: Any, resource
 def _write_flags(out_dir: Path, plan: Plan, flags: list[Flag]) -> None:
     """``flags.json`` next to ``results/`` (never inside it): the sanity flags of the whole sweep."""
     doc = {"run_id": plan.run_id, "flags": [f.as_dict() for f in flags]}
-    tmp = out_dir / ".flags.json.tmp"
-    tmp.write_text(json.dumps(doc, indent=2, default=str) + "\n")
-    tmp.replace(out_dir / "flags.json")
+    _write_both(out_dir, plan.run_id, "flags.json", json.dumps(doc, indent=2, default=str) + "\n")
 
 
 def _execute(todo: tuple[Task, ...], runner: Runner, device: torch.device, resources: Resources,
@@ -125,17 +148,30 @@ def _execute(todo: tuple[Task, ...], runner: Runner, device: torch.device, resou
     return done
 
 
-def _write_sidecars(out_dir: Path, cfg: Mapping[str, Any], plan: Plan, summary: str) -> None:
-    """``sweep.json`` (config + task ids) and ``summary.txt`` next to ``results/``, never inside it."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+def _write_sidecars(out_dir: Path, cfg: Mapping[str, Any], plan: Plan, summary: str, labels: Labels) -> None:
+    """``sweep.json`` (config + task ids) and ``summary.txt`` next to ``results/``, never inside it.
+
+    The top-level files describe the latest invocation; ``sweeps/<run_id>/`` keeps each
+    sweep's own copy (Hydra multirun jobs and earlier invocations on one ``out_dir``).
+    """
     meta = {
         "run_id": plan.run_id,
         "config": cfg,
+        "level_labels": {p: {f"{k:g}": v for k, v in d.items()} for p, d in labels.items()},
         "tasks": [
             {"task_id": t.task_id, "model": t.model_name, "perturbation": t.perturbation_name,
              "rows": [t.start, t.stop], "checkpoint_sha256": t.checkpoint_sha256}
             for t in plan.tasks
         ],
     }
-    (out_dir / "sweep.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
-    (out_dir / "summary.txt").write_text(summary + "\n")
+    _write_both(out_dir, plan.run_id, "sweep.json", json.dumps(meta, indent=2, default=str) + "\n")
+    _write_both(out_dir, plan.run_id, "summary.txt", summary + "\n")
+
+
+def _write_both(out_dir: Path, run_id: str, name: str, text: str) -> None:
+    """Write ``out_dir/name`` (latest) and ``out_dir/sweeps/<run_id>/name``, each atomically."""
+    for folder in (out_dir, out_dir / "sweeps" / run_id):
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{name}.{os.getpid()}.tmp"
+        tmp.write_text(text)
+        tmp.replace(folder / name)

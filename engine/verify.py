@@ -19,6 +19,10 @@ def verify_batch(pert: Perturbation, level: float, x: torch.Tensor, x_pert: torc
     in the perturbation's norm (L∞ for norm-free corruptions) as float64 on CPU.
     """
     where = f"perturbation {pert.name!r} at level {level:g}"
+    if pert.family == "attack" and pert.norm_obj is None:
+        raise ThreatModelViolation(f"{where}: an attack must declare its norm; without one it cannot be verified")
+    if level not in pert.levels:
+        raise ThreatModelViolation(f"{where}: {level:g} is not one of its configured levels {list(pert.levels)}")
     if x_pert.shape != x.shape:
         raise ThreatModelViolation(f"{where} returned shape {tuple(x_pert.shape)}, expected {tuple(x.shape)}")
     if x_pert.dtype != x.dtype or x_pert.device != x.device:

@@ -19,7 +19,7 @@ def test_cli_prints_summary_and_results_path(tiny_checkpoint: Path, tmp_path: Pa
     assert ds.dataset(tmp_path / "results", format="parquet").count_rows() == 20 * 6
     again = run_cli(*tiny_overrides(tiny_checkpoint, tmp_path, "perturbation=[clean,contrast]"))
     assert again.returncode == 0 and "0 evaluated, 2 reused" in again.stdout
-    assert "already have results" in again.stderr + again.stdout
+    assert "already have verified results" in again.stderr + again.stdout
 
 
 @pytest.mark.parametrize(

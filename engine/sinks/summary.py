@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from engine.aggregate import AccuracyRow
 from engine.sanity import Flag
 
 
-def _level(row: AccuracyRow) -> str:
+def _level(row: AccuracyRow, labels: Mapping[str, Mapping[float, str]] | None = None) -> str:
     if row.family == "clean":
         return "-"
     if row.family == "corruption":
         return f"s{int(row.level)}"
-    return f"ε={row.level:g}"
+    text = (labels or {}).get(row.perturbation, {}).get(row.level)
+    return f"ε={text}" if text else f"ε={row.level:g}"
 
 
 def _cell(row: AccuracyRow | None) -> str:
@@ -22,7 +23,8 @@ def _cell(row: AccuracyRow | None) -> str:
     return f"{100 * row.accuracy:5.1f} [{100 * row.ci_low:4.1f}, {100 * row.ci_high:5.1f}]"
 
 
-def render_table(rows: Sequence[AccuracyRow], models: Sequence[str], perturbations: Sequence[str] = ()) -> str:
+def render_table(rows: Sequence[AccuracyRow], models: Sequence[str], perturbations: Sequence[str] = (),
+                 labels: Mapping[str, Mapping[float, str]] | None = None) -> str:
     """A fixed-width table: one line per (perturbation, level), one column per model.
 
     Perturbations appear in the order given (the sweep's), then any others alphabetically.
@@ -30,13 +32,13 @@ def render_table(rows: Sequence[AccuracyRow], models: Sequence[str], perturbatio
     rank = {p: i for i, p in enumerate(perturbations)}
     rows = sorted(rows, key=lambda r: (rank.get(r.perturbation, len(rank)), r.perturbation, r.level))
     index: dict[tuple[str, float], dict[str, AccuracyRow]] = {}
-    labels: dict[tuple[str, float], str] = {}
+    names: dict[tuple[str, float], str] = {}
     for r in rows:
         key = (r.perturbation, r.level)
         index.setdefault(key, {})[r.model] = r
-        labels[key] = _level(r)
+        names[key] = _level(r, labels)
     head = ["perturbation", "level", *(f"{m} acc % [95% CI]" for m in models)]
-    body = [[p, labels[(p, lv)], *(_cell(index[(p, lv)].get(m)) for m in models)] for p, lv in index]
+    body = [[p, names[(p, lv)], *(_cell(index[(p, lv)].get(m)) for m in models)] for p, lv in index]
     widths = [max(len(str(line[i])) for line in [head, *body]) for i in range(len(head))]
 
     def fmt(line: Sequence[str]) -> str:

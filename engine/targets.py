@@ -1,0 +1,80 @@
+"""What a config's ``_target_`` may name: an allow-list of modules, and the kind of object it must build.
+
+Config files are trusted input like code (docs/reliability.md), but the ordinary
+path stays safe: a ``_target_`` outside Gauntlet, torchvision, timm and the packages
+listed in ``target_packages`` is refused unless ``allow_any_target: true``, and a
+class is checked to be the right kind *before* it is called with config data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from hydra.utils import get_object
+
+from engine.errors import ConfigError
+
+ALLOWED_MODULES = ("engine", "kernels", "torchvision", "timm", "robustbench")
+
+
+def iter_targets(node: Any, key: str) -> Iterator[tuple[str, str]]:
+    """Every (config key, ``_target_`` string) inside ``node``, nested ones included."""
+    if isinstance(node, Mapping):
+        if "_target_" in node:
+            yield key, str(node["_target_"])
+        for k, v in node.items():
+            if k != "_target_":
+                yield from iter_targets(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(node, (list, tuple)):
+        for i, v in enumerate(node):
+            yield from iter_targets(v, f"{key}[{i}]")
+
+
+def check_allowed(target: str, key: str, packages: Sequence[str] = (), allow_any: bool = False) -> None:
+    """Refuse a ``_target_`` whose top-level package is not allowed (without importing it)."""
+    if allow_any:
+        return
+    allowed = (*ALLOWED_MODULES, *packages)
+    root = target.split(".")[0]
+    if root not in allowed:
+        raise ConfigError(
+            f"{key}._target_={target!r} is outside the modules configs may call ({', '.join(allowed)}). "
+            f"If you trust it, add its package: target_packages=[{root}] (or allow_any_target=true)"
+        )
+
+
+def check_kind(target: str, key: str, expected: type | tuple[type, ...], what: str) -> None:
+    """A class ``_target_`` must be a subclass of ``expected``; a function is a factory checked on return."""
+    try:
+        obj = get_object(target)
+    except Exception as exc:
+        raise ConfigError(f"{key}._target_={target!r} cannot be imported ({exc})") from None
+    if isinstance(obj, type):
+        if not issubclass(obj, expected):
+            raise ConfigError(f"{key}._target_={target!r} is a {obj.__name__}, not {what}")
+    elif not callable(obj):
+        raise ConfigError(f"{key}._target_={target!r} is not callable; it must name {what} or a factory of one")
+
+
+def check_sweep_targets(cfg: Mapping[str, Any]) -> None:
+    """Allow-list every ``_target_`` of the sweep, and check the kind of each top-level one."""
+    from torch import nn
+
+    from engine.perturbations.base import Perturbation
+
+    packages = [str(p) for p in cfg.get("target_packages") or ()]
+    allow_any = bool(cfg.get("allow_any_target", False))
+    for key, target in iter_targets({k: v for k, v in cfg.items() if k != "hydra"}, ""):
+        check_allowed(target, key, packages, allow_any)
+    for name, mcfg in (cfg.get("model") or {}).items():
+        arch = (mcfg or {}).get("arch") or {}
+        if isinstance(arch, Mapping) and "_target_" in arch:
+            check_kind(str(arch["_target_"]), f"model.{name}.arch", nn.Module, "an nn.Module")
+    for name, pcfg in (cfg.get("perturbation") or {}).items():
+        if isinstance(pcfg, Mapping) and "_target_" in pcfg:
+            check_kind(str(pcfg["_target_"]), f"perturbation.{name}", Perturbation, "a Perturbation")
+    for key in ("dataset", "runner"):
+        node = cfg.get(key)
+        if isinstance(node, Mapping) and "_target_" in node:
+            check_kind(str(node["_target_"]), key, object, f"a {key}")
