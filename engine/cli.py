@@ -37,7 +37,7 @@ def _precheck(argv: list[str]) -> list[str]:
             from engine.outdir import check_out_dir
 
             try:
-                check_out_dir(arg.partition("=")[2])
+                check_out_dir(arg.partition("=")[2].strip("'\""))
             except GauntletError as exc:
                 problems.append(str(exc))
     return problems
@@ -51,10 +51,20 @@ def main() -> None:
 
         module, _, func = SUBCOMMANDS[argv[0]].partition(":")
         sys.exit(getattr(importlib.import_module(module), func)(argv[1:]))
+    argv = [_quote_tilde(a) for a in argv]
     problems = _precheck(argv)
     if problems:
         _fail(problems)
+    sys.argv[1:] = argv
     hydra_main()
+
+
+def _quote_tilde(arg: str) -> str:
+    """``out_dir=~/x`` (the shell left ``~`` alone) → ``out_dir="~/x"``: Hydra's grammar refuses a bare ``~``."""
+    key, eq, value = arg.partition("=")
+    if eq and not arg.startswith("-") and (value == "~" or value.startswith("~/")) and '"' not in value:
+        return f'{key}="{value}"'
+    return arg
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="sweep", version_base="1.3")
