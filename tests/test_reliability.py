@@ -318,3 +318,12 @@ def test_stray_temporaries_of_dead_processes_are_removed(tiny_checkpoint: Path, 
     _sweep(tiny_checkpoint, tmp_path)
     assert not stale.exists() and live.exists()
     assert ResultStore(tmp_path).foreign_files() == []
+
+
+@pytest.mark.skipif(not Path("/sys/kernel").is_dir(), reason="needs Linux sysfs, where no one may create folders")
+def test_an_out_dir_that_cannot_be_written_is_refused_before_any_compute(tiny_checkpoint: Path) -> None:
+    from engine.outdir import check_out_dir
+
+    with pytest.raises(ConfigError, match=r"out_dir=/sys/gauntlet-test: .* not writable .*choose a writable"):
+        check_out_dir("/sys/gauntlet-test")
+    _refused(run_cli(*tiny_overrides(tiny_checkpoint, Path("/sys/gauntlet-test"), PERTS)), "not writable")
