@@ -24,7 +24,12 @@ class RunContext:
 
 
 class Runner(Protocol):
-    """Any backend that can evaluate tasks (in this process, in Ray actors, ...)."""
+    """Any backend that can evaluate tasks (in this process, in Ray actors, ...).
+
+    Contract: every ``TaskResult`` a runner yields comes from ``engine.evaluate.evaluate``
+    (which verifies each perturbed batch against its threat model); a runner never builds
+    rows itself, never writes files, and yields each task at most once.
+    """
 
     def run(self, tasks: Sequence[Task], ctx: RunContext) -> Iterator[TaskResult]:
         """Yield one ``TaskResult`` per task (any order); ``ctx.on_samples`` reports progress within tasks."""
