@@ -381,6 +381,7 @@ def test_engine_reclassifies_what_a_suite_returns(tiny_checkpoint: Path, tmp_pat
     cfg = compose_dict(tiny_overrides(tiny_checkpoint, tmp_path, "perturbation=[apgd_ce_linf]"))
     pcfg = cfg["perturbation"]["apgd_ce_linf"]
     pcfg["_target_"] = f"{__name__}.ClaimingSuite"
+    cfg["target_packages"] = ["tests"]  # a test-only perturbation: an explicitly allowed package
     pcfg["eps"] = [0.1]
     run_sweep(cfg)
     rows = ds.dataset(tmp_path / "results", format="parquet").to_table().to_pylist()

@@ -96,6 +96,7 @@ def test_broken_attack_fails_the_whole_sweep_without_writing(tiny_checkpoint: Pa
 
     cfg = compose_dict(tiny_overrides(tiny_checkpoint, tmp_path, "perturbation=[fgsm_linf]"))
     cfg["perturbation"]["fgsm_linf"]["_target_"] = f"{__name__}.OvershootingAttack"
+    cfg["target_packages"] = ["tests"]
     with pytest.raises(ThreatModelViolation, match="fgsm_linf"):
         run_sweep(cfg)
     assert sorted((tmp_path / "results").glob("*")) == []
