@@ -32,7 +32,7 @@ import torch
 from engine.perturbations.attacks import FGSM, PGD
 from engine.perturbations.base import Perturbation
 from engine.perturbations.suite import AttackSuite
-from engine.sanity_confirm import ConfirmFn, Confirmation
+from engine.sanity_confirm import Confirmation, ConfirmFn
 
 # L∞ radius at which any image can be turned into mid-grey: an attack there must reach chance level.
 UNBOUNDED_LINF = 0.5
