@@ -147,7 +147,8 @@ class SweepConfirmer:
 
     ``model_for`` returns the sweep's (cached) model by name; ``images``/``labels``/``ids``
     are the dataset rows the sweep evaluated. ``eot`` averages each gradient over that
-    many forward passes (use the sweep's largest EOT for randomised models).
+    many forward passes when the model is randomised (two passes differ; use the
+    sweep's largest EOT setting); a deterministic model is attacked without EOT.
     ``n_iter``/``ce_restarts``/``n_target_classes`` set the strength (defaults: the
     strong attack; only tests lower them). ``calls`` records every confirmation run,
     so a caller (or a test) can see what it paid.
@@ -169,9 +170,11 @@ class SweepConfirmer:
         ids = sorted(int(s) for s in sample_ids)
         rows = torch.tensor([self.pos[s] for s in ids], dtype=torch.int64)
         x, y = self.images[rows].to(self.device), self.labels[rows].to(self.device)
-        suite = strong_suite(norm, eps, eot=self.eot, **self.strength)
+        model = self.model_for(model_name)
+        suite = strong_suite(norm, eps, eot=self.eot if self.eot > 1 and _randomised(model, x) else 1,
+                             **self.strength)
         try:
-            result = confirm_white_box(self.model_for(model_name), x, y, ids, norm=norm, eps=eps, seed=self.seed,
+            result = confirm_white_box(model, x, y, ids, norm=norm, eps=eps, seed=self.seed,
                                        suite=suite, batch_size=self.batch_size)
         except RuntimeError as exc:
             if "does not require grad" not in str(exc):
@@ -182,3 +185,9 @@ class SweepConfirmer:
                                   error=f"no input gradient: {str(exc).splitlines()[0]}")
         self.calls.append(result)
         return result
+
+
+def _randomised(model: torch.nn.Module, x: torch.Tensor) -> bool:
+    """True when two forward passes on ``x`` differ (a randomised model, which needs EOT)."""
+    with torch.no_grad():
+        return bool((model(x) - model(x)).abs().max() > 1e-5)

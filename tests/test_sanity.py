@@ -332,6 +332,31 @@ def test_confirmation_counts_only_verified_examples(healthy: torch.nn.Module, da
     assert isinstance(honest, Confirmation) and set(honest.broken) | set(honest.survived) == set(ids.tolist())
 
 
+def test_confirmation_uses_eot_only_on_a_randomised_model(healthy: torch.nn.Module,
+                                                         data: tuple) -> None:  # type: ignore[type-arg]
+    small = tuple(t[:2] for t in data)
+    ids = small[2].tolist()
+    cheap = {"n_iter": 5, "ce_restarts": 1, "n_target_classes": 2}
+    torch.manual_seed(0)
+    noisy = SweepConfirmer(lambda name: Noisy(healthy), *small, torch.device("cpu"), eot=3, **cheap)("m", "linf",
+                                                                                                   0.01, ids)
+    plain = SweepConfirmer(lambda name: healthy, *small, torch.device("cpu"), eot=3, **cheap)("m", "linf", 0.01, ids)
+    assert noisy is not None and plain is not None
+    assert "EOT 3" in noisy.attack and "EOT" not in plain.attack
+
+
+def test_a_model_without_any_input_gradient_survives_the_confirmation(healthy: torch.nn.Module,
+                                                                      data: tuple) -> None:  # type: ignore[type-arg]
+    class Detached(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return healthy(x.detach())  # type: ignore[no-any-return]
+
+    small = tuple(t[:3] for t in data)
+    c = SweepConfirmer(lambda name: Detached(), *small, torch.device("cpu"))("m", "linf", 0.1, small[2].tolist())
+    assert c is not None and c.survived == tuple(small[2].tolist()) and "no input gradient" in c.error
+    assert SweepConfirmer(lambda name: healthy, *small, torch.device("cpu"))("m", "l1", 0.1, [0]) is None
+
+
 def test_accuracy_rising_with_eps_from_a_weak_attack_is_not_called_masking(healthy: torch.nn.Module,
                                                                           data: tuple) -> None:  # type: ignore[type-arg]
     fgsm = [SkipsLevel(name="fgsm", eps=(e,), tags=WB) for e in (0.0, 0.05, 0.1)]
