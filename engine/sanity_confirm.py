@@ -165,9 +165,9 @@ class SweepConfirmer:
         self.calls: list[Confirmation] = []
 
     def __call__(self, model_name: str, norm: str, eps: float, sample_ids: Sequence[int]) -> Confirmation | None:
-        if norm not in CONFIRM_NORMS:
-            return None
-        ids = sorted(int(s) for s in sample_ids)
+        ids = sorted(int(s) for s in sample_ids if int(s) in self.pos)
+        if norm not in CONFIRM_NORMS or len(ids) < len(sample_ids):
+            return None  # cannot confirm: APGD has no such norm, or samples outside the swept data
         rows = torch.tensor([self.pos[s] for s in ids], dtype=torch.int64)
         x, y = self.images[rows].to(self.device), self.labels[rows].to(self.device)
         model = self.model_for(model_name)

@@ -354,7 +354,9 @@ def test_a_model_without_any_input_gradient_survives_the_confirmation(healthy: t
     small = tuple(t[:3] for t in data)
     c = SweepConfirmer(lambda name: Detached(), *small, torch.device("cpu"))("m", "linf", 0.1, small[2].tolist())
     assert c is not None and c.survived == tuple(small[2].tolist()) and "no input gradient" in c.error
-    assert SweepConfirmer(lambda name: healthy, *small, torch.device("cpu"))("m", "l1", 0.1, [0]) is None
+    plain = SweepConfirmer(lambda name: healthy, *small, torch.device("cpu"))
+    assert plain("m", "l1", 0.1, [0]) is None  # APGD has no L1: unconfirmed, not a crash
+    assert plain("m", "linf", 0.1, [10**9]) is None and plain.calls == []  # a sample outside the swept data
 
 
 def test_accuracy_rising_with_eps_from_a_weak_attack_is_not_called_masking(healthy: torch.nn.Module,
