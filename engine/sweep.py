@@ -23,7 +23,8 @@ from engine.perturbations.suite import AttackSuite
 from engine.plan import Plan, make_plan, prepare
 from engine.resources import Resources, resolve_device
 from engine.runners.base import RunContext, Runner
-from engine.sanity import Flag, probe_model, result_flags
+from engine.sanity import SETUP, Flag, clean_accuracy_flags, probe_model, result_flags
+from engine.sanity_confirm import SweepConfirmer
 from engine.sinks.attack_summary import render_attack_summary
 from engine.sinks.corruption_summary import render_corruption_summary
 from engine.sinks.parquet import ResultStore
@@ -108,19 +109,27 @@ PROBE_SAMPLES = 64  # clean samples each model's gradient / output / randomness 
 
 def sanity_flags(cfg: Mapping[str, Any], models: list[str], table: Any, resources: Resources,
                  perts: Mapping[str, Perturbation]) -> list[Flag]:
-    """Result checks over the sweep's rows plus, when it has attacks, a probe of each model (docs/sanity.md)."""
-    flags = result_flags(table, perts)
+    """Result checks over the sweep's rows (confirmed by a strong white-box attack on the flagged samples
+    before accusing a model), clean accuracy against chance and, when it has attacks, a probe of each model
+    (docs/sanity.md)."""
     attacks_eot = {name: p.eot_iter for name, p in perts.items() if p.family == "attack"}
+    data = resources.dataset(dict(cfg["dataset"]))
+    swept = data.slice(0, min(len(data), int(cfg["n_examples"])))
+    confirmer = SweepConfirmer(lambda name: resources.model(name, cfg["model"][name]), swept.images,
+                               swept.labels, swept.sample_ids, resources.device, seed=int(cfg["seed"]),
+                               eot=max(attacks_eot.values(), default=1), batch_size=int(cfg["batch_size"]))
+    flags = result_flags(table, perts, confirmer) + clean_accuracy_flags(table, data.num_classes)
     if attacks_eot:
-        data = resources.dataset(dict(cfg["dataset"]))
-        probe = data.slice(0, min(len(data), int(cfg["n_examples"]), PROBE_SAMPLES))
+        probe = swept.slice(0, PROBE_SAMPLES)
         x, y = probe.images.to(resources.device), probe.labels.to(resources.device)
         for name in models:
             flags += probe_model(resources.model(name, cfg["model"][name]), x, y, name, attacks_eot)
     for f in flags:
-        log.warning("sanity flag %s on %s%s: %s", f.check, f.model,
-                    f" / {f.perturbation}" if f.perturbation else "", f.message)
-    return sorted(flags, key=lambda f: (f.model, f.check, f.perturbation or ""))
+        level = logging.ERROR if f.verdict == SETUP else logging.WARNING
+        log.log(level, "sanity flag %s on %s%s: %s", f.check, f.model,
+                f" / {f.perturbation}" if f.perturbation else "", f.message)
+    # a broken set-up first: it makes every other number (and flag) of that model meaningless
+    return sorted(flags, key=lambda f: (f.verdict != SETUP, f.model, f.check, f.perturbation or ""))
 
 
 def _write_flags(out_dir: Path, plan: Plan, flags: list[Flag]) -> None:
