@@ -101,6 +101,9 @@ class SweepProgress(RunEvents):
             self._ready_at.setdefault(worker, time.monotonic())
             if self.work_t0 is None:
                 self.work_t0 = time.monotonic()  # the rate is measured from here (Ray start-up is not work)
+                if self.bar is not None:
+                    self.bar.reset(total=self.total)
+                    self.bar.n = self.done_units()
             self.workers.setdefault(worker, WorkerStats(worker, device))
 
     def task_started(self, task: Task, worker: str) -> None:

@@ -61,6 +61,7 @@ class _Actor:
     alive: bool = True
     device: str = ""
     model: str | None = None  # model of the last task sent to it
+    info: dict[str, Any] = field(default_factory=dict)  # what the actor said about itself when ready
     inflight: deque[tuple[Any, Task, int]] = field(default_factory=deque)  # (ref, task, attempt), in order
 
 
@@ -153,7 +154,7 @@ class RayRunner:
 
     def workers(self) -> list[dict[str, Any]]:
         """Name, pid, device of each live, started actor (for tests and diagnostics)."""
-        return [{"name": a.name, "device": a.device, **a.__dict__.get("info", {})}
+        return [{**a.info, "name": a.name, "device": a.device, "inflight": len(a.inflight)}
                 for a in self._actors if a.alive and a.ready]
 
     # -- where it runs ---------------------------------------------------------------------
@@ -317,7 +318,7 @@ class RayRunner:
             self._replace(ray)
             return
         actor.ready, actor.device = True, str(info["device"])
-        actor.__dict__["info"] = info
+        actor.info = dict(info)
         ctx.events.worker_ready(actor.name, actor.device)
 
     def _on_result(self, ray: Any, ref: Any, owner: dict[Any, _Actor], queue: TaskQueue, ctx: RunContext,
