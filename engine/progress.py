@@ -1,9 +1,11 @@
 """Tell the truth about a running sweep: a live bar over its work, or one log line per finished task.
 
-The unit of work is one *example*: one sample at one level of its perturbation, so a task of
-200 samples × 5 ε is 1,000 examples. Workers report finished batches (``on_samples``); the ETA is
-the remaining examples at the sweep's average rate so far, recomputed every second, so it grows
-honestly while a long attack batch runs and reads ``?`` until the first batch is done. At the
+The unit of work is one *eval*: one sample at one level of its perturbation, times the attack's own
+budget per level (steps × restarts, queries, summed over a suite's members; 1 for clean and
+corruptions), so a PGD-10 task of 200 samples × 7 ε is 14,000 evals and a clean one 200. Workers
+report finished batches (``on_samples``); the ETA is the remaining evals at the sweep's average rate
+since its first worker started, recomputed every second, so it grows honestly while a long attack
+batch runs and reads ``?`` until the first batch is done. At the
 end, one line per worker (device, tasks, samples/s, busy fraction) and the balance between them.
 Runner-agnostic: no Ray here (runners call the ``RunEvents`` methods).
 """
@@ -20,6 +22,7 @@ from typing import IO
 
 from tqdm.auto import tqdm
 
+from engine.perturbations.base import Perturbation
 from engine.runners.base import RunEvents
 from engine.tasks import Task, TaskResult
 
@@ -69,13 +72,32 @@ def format_duration(seconds: float | None) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
 
 
+BUDGET_KEYS = ("steps", "n_iter", "n_queries")  # per-level work of an attack (first present)
+RESTART_KEYS = ("restarts", "n_restarts")
+
+
+def _budget(obj: object) -> int:
+    steps = next((int(getattr(obj, k)) for k in BUDGET_KEYS if isinstance(getattr(obj, k, None), int)), 1)
+    restarts = next((int(getattr(obj, k)) for k in RESTART_KEYS if isinstance(getattr(obj, k, None), int)), 1)
+    eot = getattr(obj, "eot_iter", 1)
+    return max(1, steps) * max(1, restarts) * (eot if isinstance(eot, int) and eot > 0 else 1)
+
+
+def work_per_sample(pert: Perturbation) -> int:
+    """Evals one sample costs under ``pert``: its levels × its per-level budget (a suite's: its members')."""
+    members = getattr(pert, "attacks", None)
+    per_level = sum(_budget(m) for m in members) if members else _budget(pert)
+    return len(pert.levels) * max(1, per_level) if pert.family == "attack" else len(pert.levels)
+
+
 class SweepProgress(RunEvents):
     """Progress of the tasks still to run. ``live``: a redrawn bar; otherwise one log line per finished task."""
 
-    def __init__(self, tasks: Sequence[Task], levels: Mapping[str, int], live: bool,
+    def __init__(self, tasks: Sequence[Task], work: Mapping[str, int], live: bool,
                  stream: IO[str] | None = None) -> None:
-        self.levels = {t.task_id: max(1, int(levels.get(t.task_id, 1))) for t in tasks}
-        self.weight = {t.task_id: t.n_samples * self.levels[t.task_id] for t in tasks}
+        """``work``: evals per sample of each task (``work_per_sample``); 1 when missing."""
+        self.per_sample = {t.task_id: max(1, int(work.get(t.task_id, 1))) for t in tasks}
+        self.weight = {t.task_id: t.n_samples * self.per_sample[t.task_id] for t in tasks}
         self.total = sum(self.weight.values())
         self.n_tasks = len(tasks)
         self.done: dict[str, int] = {}
@@ -90,7 +112,7 @@ class SweepProgress(RunEvents):
         self.bar: tqdm | None = None
         self._ticker: threading.Thread | None = None
         if live:
-            self.bar = tqdm(total=self.total, desc="sweep", unit="ex", smoothing=0, dynamic_ncols=True,
+            self.bar = tqdm(total=self.total, desc="sweep", unit="eval", smoothing=0, dynamic_ncols=True,
                             file=stream if stream is not None else sys.stderr)
             self._ticker = threading.Thread(target=self._tick, name="gauntlet-progress", daemon=True)
             self._ticker.start()
@@ -128,8 +150,10 @@ class SweepProgress(RunEvents):
         if task.task_id not in self.weight or n <= 0:
             return
         with self._lock:
-            done = self.done.get(task.task_id, 0) + n * self.levels[task.task_id]
+            done = self.done.get(task.task_id, 0) + n * self.per_sample[task.task_id]
             self._set_done(task.task_id, min(done, self.weight[task.task_id]))
+            if self.bar is not None:
+                self.bar.refresh()
 
     def finished(self, result: TaskResult) -> None:
         """The driver has persisted ``result``."""
@@ -159,7 +183,7 @@ class SweepProgress(RunEvents):
         return sum(self.done.values())
 
     def eta(self) -> float | None:
-        """Remaining examples at the average rate so far; None before anything is done."""
+        """Remaining evals at the average rate since work began; None before anything is done."""
         done = self.done_units()
         if done <= 0:
             return None

@@ -18,7 +18,7 @@ from engine.errors import ConfigError, GauntletError
 from engine.perturbations.base import Perturbation
 from engine.perturbations.suite import AttackSuite
 from engine.plan import Plan, make_plan
-from engine.progress import SweepProgress
+from engine.progress import SweepProgress, work_per_sample
 from engine.resources import Resources, _unwrap, resolve_device
 from engine.runners.base import RunContext, Runner
 from engine.sanity import Flag, probe_model, result_flags
@@ -119,8 +119,8 @@ def _execute(todo: tuple[Task, ...], runner: Runner, device: torch.device, resou
     """
     if not todo:
         return 0
-    levels = {t.task_id: len(resources.perturbation(t.perturbation_name, t.perturbation).levels) for t in todo}
-    tracker = SweepProgress(todo, levels, live=progress and sys.stderr.isatty())
+    work = {t.task_id: work_per_sample(resources.perturbation(t.perturbation_name, t.perturbation)) for t in todo}
+    tracker = SweepProgress(todo, work, live=progress and sys.stderr.isatty())
     ctx = RunContext(device, tracker.samples, resources, events=tracker)
     done = 0
     try:

@@ -24,7 +24,7 @@ from engine.errors import GauntletError
 from engine.models.checkpoint import save_checkpoint, sha256_of
 from engine.models.cnn import SmallCNN
 from engine.plan import Plan, make_plan
-from engine.progress import SweepProgress
+from engine.progress import SweepProgress, work_per_sample
 from engine.resources import Resources
 from engine.runners.base import RunContext
 from engine.runners.local import LocalRunner
@@ -54,8 +54,8 @@ def _plan(ckpt: Path, out: Path, *extra: str) -> tuple[Plan, ResultStore, Resour
 def _run(runner: Any, tasks: tuple[Task, ...], store: ResultStore, res: Resources,
          after: Callable[[int], None] | None = None) -> list[Any]:
     """What ``engine.sweep._execute`` does, with a hook after each written result."""
-    levels = {t.task_id: len(res.perturbation(t.perturbation_name, t.perturbation).levels) for t in tasks}
-    tracker = SweepProgress(tasks, levels, live=False)
+    work = {t.task_id: work_per_sample(res.perturbation(t.perturbation_name, t.perturbation)) for t in tasks}
+    tracker = SweepProgress(tasks, work, live=False)
     ctx = RunContext(CPU, tracker.samples, res, events=tracker)
     results = []
     try:

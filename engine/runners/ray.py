@@ -103,6 +103,7 @@ class RayRunner:
     cpus_per_actor: float = 1.0
     gpus_per_actor: float | None = None
     num_actors: int | None = None
+    threads: int | None = None
     in_flight: int = 2
     max_retries: int = 3
     ship_checkpoints: bool = True
@@ -120,6 +121,8 @@ class RayRunner:
                 raise ConfigError(f"runner.{key}={getattr(self, key)} must be ≥ 1")
         if self.gpus_per_actor is not None and self.gpus_per_actor < 0:
             raise ConfigError(f"runner.gpus_per_actor={self.gpus_per_actor} must be ≥ 0 (0.5 packs two per GPU)")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"runner.threads={self.threads} must be ≥ 1, or null for the actor's CPU share")
         if self.num_actors is not None and self.num_actors < 1:
             raise ConfigError(f"runner.num_actors={self.num_actors} must be ≥ 1, or null for what the cluster fits")
         if self.address not in (None, "local", "auto", "env") and not (
@@ -247,7 +250,7 @@ class RayRunner:
     def _spawn(self, ray: Any) -> _Actor:
         name = f"ray-{self._n_started}"
         self._n_started += 1
-        threads = max(1, int(self.cpus_per_actor))
+        threads = self.threads if self.threads is not None else max(1, int(self.cpus_per_actor))
         env = {k: str(threads) for k in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
         handle = self._cls.options(
             num_cpus=self.cpus_per_actor, num_gpus=self._gpa, max_restarts=0, max_task_retries=0,
@@ -446,7 +449,7 @@ def _actor_class(ray: Any) -> Any:
             self.worker = Worker(name, threads, list(ray.get_gpu_ids()), report, ray.get, interval, keep_models)
 
         def info(self) -> dict[str, Any]:
-            return self.worker.info()
+            return {**self.worker.info(), "node_id": ray.get_runtime_context().get_node_id()}
 
         def run(self, task: Task, attempt: int, shipped: Shipped) -> TaskResult:
             return self.worker.run(task, attempt, shipped)
