@@ -67,7 +67,7 @@ def balance(stats: Sequence[WorkerStats]) -> float | None:
 def format_duration(seconds: float | None) -> str:
     if seconds is None:
         return "?"
-    m, s = divmod(int(round(seconds)), 60)
+    m, s = divmod(round(seconds), 60)
     h, m = divmod(m, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
 

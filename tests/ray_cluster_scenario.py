@@ -86,20 +86,20 @@ def main(root: Path) -> dict[str, Any]:
         out: dict[str, Any] = {}
         plan, store, res = _plan(root, "packed", "n_examples=64", "perturbation=[pgd_linf]",
                                  "perturbation.pgd_linf.steps=5")
-        out["packed"] = _sweep(RayRunner(gpus_per_actor=0.5), plan, store, res)
+        out["packed"] = _sweep(RayRunner(gpus_per_actor=0.5, start_grace_s=600), plan, store, res)
         plan, store, res = _plan(root, "node_lost", "n_examples=32", "perturbation=[pgd_linf]",
-                                 "perturbation.pgd_linf.steps=5")
-        runner = RayRunner(gpus_per_actor=1, start_timeout_s=300)
+                                 "perturbation.pgd_linf.steps=10")
+        runner = RayRunner(gpus_per_actor=1, start_grace_s=600, start_timeout_s=300)
         removed: list[str] = []
 
         def lose_node(n_done: int) -> None:
             if n_done == 2 and not removed:
-                removed.append(nodes[1].unique_id)
+                removed.append(nodes[1].node_id)
                 cluster.remove_node(nodes[1])
 
         out["node_lost"] = _sweep(runner, plan, store, res, after=lose_node)
         out["node_lost"]["removed"] = removed
-        out["node_ids"] = [n.unique_id for n in nodes]
+        out["node_ids"] = [n.node_id for n in nodes]
         return out
     finally:
         ray.shutdown()

@@ -58,6 +58,7 @@ class _Actor:
     ready_ref: Any
     started: float
     ready: bool = False
+    ready_at: float = 0.0
     alive: bool = True
     device: str = ""
     model: str | None = None  # model of the last task sent to it
@@ -110,6 +111,7 @@ class RayRunner:
     ship_dataset_max_mb: float = 256.0
     keep_models: int = 2
     start_timeout_s: float = 300.0
+    start_grace_s: float = 10.0
     report_interval_s: float = 0.5
 
     def __post_init__(self) -> None:
@@ -123,6 +125,8 @@ class RayRunner:
             raise ConfigError(f"runner.gpus_per_actor={self.gpus_per_actor} must be ≥ 0 (0.5 packs two per GPU)")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"runner.threads={self.threads} must be ≥ 1, or null for the actor's CPU share")
+        if self.start_grace_s < 0 or self.start_timeout_s <= 0:
+            raise ConfigError("runner.start_grace_s must be ≥ 0 and runner.start_timeout_s > 0")
         if self.num_actors is not None and self.num_actors < 1:
             raise ConfigError(f"runner.num_actors={self.num_actors} must be ≥ 1, or null for what the cluster fits")
         if self.address not in (None, "local", "auto", "env") and not (
@@ -240,7 +244,7 @@ class RayRunner:
 
     # -- actors ----------------------------------------------------------------------------
     def _start_actors(self, ray: Any, sink: Any, n: int) -> None:
-        self._sink, self._n_started, self._n_initial = sink, 0, n
+        self._sink, self._n_started, self._n_initial, self._open = sink, 0, n, False
         self._cls = _actor_class(ray)
         log.info("runner=ray: starting %d actor(s) of %g CPU + %g GPU, %d task(s) in flight each",
                  n, self.cpus_per_actor, self._gpa, self.in_flight)
@@ -292,9 +296,11 @@ class RayRunner:
     def _fill(self, queue: TaskQueue, shipped: dict[str, Shipped], owner: dict[Any, _Actor],
               ctx: RunContext) -> None:
         live = [a for a in self._actors if a.alive and a.ready]
+        if not self._dispatch_open(live):
+            return
         for actor in live:
             while len(actor.inflight) < self.in_flight:
-                on = {}
+                on: dict[str, int] = {}
                 for a in live:
                     if a.model is not None:
                         on[a.model] = on.get(a.model, 0) + 1
@@ -310,6 +316,17 @@ class RayRunner:
                 actor.model = task.model_name
                 owner[ref] = actor
 
+    def _dispatch_open(self, live: list[_Actor]) -> bool:
+        """Hold the first tasks until every initial actor is up (or ``start_grace_s`` after the first),
+        so work and models spread over the whole pool instead of the first actor to start."""
+        if self._open:
+            return True
+        if not live:
+            return False
+        first = min(a.ready_at for a in live)
+        self._open = len(live) >= self._n_initial or time.monotonic() - first >= self.start_grace_s
+        return self._open
+
     def _on_ready(self, ray: Any, ref: Any, queue: TaskQueue, ctx: RunContext,
                   lost: tuple[type[BaseException], ...]) -> None:
         actor = next(a for a in self._actors if a.ready_ref is ref)
@@ -320,7 +337,7 @@ class RayRunner:
             log.warning("actor %s died while starting (%s)", actor.name, type(exc).__name__)
             self._replace(ray)
             return
-        actor.ready, actor.device = True, str(info["device"])
+        actor.ready, actor.device, actor.ready_at = True, str(info["device"]), time.monotonic()
         actor.info = dict(info)
         ctx.events.worker_ready(actor.name, actor.device)
 
@@ -396,7 +413,7 @@ class RayRunner:
         for ref in done:
             try:
                 yield ray.get(ref)
-            except Exception:  # noqa: S112 (failing anyway; only complete results are worth keeping)
+            except Exception:  # failing anyway: only complete results are worth keeping
                 continue
 
 
