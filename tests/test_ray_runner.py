@@ -20,7 +20,7 @@ import torch
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # before ray is imported: stay on 127.0.0.1
 
-from engine.errors import GauntletError
+from engine.errors import ConfigError, GauntletError
 from engine.models.checkpoint import save_checkpoint, sha256_of
 from engine.models.cnn import SmallCNN
 from engine.plan import Plan, make_plan
@@ -151,3 +151,14 @@ def test_a_deterministic_error_fails_fast_names_the_task_and_is_not_retried(
     assert "bad0000000000000000" not in set(written["task_id"].to_pylist())
     for task_id in set(written["task_id"].to_pylist()):
         assert store.has(task_id) and written.filter(pa.compute.equal(written["task_id"], task_id)).num_rows == 5
+
+
+@pytest.mark.timeout(60)
+def test_the_actor_count_follows_the_cluster_and_gpu_actors_never_wait_forever(ray_instance: Any) -> None:
+    assert RayRunner()._actor_count(ray_instance, 10) == 2  # 2 CPUs, 1 CPU per actor
+    assert RayRunner()._actor_count(ray_instance, 1) == 1  # never more actors than tasks
+    assert RayRunner(cpus_per_actor=0.5)._actor_count(ray_instance, 10) == 4
+    with pytest.raises(ConfigError, match="runner.gpus_per_actor=1 but the Ray cluster has no free GPU"):
+        RayRunner(gpus_per_actor=1)._actor_count(ray_instance, 10)
+    with pytest.raises(ConfigError, match="runner.num_actors=3 but the cluster fits 2"):
+        RayRunner(num_actors=3)._actor_count(ray_instance, 10)
