@@ -145,6 +145,7 @@ class RayRunner:
         ray = _import_ray(private)
         owned = self._connect(ray, private)
         sink = None
+        before = ray.available_resources()
         try:
             sink = _sink_class(ray).remote()
             shipped = self._ship(ray, tasks, ctx)
@@ -158,6 +159,8 @@ class RayRunner:
                 ray.kill(sink, no_restart=True)
             if owned:
                 ray.shutdown()
+            else:
+                _await_release(ray, before)
 
     def workers(self) -> list[dict[str, Any]]:
         """Name, pid, device of each live, started actor (for tests and diagnostics)."""
@@ -415,6 +418,17 @@ class RayRunner:
                 yield ray.get(ref)
             except Exception:  # failing anyway: only complete results are worth keeping
                 continue
+
+
+def _await_release(ray: Any, before: dict[str, float], timeout_s: float = 15.0) -> None:
+    """On a shared instance, wait until our killed actors' CPUs/GPUs are free again (Ray frees them
+    asynchronously), so the next sweep in this process sizes its pool from the true free resources."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        now = ray.available_resources()
+        if all(now.get(k, 0.0) >= before.get(k, 0.0) - 1e-9 for k in ("CPU", "GPU")):
+            return
+        time.sleep(0.1)
 
 
 def _read_checkpoint(task: Task) -> bytes:
