@@ -158,7 +158,7 @@ def test_the_actor_count_follows_the_cluster_and_gpu_actors_never_wait_forever(r
     assert RayRunner()._actor_count(ray_instance, 10) == 2  # 2 CPUs, 1 CPU per actor
     assert RayRunner()._actor_count(ray_instance, 1) == 1  # never more actors than tasks
     assert RayRunner(cpus_per_actor=0.5)._actor_count(ray_instance, 10) == 4
-    with pytest.raises(ConfigError, match="runner.gpus_per_actor=1 but the Ray cluster has no free GPU"):
+    with pytest.raises(ConfigError, match=r"runner\.gpus_per_actor=1 but the Ray cluster has no free GPU"):
         RayRunner(gpus_per_actor=1)._actor_count(ray_instance, 10)
-    with pytest.raises(ConfigError, match="runner.num_actors=3 but the cluster fits 2"):
+    with pytest.raises(ConfigError, match=r"runner\.num_actors=3 but the cluster fits 2"):
         RayRunner(num_actors=3)._actor_count(ray_instance, 10)

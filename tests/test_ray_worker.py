@@ -94,6 +94,6 @@ def test_runner_configs_are_checked_by_key() -> None:
                         ({"address": "nonsense"}, "runner.address"), ({"num_actors": 0}, "runner.num_actors")]:
         with pytest.raises(ConfigError, match=key):
             RayRunner(**kwargs)
-    with pytest.raises(ConfigError, match="runner.threads"):
+    with pytest.raises(ConfigError, match=r"runner\.threads"):
         LocalRunner(threads=0)
     assert dataclasses.asdict(RayRunner())["address"] is None

@@ -147,7 +147,7 @@ class RayRunner:
         sink = None
         before = ray.available_resources()
         try:
-            sink = _sink_class(ray).remote()
+            sink = _sink_class(ray).options(scheduling_strategy=_on_driver_node(ray)).remote()
             shipped = self._ship(ray, tasks, ctx)
             self._start_actors(ray, sink, self._actor_count(ray, len(tasks)))
             yield from self._drive(ray, TaskQueue(tasks), shipped, ctx, sink)
@@ -285,6 +285,9 @@ class RayRunner:
             self._fill(queue, shipped, owner, ctx)
             waiting = [a.ready_ref for a in self._actors if a.alive and not a.ready] + list(owner)
             self._check_stalled(queue)
+            if not waiting:  # only idle actors held back by start_grace_s: nothing to wait on yet
+                time.sleep(TICK_S)
+                continue
             ready, _ = ray.wait(waiting, num_returns=1, timeout=TICK_S)
             if time.monotonic() - last_drain >= TICK_S:
                 self._drain(ray, sink, ctx)
@@ -429,6 +432,16 @@ def _await_release(ray: Any, before: dict[str, float], timeout_s: float = 15.0) 
         if all(now.get(k, 0.0) >= before.get(k, 0.0) - 1e-9 for k in ("CPU", "GPU")):
             return
         time.sleep(0.1)
+
+
+def _on_driver_node(ray: Any) -> Any:
+    """Keep the progress sink beside the driver (a lost worker node must not take it along)."""
+    try:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        return NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    except Exception:  # Ray Client and older Rays: anywhere will do
+        return "DEFAULT"
 
 
 def _read_checkpoint(task: Task) -> bytes:
