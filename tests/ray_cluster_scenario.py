@@ -1,8 +1,9 @@
 """Run by tests/test_ray_cluster.py in its own process: a simulated Ray cluster with fake GPUs.
 
 One ``ray.cluster_utils.Cluster`` (a CPU-only head for the driver, two nodes × 4 fake GPUs × 8
-logical CPUs) serves two sweeps: 0.5 GPU per actor (16 actors: packing, spread, model loads,
-balance), then 1 GPU per actor with one node removed mid-sweep (retries, exactly-once rows).
+logical CPUs) serves two sweeps that join it as a user's would (``runner.address=<host:port>``, then
+``runner.address=env`` with RAY_ADDRESS): 0.5 GPU per actor (16 actors: packing, spread, model
+loads, balance), then 1 GPU per actor with one node removed mid-sweep (retries, exactly-once rows).
 Prints one JSON document on stdout. Usage: python -m tests.ray_cluster_scenario OUT_DIR
 """
 
@@ -12,6 +13,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -76,20 +78,38 @@ def _sweep(runner: RayRunner, plan: Plan, store: ResultStore, res: Resources, af
             "task_balance": max(tasks_by_worker.values()) / max(1, min(tasks_by_worker.values()))}
 
 
+def _wait_for_free_gpus(n: float, timeout_s: float = 60.0) -> None:
+    """Between sweeps: the last driver's actors free their GPUs asynchronously once it disconnects."""
+    ray.init(address=CLUSTER_ADDRESS[0], log_to_driver=False)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while ray.available_resources().get("GPU", 0.0) < n and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        ray.shutdown()
+
+
+CLUSTER_ADDRESS: list[str] = []
+
+
 def main(root: Path) -> dict[str, Any]:
+    """Both sweeps join the cluster themselves: by address, then through RAY_ADDRESS (runner.address=env)."""
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0,
                                                              "object_store_memory": 80 * 2**20})
     nodes = [cluster.add_node(**NODE) for _ in range(2)]
     cluster.wait_for_nodes()
-    ray.init(address=cluster.address, log_to_driver=False)
+    CLUSTER_ADDRESS.append(cluster.address)
     try:
         out: dict[str, Any] = {}
         plan, store, res = _plan(root, "packed", "n_examples=64", "perturbation=[pgd_linf]",
                                  "perturbation.pgd_linf.steps=5")
-        out["packed"] = _sweep(RayRunner(gpus_per_actor=0.5, start_grace_s=600), plan, store, res)
+        runner = RayRunner(address=cluster.address, gpus_per_actor=0.5, start_grace_s=600)
+        out["packed"] = _sweep(runner, plan, store, res)
+        _wait_for_free_gpus(8)
         plan, store, res = _plan(root, "node_lost", "n_examples=32", "perturbation=[pgd_linf]",
                                  "perturbation.pgd_linf.steps=10")
-        runner = RayRunner(gpus_per_actor=1, start_grace_s=600, start_timeout_s=300)
+        os.environ["RAY_ADDRESS"] = cluster.address
+        runner = RayRunner(address="env", gpus_per_actor=1, start_grace_s=600, start_timeout_s=300)
         removed: list[str] = []
 
         def lose_node(n_done: int) -> None:
@@ -100,6 +120,7 @@ def main(root: Path) -> dict[str, Any]:
         out["node_lost"] = _sweep(runner, plan, store, res, after=lose_node)
         out["node_lost"]["removed"] = removed
         out["node_ids"] = [n.node_id for n in nodes]
+        out["still_connected"] = ray.is_initialized()  # a runner that joined disconnects when done
         return out
     finally:
         ray.shutdown()

@@ -51,3 +51,4 @@ def test_a_node_lost_mid_sweep_costs_retries_not_rows(scenario: dict) -> None:  
     assert max(lost["attempts"].values()) >= 2  # the lost node's tasks ran again
     survivors = {w["node_id"] for w in lost["workers"]}
     assert survivors and lost["removed"][0] not in survivors
+    assert scenario["still_connected"] is False  # joined by address / RAY_ADDRESS, disconnected after

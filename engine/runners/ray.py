@@ -144,19 +144,22 @@ class RayRunner:
         private = self.address in (None, "local")
         ray = _import_ray(private)
         owned = self._connect(ray, private)
+        self._actors, self.attempts, self.worker_info = [], {}, []
         sink = None
-        before = ray.available_resources()
+        before: dict[str, float] = {}
         try:
+            before = ray.available_resources()
             sink = _sink_class(ray).options(scheduling_strategy=_on_driver_node(ray)).remote()
             shipped = self._ship(ray, tasks, ctx)
             self._start_actors(ray, sink, self._actor_count(ray, len(tasks)))
             yield from self._drive(ray, TaskQueue(tasks), shipped, ctx, sink)
             self.worker_info = self._collect_info(ray)
         finally:
-            for a in self._actors:
-                ray.kill(a.handle, no_restart=True)
-            if sink is not None:
-                ray.kill(sink, no_restart=True)
+            for handle in [a.handle for a in self._actors] + ([sink] if sink is not None else []):
+                try:
+                    ray.kill(handle, no_restart=True)
+                except Exception as exc:  # already gone with its node; never mask the sweep's own error
+                    log.debug("could not kill an actor: %s", exc)
             if owned:
                 ray.shutdown()
             else:
