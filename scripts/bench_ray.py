@@ -70,7 +70,10 @@ def timed_run(runner: Any, plan: Any, res: Resources, device: torch.device,
     tracker = Timed(tasks, work, live=False, expect_workers=workers)
     ctx = RunContext(device, tracker.samples, res if device.type == "cpu" else Resources(device), events=tracker)
     t0 = time.monotonic()
-    n = sum(1 for _ in runner.run(tasks, ctx))
+    n = 0
+    for result in runner.run(tasks, ctx):
+        tracker.finished(result)
+        n += 1
     end = time.monotonic()
     assert n == len(tasks)
     stats = tracker.close()
@@ -138,18 +141,21 @@ def gpu(root: Path, samples: int, steps: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--samples", type=int, default=96)
+    ap.add_argument("--samples", type=int, default=448)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--tasks", type=int, default=200, help="near-empty tasks for the overhead figure")
     ap.add_argument("--skip-cluster", action="store_true")
+    ap.add_argument("--only", choices=["efficiency", "overhead", "balance"], help="run one measurement")
     args = ap.parse_args()
     print(f"machine: {os.cpu_count()} CPU(s), torch {torch.__version__}, CUDA {torch.cuda.is_available()}, "
           f"load average {os.getloadavg()[0]:.1f} at start", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        efficiency(root, args.samples, args.steps)
-        overhead(root, args.tasks)
-        if not args.skip_cluster:
+        if args.only in (None, "efficiency"):
+            efficiency(root, args.samples, args.steps)
+        if args.only in (None, "overhead"):
+            overhead(root, args.tasks)
+        if not args.skip_cluster and args.only in (None, "balance"):
             cluster_balance(root, 128)
         if torch.cuda.is_available():
             gpu(root, 1024, args.steps)
