@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -80,18 +81,23 @@ def timed_run(runner: Any, plan: Any, res: Resources, device: torch.device,
     return end - (tracker.all_up or t0), end - t0, stats
 
 
-def efficiency(root: Path, samples: int, steps: int) -> None:
+def efficiency(root: Path, samples: int, steps: int, repeats: int) -> None:
     plan, res = plan_for(root, f"n_examples={samples}", "perturbation=[pgd_linf]",
                          f"perturbation.pgd_linf.steps={steps}", "batch_size=8", "shard_size=8")
-    local, _, _ = timed_run(LocalRunner(threads=1), plan, res, torch.device("cpu"), 1)
-    ray_runner = RayRunner(num_cpus=2, num_actors=2, cpus_per_actor=1, object_store_memory=100 * 2**20)
-    steady, e2e, stats = timed_run(ray_runner, plan, res, torch.device("cpu"), 2)
-    print(f"[efficiency] {len(plan.todo)} PGD-{steps} tasks × 8 samples × 7 ε: local 1 thread {local:.1f} s; "
-          f"ray 2 × 1-CPU actors {steady:.1f} s steady, {e2e:.1f} s end to end")
-    print(f"[efficiency] T_local / (2 · T_ray) = {local / (2 * steady):.1%} steady, {local / (2 * e2e):.1%} end to end"
+    ratios = []
+    for i in range(repeats):  # interleaved, so a change in the machine's load hits both sides
+        local, _, _ = timed_run(LocalRunner(threads=1), plan, res, torch.device("cpu"), 1)
+        ray_runner = RayRunner(num_cpus=2, num_actors=2, cpus_per_actor=1, object_store_memory=100 * 2**20)
+        steady, e2e, stats = timed_run(ray_runner, plan, res, torch.device("cpu"), 2)
+        ratios.append(local / (2 * steady))
+        print(f"[efficiency] run {i + 1}: {len(plan.todo)} PGD-{steps} tasks × 8 samples × 7 ε: local 1 thread "
+              f"{local:.1f} s; ray 2 × 1-CPU actors {steady:.1f} s steady, {e2e:.1f} s end to end; "
+              f"T_local / (2 · T_ray) = {local / (2 * steady):.1%} steady, {local / (2 * e2e):.1%} end to end; "
+              f"load {os.getloadavg()[0]:.1f}", flush=True)
+        for s in stats:
+            print(f"[efficiency]   {s.line()}")
+    print(f"[efficiency] median steady efficiency {statistics.median(ratios):.1%} over {repeats} run(s)"
           "  (target ≥ 85 %)")
-    for s in stats:
-        print(f"[efficiency]   {s.line()}")
 
 
 def overhead(root: Path, tasks: int) -> None:
@@ -145,6 +151,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--tasks", type=int, default=200, help="near-empty tasks for the overhead figure")
     ap.add_argument("--skip-cluster", action="store_true")
+    ap.add_argument("--repeats", type=int, default=1, help="interleaved local/ray pairs for the efficiency")
     ap.add_argument("--only", choices=["efficiency", "overhead", "balance"], help="run one measurement")
     args = ap.parse_args()
     print(f"machine: {os.cpu_count()} CPU(s), torch {torch.__version__}, CUDA {torch.cuda.is_available()}, "
@@ -152,7 +159,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         if args.only in (None, "efficiency"):
-            efficiency(root, args.samples, args.steps)
+            efficiency(root, args.samples, args.steps, args.repeats)
         if args.only in (None, "overhead"):
             overhead(root, args.tasks)
         if not args.skip_cluster and args.only in (None, "balance"):
