@@ -86,9 +86,17 @@ def efficiency(root: Path, samples: int, steps: int, repeats: int) -> None:
                          f"perturbation.pgd_linf.steps={steps}", "batch_size=8", "shard_size=8")
     ratios = []
     for i in range(repeats):  # interleaved, so a change in the machine's load hits both sides
+        cpu0 = time.process_time()
         local, _, _ = timed_run(LocalRunner(threads=1), plan, res, torch.device("cpu"), 1)
+        local_cpu = time.process_time() - cpu0
         ray_runner = RayRunner(num_cpus=2, num_actors=2, cpus_per_actor=1, object_store_memory=100 * 2**20)
+        cpu0 = time.process_time()
         steady, e2e, stats = timed_run(ray_runner, plan, res, torch.device("cpu"), 2)
+        driver_cpu = time.process_time() - cpu0
+        at_ready = {w["name"]: w["cpu_s"] for w in ray_runner.workers()}
+        actors_cpu = sum(w["cpu_s"] - at_ready[w["name"]] for w in ray_runner.worker_info)
+        print(f"[efficiency] CPU seconds: local {local_cpu:.1f}; ray actors {actors_cpu:.1f} (after start-up) + "
+              f"driver {driver_cpu:.1f}: CPU efficiency {local_cpu / (actors_cpu + driver_cpu):.1%}", flush=True)
         ratios.append(local / (2 * steady))
         print(f"[efficiency] run {i + 1}: {len(plan.todo)} PGD-{steps} tasks × 8 samples × 7 ε: local 1 thread "
               f"{local:.1f} s; ray 2 × 1-CPU actors {steady:.1f} s steady, {e2e:.1f} s end to end; "
