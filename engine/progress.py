@@ -12,7 +12,9 @@ Runner-agnostic: no Ray here (runners call the ``RunEvents`` methods).
 
 from __future__ import annotations
 
+import io
 import logging
+import os
 import sys
 import threading
 import time
@@ -64,6 +66,13 @@ def balance(stats: Sequence[WorkerStats]) -> float | None:
     return max(busy) / min(busy) if min(busy) > 0 else float("inf")
 
 
+def _terminal_columns(stream: IO[str]) -> int:
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return 0
+
+
 def format_duration(seconds: float | None) -> str:
     if seconds is None:
         return "?"
@@ -112,8 +121,10 @@ class SweepProgress(RunEvents):
         self.bar: tqdm | None = None
         self._ticker: threading.Thread | None = None
         if live:
-            self.bar = tqdm(total=self.total, desc="sweep", unit="eval", smoothing=0, dynamic_ncols=True,
-                            file=stream if stream is not None else sys.stderr)
+            out = stream if stream is not None else sys.stderr
+            sized = _terminal_columns(out) > 0  # a pseudo-terminal may report 0×0: draw 120 wide
+            self.bar = tqdm(total=self.total, desc="sweep", unit="eval", smoothing=0, dynamic_ncols=sized,
+                            ncols=None if sized else 120, nrows=None if sized else 40, file=out)
             self._ticker = threading.Thread(target=self._tick, name="gauntlet-progress", daemon=True)
             self._ticker.start()
 
