@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +13,6 @@ from typing import Any
 
 import torch
 from hydra.utils import instantiate
-from tqdm.auto import tqdm
 
 from engine.aggregate import AccuracyRow, accuracy_table
 from engine.errors import ConfigError, GauntletError
@@ -21,7 +21,8 @@ from engine.outdir import OutDirLock, check_out_dir
 from engine.perturbations.base import Perturbation
 from engine.perturbations.suite import AttackSuite
 from engine.plan import Plan, make_plan, prepare
-from engine.resources import Resources, resolve_device
+from engine.progress import SweepProgress, work_per_sample
+from engine.resources import Resources, _unwrap, resolve_device
 from engine.runners.base import RunContext, Runner
 from engine.sanity import SETUP, Flag, clean_accuracy_flags, probe_model, result_flags
 from engine.sanity_confirm import SweepConfirmer
@@ -48,6 +49,9 @@ def _build_runner(cfg: Mapping[str, Any]) -> Runner:
     try:
         runner = instantiate(dict(cfg))
     except Exception as exc:
+        err = _unwrap(exc)
+        if isinstance(err, GauntletError):
+            raise err from None
         raise ConfigError(f"runner cannot be built: {exc}") from None
     if not hasattr(runner, "run"):
         raise ConfigError(f"runner._target_ must build a runner, got {type(runner).__name__}")
@@ -140,20 +144,25 @@ def _write_flags(out_dir: Path, plan: Plan, flags: list[Flag]) -> None:
 
 def _execute(todo: tuple[Task, ...], runner: Runner, device: torch.device, resources: Resources,
              store: ResultStore, progress: bool) -> int:
-    """Run ``todo`` on ``runner``, writing each result as it arrives; return how many were evaluated."""
+    """Run ``todo`` on ``runner``, writing each result as it arrives; return how many were evaluated.
+
+    Progress (engine/progress.py): a live bar when ``progress`` and stderr is a terminal, else one log
+    line per finished task; at the end one line per worker.
+    """
     if not todo:
         return 0
-    total = sum(t.n_samples for t in todo)
-    with tqdm(total=len(todo), desc="tasks", unit="task", disable=not progress) as bar, \
-            tqdm(total=total, desc="samples", unit="sample", leave=False, disable=not progress) as inner:
-        ctx = RunContext(device, lambda t, n: inner.update(n), resources)
-        done = 0
+    work = {t.task_id: work_per_sample(resources.perturbation(t.perturbation_name, t.perturbation)) for t in todo}
+    tracker = SweepProgress(todo, work, live=progress and sys.stderr.isatty())
+    ctx = RunContext(device, tracker.samples, resources, events=tracker)
+    done = 0
+    try:
         for result in runner.run(todo, ctx):
             path = store.write(result)
             done += 1
-            bar.set_postfix_str(result.task.describe())
-            bar.update(1)
+            tracker.finished(result)
             log.debug("wrote %s (%.1f s)", path, result.seconds)
+    finally:
+        tracker.close()
     return done
 
 

@@ -50,3 +50,4 @@ class TaskResult:
     norm: str | None
     seconds: float
     device: str
+    worker: str = "local"  # who computed it: "local" or a Ray actor's name (progress and balance lines)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
@@ -14,6 +14,19 @@ from engine.tasks import Task, TaskResult
 SamplesDone = Callable[[Task, int], None]
 
 
+class RunEvents:
+    """What a runner tells the driver besides results (no-ops here; ``engine.progress`` listens)."""
+
+    def worker_ready(self, worker: str, device: str) -> None:
+        """A worker (the local process, a Ray actor) is up on ``device``."""
+
+    def task_started(self, task: Task, worker: str) -> None:
+        """``worker`` is now running ``task``."""
+
+    def task_retried(self, task: Task, reason: str) -> None:
+        """``task`` lost its worker and goes back to the queue; progress reported for it so far is void."""
+
+
 @dataclass(frozen=True)
 class RunContext:
     """What the driver hands a runner: the device, a progress callback, and (in-process) its caches."""
@@ -21,6 +34,7 @@ class RunContext:
     device: torch.device
     on_samples: SamplesDone
     resources: Resources | None = None
+    events: RunEvents = field(default_factory=RunEvents)
 
 
 class Runner(Protocol):
@@ -34,3 +48,13 @@ class Runner(Protocol):
     def run(self, tasks: Sequence[Task], ctx: RunContext) -> Iterator[TaskResult]:
         """Yield one ``TaskResult`` per task (any order); ``ctx.on_samples`` reports progress within tasks."""
         ...
+
+
+def oom_message(task: Task, device: str) -> str:
+    """The user-facing message for a CUDA out-of-memory error: which task, where, and the fix."""
+    smaller = max(1, task.batch_size // 2)
+    return (
+        f"CUDA ran out of memory on {device} evaluating {task.describe()} (task {task.task_id}, "
+        f"batch_size={task.batch_size}). Lower it, e.g. batch_size={smaller}, or give the model a whole GPU "
+        "(runner=ray runner.gpus_per_actor=1)."
+    )

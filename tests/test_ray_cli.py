@@ -1,0 +1,83 @@
+"""runner=ray through the `gauntlet` command: same rows as local, and a SIGKILLed driver resumes exactly once.
+
+Each CLI run starts its own private Ray instance (2 CPUs, 100 MiB object store, dashboard off), so these
+tests do not share the in-process session instance of tests/test_ray_runner.py.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.dataset as ds
+import pytest
+
+from tests.conftest import REPO, run_cli, tiny_overrides
+
+RAY = ("runner=ray", "runner.num_cpus=2", "runner.object_store_memory=100000000")
+KEY = [("task_id", "ascending"), ("level", "ascending"), ("sample_id", "ascending")]
+
+
+def _table(out: Path):  # type: ignore[no-untyped-def]
+    return ds.dataset(out / "results", format="parquet").to_table().sort_by(KEY)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_cli_ray_and_local_write_identical_rows(embedded_checkpoints: dict[str, str], tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The acceptance command (a shorter perturbation list), local at the actors' one thread per CPU.
+
+    RAY_ADDRESS points nowhere: with runner.address=null the private instance must ignore it.
+    """
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:9")
+    common = ("n_examples=64", "perturbation=[clean,fgsm_linf,gaussian_noise]", "progress=false")
+    ray_run = run_cli(*common, *RAY, f"out_dir={tmp_path / 'A'}", timeout=600)
+    assert ray_run.returncode == 0, ray_run.stderr[-3000:]
+    assert re.search(r"worker ray-\d on cpu: \d+ task\(s\)", ray_run.stderr)
+    assert "RAY_ADDRESS is set but runner.address is null" in ray_run.stderr
+    monkeypatch.delenv("RAY_ADDRESS")
+    local = run_cli(*common, "runner=local", "runner.threads=1", f"out_dir={tmp_path / 'B'}", timeout=600)
+    assert local.returncode == 0, local.stderr[-3000:]
+    a, b = _table(tmp_path / "A"), _table(tmp_path / "B")
+    assert a.num_rows == b.num_rows == 2 * 64 * (1 + 7 + 5)
+    for name in a.column_names:
+        assert a[name].equals(b[name]), f"column {name} differs"
+
+
+def _files(out: Path) -> list[Path]:
+    return sorted((out / "results").glob("*.parquet")) if (out / "results").exists() else []
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_sigkilled_driver_resumes_with_exactly_once_rows(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    args = [*tiny_overrides(tiny_checkpoint, tmp_path, "perturbation=[pgd_linf]", "n_examples=64",
+                            "shard_size=8", "batch_size=8"), *RAY]
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+    driver = subprocess.Popen([sys.executable, "-m", "engine.cli", *args], cwd=REPO, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 400
+        while len(_files(tmp_path)) < 2 and driver.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert driver.poll() is None, "the sweep finished before it could be killed; make it longer"
+        os.kill(driver.pid, signal.SIGKILL)
+    finally:
+        driver.wait(timeout=60)
+    done_before = len(_files(tmp_path))
+    assert 2 <= done_before < 8
+    again = run_cli(*args, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    m = re.search(r"(\d+) task\(s\), (\d+) evaluated, (\d+) reused", again.stdout)
+    assert m is not None, again.stdout
+    assert (int(m[1]), int(m[2]), int(m[3])) == (8, 8 - done_before, done_before)
+    table = _table(tmp_path)
+    keys = list(zip(table["task_id"].to_pylist(), table["level"].to_pylist(), table["sample_id"].to_pylist(),
+                    strict=True))
+    assert len(keys) == len(set(keys)) == 64 * 7  # every (task, level, sample) exactly once

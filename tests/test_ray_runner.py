@@ -1,0 +1,164 @@
+"""runner=ray in-process, on ONE session-scoped private Ray instance: same rows as local, retries, fail-fast.
+
+The instance is explicit (2 CPUs, 100 MiB object store, no dashboard, loopback only) and every test has a
+timeout. Tests that need their own Ray (the CLI, a simulated multi-node cluster) run in subprocesses:
+tests/test_ray_cli.py and tests/test_ray_cluster.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+import torch
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # before ray is imported: stay on 127.0.0.1
+
+from engine.errors import ConfigError, GauntletError
+from engine.models.checkpoint import save_checkpoint, sha256_of
+from engine.models.cnn import SmallCNN
+from engine.plan import Plan, make_plan
+from engine.progress import SweepProgress, work_per_sample
+from engine.resources import Resources
+from engine.runners.base import RunContext
+from engine.runners.local import LocalRunner
+from engine.runners.ray import RayRunner
+from engine.sinks.parquet import ResultStore
+from engine.tasks import Task
+from tests.conftest import compose_dict, tiny_overrides
+
+ray = pytest.importorskip("ray")
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="session")
+def ray_instance() -> Iterator[Any]:
+    ray.init(address="local", num_cpus=2, object_store_memory=100 * 2**20, include_dashboard=False,
+             log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def _plan(ckpt: Path, out: Path, *extra: str) -> tuple[Plan, ResultStore, Resources]:
+    cfg = compose_dict(tiny_overrides(ckpt, out, *extra))
+    store = ResultStore(str(cfg["out_dir"]))
+    return make_plan(cfg, store.has, progress=False), store, Resources(CPU)
+
+
+def _run(runner: Any, tasks: tuple[Task, ...], store: ResultStore, res: Resources,
+         after: Callable[[int], None] | None = None) -> list[Any]:
+    """What ``engine.sweep._execute`` does, with a hook after each written result."""
+    work = {t.task_id: work_per_sample(res.perturbation(t.perturbation_name, t.perturbation)) for t in tasks}
+    tracker = SweepProgress(tasks, work, live=False)
+    ctx = RunContext(CPU, tracker.samples, res, events=tracker)
+    results = []
+    try:
+        for result in runner.run(tasks, ctx):
+            store.write(result)
+            tracker.finished(result)
+            results.append(result)
+            if after is not None:
+                after(len(results))
+    finally:
+        tracker.close()
+    return results
+
+
+def _sorted(table: pa.Table) -> pa.Table:
+    return table.sort_by([("task_id", "ascending"), ("level", "ascending"), ("sample_id", "ascending")])
+
+
+def _assert_exactly_once(store: ResultStore, plan: Plan, res: Resources) -> None:
+    table = store.read(t.task_id for t in plan.tasks)
+    keys = list(zip(table["task_id"].to_pylist(), table["level"].to_pylist(), table["sample_id"].to_pylist(),
+                    strict=True))
+    assert len(keys) == len(set(keys)), "duplicated rows"
+    expected = sum(t.n_samples * len(res.perturbation(t.perturbation_name, t.perturbation).levels)
+                   for t in plan.tasks)
+    assert len(keys) == expected, "lost rows"
+
+
+@pytest.mark.timeout(240)
+def test_ray_gives_the_local_rows_column_by_column(ray_instance: Any, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    extra = ("perturbation=[clean,fgsm_linf,gaussian_noise]", "shard_size=10")
+    plan, store_r, res = _plan(tiny_checkpoint, tmp_path / "ray", *extra)
+    runner = RayRunner(num_actors=2)
+    results = _run(runner, plan.todo, store_r, res)
+    plan_l, store_l, res_l = _plan(tiny_checkpoint, tmp_path / "local", *extra)
+    _run(LocalRunner(), plan_l.todo, store_l, res_l)
+    a, b = _sorted(store_r.read()), _sorted(store_l.read())
+    assert a.num_rows == b.num_rows == 20 * (1 + 7 + 5)
+    for name in a.column_names:
+        assert a[name].equals(b[name]), f"column {name} differs between runner=ray and runner=local"
+    assert {r.worker for r in results} <= {"ray-0", "ray-1"} and {r.device for r in results} == {"cpu"}
+    info = runner.worker_info
+    assert len(info) == 2 and all(i["threads"] == 1 and i["numba_threads"] == "1" for i in info)
+    assert all(n == 1 for i in info for n in i["loads"].values())  # each actor loaded the model once
+    assert sum(len(i["runs"]) for i in info) == len(plan.todo)  # each task ran once
+
+
+@pytest.mark.timeout(300)
+def test_a_killed_worker_costs_a_retry_not_the_sweep(ray_instance: Any, tiny_checkpoint: Path,
+                                                   tmp_path: Path) -> None:
+    plan, store, res = _plan(tiny_checkpoint, tmp_path, "perturbation=[pgd_linf]", "n_examples=40",
+                             "shard_size=5", "batch_size=5")
+    runner = RayRunner(num_actors=2, max_retries=2)
+    killed: list[str] = []
+
+    def kill_one(n_done: int) -> None:
+        if killed:
+            return
+        busy = [w for w in runner.workers() if w["inflight"]]
+        assert busy, "no worker had a task in flight"
+        os.kill(int(busy[0]["pid"]), signal.SIGKILL)
+        killed.append(busy[0]["name"])
+
+    results = _run(runner, plan.todo, store, res, after=kill_one)
+    assert killed
+    assert sorted(r.task.task_id for r in results) == sorted(t.task_id for t in plan.todo)  # each once
+    retried = {t for t, n in runner.attempts.items() if n == 2}
+    assert retried and max(runner.attempts.values()) == 2  # the killed worker's task(s) ran again ...
+    assert all(r.worker != killed[0] for r in results if r.task.task_id in retried)  # ... on another actor
+    _assert_exactly_once(store, plan, res)
+
+
+@pytest.mark.timeout(240)
+def test_a_deterministic_error_fails_fast_names_the_task_and_is_not_retried(
+        ray_instance: Any, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    plan, store, res = _plan(tiny_checkpoint, tmp_path / "out", "perturbation=[clean]", "shard_size=5")
+    state = SmallCNN().state_dict()
+    state["head.3.bias"] = torch.full_like(state["head.3.bias"], float("nan"))
+    bad_ckpt = tmp_path / "nan.safetensors"
+    save_checkpoint(state, bad_ckpt, {})
+    good = plan.todo[0]
+    bad = dataclasses.replace(good, task_id="bad0000000000000000", model_name="nan_cnn",
+                              model={**good.model, "checkpoint": str(bad_ckpt)},
+                              checkpoint_sha256=sha256_of(bad_ckpt))
+    tasks = (*plan.todo, bad)
+    runner = RayRunner(num_actors=2, max_retries=3)
+    with pytest.raises(GauntletError) as err:
+        _run(runner, tasks, store, res)
+    msg = str(err.value)
+    assert "nan_cnn × clean [0:5]" in msg and bad.task_id in msg and "NaN/inf logits" in msg
+    assert runner.attempts[bad.task_id] == 1  # not retried
+    written = store.read()  # whatever was written before the failure reads back whole
+    assert "bad0000000000000000" not in set(written["task_id"].to_pylist())
+    for task_id in set(written["task_id"].to_pylist()):
+        assert store.has(task_id) and written.filter(pa.compute.equal(written["task_id"], task_id)).num_rows == 5
+
+
+@pytest.mark.timeout(60)
+def test_the_actor_count_follows_the_cluster_and_gpu_actors_never_wait_forever(ray_instance: Any) -> None:
+    assert RayRunner()._actor_count(ray_instance, 10) == 2  # 2 CPUs, 1 CPU per actor
+    assert RayRunner()._actor_count(ray_instance, 1) == 1  # never more actors than tasks
+    assert RayRunner(cpus_per_actor=0.5)._actor_count(ray_instance, 10) == 4
+    with pytest.raises(ConfigError, match=r"runner\.gpus_per_actor=1 but the Ray cluster has no free GPU"):
+        RayRunner(gpus_per_actor=1)._actor_count(ray_instance, 10)
+    with pytest.raises(ConfigError, match=r"runner\.num_actors=3 but the cluster fits 2"):
+        RayRunner(num_actors=3)._actor_count(ray_instance, 10)
