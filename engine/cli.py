@@ -18,7 +18,13 @@ register_schemas()
 
 
 def main() -> None:
-    """Console entry point: check group choices (listing valid ones), then hand over to Hydra."""
+    """Console entry point: a subcommand (``report``, ``compare``) or a sweep through Hydra."""
+    if len(sys.argv) > 1 and sys.argv[1] == "report":
+        from engine.sinks.report import main as report_main
+        sys.exit(report_main(sys.argv[2:]))
+    if len(sys.argv) > 1 and sys.argv[1] == "compare":
+        from engine.compare import main as compare_main
+        sys.exit(compare_main(sys.argv[2:]))
     problems = unknown_choices(sys.argv[1:], [Path(CONFIG_DIR)])
     if problems:
         for p in problems:
