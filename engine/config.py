@@ -52,6 +52,7 @@ class SweepConfig:
     cache_dir: str = "~/.cache/gauntlet"
     progress: bool = True
     corruption_baseline: Optional[str] = None  # noqa: UP045
+    wandb: Any = None  # configs/wandb/: mode offline | online | disabled (engine/sinks/wandb_sink.py)
 
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")

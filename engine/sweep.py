@@ -25,6 +25,7 @@ from engine.sinks.attack_summary import render_attack_summary
 from engine.sinks.corruption_summary import render_corruption_summary
 from engine.sinks.parquet import ResultStore
 from engine.sinks.summary import render_flags, render_table
+from engine.sinks.wandb_sink import log_sweep, settings_of
 from engine.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ def _build_runner(cfg: Mapping[str, Any]) -> Runner:
 def run_sweep(cfg: Mapping[str, Any]) -> SweepOutcome:
     """Run every task of ``cfg`` that has no result file yet, then summarise all of the sweep's rows."""
     progress = bool(cfg.get("progress", True))
+    settings_of(cfg)  # a bad wandb.* value fails before any compute
     device = resolve_device(str(cfg["device"]))
     store = ResultStore(str(cfg["out_dir"]))
     resources = Resources(device)
@@ -75,6 +77,7 @@ def run_sweep(cfg: Mapping[str, Any]) -> SweepOutcome:
     out_dir = Path(str(cfg["out_dir"])).expanduser()
     _write_sidecars(out_dir, cfg, plan, summary)
     _write_flags(out_dir, plan, flags)
+    log_sweep(cfg, out_dir, plan.run_id)  # W&B after aggregation (no-op for wandb=disabled)
     return SweepOutcome(plan, store.dir, rows, summary, evaluated, flags)
 
 
