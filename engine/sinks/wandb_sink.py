@@ -111,6 +111,8 @@ def _curves(wandb: Any, run: Any, summary: Mapping[str, Any]) -> None:
     for a in summary["accuracy"]:
         by.setdefault(a["perturbation"], {}).setdefault(a["model"], []).append((a["level"], a["accuracy"]))
     for pert, models in by.items():
+        if len({lv for pts in models.values() for lv, _ in pts}) < 2:
+            continue  # a single level (clean) is a number, in the summary and the table, not a curve
         run.define_metric(f"level/{pert}")
         run.define_metric(f"acc/{pert}/*", step_metric=f"level/{pert}")
         levels = sorted({lv for pts in models.values() for lv, _ in pts})
