@@ -1,4 +1,4 @@
-"""The W&B sink: an offline run read back record by record, nothing written outside its folders; disabled = no import."""
+"""The W&B sink: an offline run read back, nothing written outside its folders; disabled: never imported."""
 
 from __future__ import annotations
 
@@ -15,14 +15,17 @@ from tests.conftest import REPO, tiny_overrides
 
 
 def _two_tiny_models(ckpt: Path) -> list[str]:
-    return ["model=[digits_cnn,digits_cnn_at]", f"model.digits_cnn_at.checkpoint={ckpt}", "model.digits_cnn_at.train=null",
-            "perturbation=[clean,fgsm_linf]", "perturbation.fgsm_linf.eps=[0,0.1,0.2]"]
+    return ["model=[digits_cnn,digits_cnn_at]", f"model.digits_cnn_at.checkpoint={ckpt}",
+            "model.digits_cnn_at.train=null", "perturbation=[clean,fgsm_linf]",
+            "perturbation.fgsm_linf.eps=[0,0.1,0.2]"]
 
 
 def _gauntlet(args: list[str], home: Path, **env: str) -> subprocess.CompletedProcess[str]:
     """The CLI with a private, empty HOME (and matplotlib's cache outside it), W&B mode from the config only."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    base.update(HOME=str(home), MPLCONFIGDIR=str(home.parent / "mpl"), HYDRA_FULL_ERROR="0", **env)
+    tmp = home.parent / "tmpdir"
+    tmp.mkdir(exist_ok=True)
+    base.update(HOME=str(home), TMPDIR=str(tmp), MPLCONFIGDIR=str(home.parent / "mpl"), HYDRA_FULL_ERROR="0", **env)
     return subprocess.run([sys.executable, "-m", "engine.cli", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=600, env=base)
 
@@ -57,7 +60,8 @@ def test_offline_run_is_logged_inside_the_run_folder_and_reads_back(tiny_checkpo
     args = tiny_overrides(tiny_checkpoint, out, *_two_tiny_models(tiny_checkpoint), "wandb=offline")
     proc = _gauntlet(args, home)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert _files(home) == []  # HOME untouched: W&B's dir, cache, data and config dirs are all under out/wandb
+    # HOME and TMPDIR untouched: W&B's dir, cache, data and config dirs are all under out/wandb
+    assert _files(home) == [] and _files(tmp_path / "tmpdir") == []
     run_id = json.loads((out / "sweep.json").read_text())["run_id"]
     (run_dir,) = (out / "wandb" / "wandb").glob(f"offline-run-*-gauntlet-{run_id}")
     assert {p.name for p in out.iterdir()} <= {"results", "report", "wandb", "hydra", "sweep.json", "summary.txt",
@@ -73,7 +77,8 @@ def test_offline_run_is_logged_inside_the_run_folder_and_reads_back(tiny_checkpo
     assert [float(h["level/fgsm_linf"]) for h in fgsm] == [0.0, 0.1, 0.2]
     for h in fgsm:
         for model in ("digits_cnn", "digits_cnn_at"):
-            assert float(h[f"acc/fgsm_linf/{model}"]) == pytest.approx(acc(model, "fgsm_linf", float(h["level/fgsm_linf"])))
+            level = float(h["level/fgsm_linf"])
+            assert float(h[f"acc/fgsm_linf/{model}"]) == pytest.approx(acc(model, "fgsm_linf", level))
     assert any("charts/fgsm_linf_table/_type" in h for h in history)  # the line chart (one series per model)
     assert float(summary["clean/digits_cnn"]) == pytest.approx(acc("digits_cnn", "clean", 0.0))
     assert json.loads(summary["run_id"]) == run_id and int(summary["n_rows"]) == len(rows)
@@ -95,13 +100,14 @@ def test_offline_run_is_logged_inside_the_run_folder_and_reads_back(tiny_checkpo
     forced = _gauntlet([*args, "wandb.new_run=true"], home)
     assert forced.returncode == 0, forced.stderr[-2000:]
     assert len(list((out / "wandb" / "wandb").glob(f"offline-run-*-gauntlet-{run_id}-2"))) == 1
-    assert _files(home) == []
+    assert _files(home) == [] and _files(tmp_path / "tmpdir") == []
 
 
+@pytest.mark.slow
 def test_disabled_never_imports_wandb(tiny_checkpoint: Path, tmp_path: Path) -> None:
     code = (
         "import sys, json; from engine.config import compose_sweep; from engine.sweep import run_sweep; "
-        f"run_sweep(compose_sweep(tuple(json.loads(sys.argv[1])))); print('wandb' in sys.modules)"
+        "run_sweep(compose_sweep(tuple(json.loads(sys.argv[1])))); print('wandb' in sys.modules)"
     )
     for extra, env in ((["wandb=disabled"], {}), (["wandb=offline"], {"WANDB_MODE": "disabled"})):
         out = tmp_path / extra[0].replace("=", "_")

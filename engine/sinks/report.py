@@ -70,7 +70,7 @@ def make_figures(run: RunFolder, rows: Sequence[AccuracyRow], eps: float | None,
             cols.append(p)
             cells.update({(r.model, p): r for r in hits})
     if cols:
-        title = f"accuracy % at ε = {eps:g}, severity {severity}" if eps is not None else f"accuracy % at severity {severity}"
+        title = f"accuracy % at {'' if eps is None else f'ε = {eps:g}, '}severity {severity}"
         figs.append(Figure(title, "heatmap", plots.heatmap(cells, models, cols, title)))
     for p in perts:
         members = (run.config.get("perturbation", {}).get(p) or {}).get("attacks")
@@ -227,7 +227,8 @@ def _tags(summary: dict[str, Any], run: RunFolder) -> str:
     body = []
     for p in summary["perturbations"]:
         cfg = (run.config.get("perturbation", {}) or {}).get(p["name"]) or {}
-        members = cfg.get("attacks") if isinstance(cfg.get("attacks"), list) else []
+        attacks = cfg.get("attacks")
+        members = attacks if isinstance(attacks, list) else []
         sub = "; ".join(f"{m.get('name', '?')}: {render_tags(m.get('tags'))}" for m in members if isinstance(m, dict))
         body.append([p["name"], p["family"] or "", p["norm"] or "", render_tags(p["tags"]), sub])
     return "<h2>Threat models (perturbation tags)</h2>" + _table(

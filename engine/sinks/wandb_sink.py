@@ -189,7 +189,7 @@ def read_records(path: str | Path) -> Iterator[Any]:
             continue
         buf = payload if kind in (1, 2) else buf + payload
         if kind in (1, 4):
-            rec = wandb_internal_pb2.Record()
+            rec = wandb_internal_pb2.Record()  # type: ignore[attr-defined]
             rec.ParseFromString(buf)
             yield rec
             buf = b""
