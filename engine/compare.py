@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from engine.errors import GauntletError
 from engine.stats import PairedCounts, format_p, holm_adjust, mcnemar_exact, newcombe_paired_interval
@@ -93,7 +94,7 @@ def _outcomes(table: pa.Table, model: str) -> dict[tuple[str, str, float], dict[
     """``{(perturbation, family, level): {(dataset, sample_id): correct}}`` for one model."""
     out: dict[tuple[str, str, float], dict[tuple[str, int], bool]] = defaultdict(dict)
     cols = table.select(["model", "perturbation", "family", "level", "dataset", "sample_id", "correct"])
-    for r in cols.filter(pa.compute.equal(cols["model"], model)).to_pylist():
+    for r in cols.filter(pc.equal(cols["model"], model)).to_pylist():
         out[(r["perturbation"], r["family"], float(r["level"]))][(r["dataset"], r["sample_id"])] = bool(r["correct"])
     return out
 

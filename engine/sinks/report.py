@@ -70,7 +70,8 @@ def make_figures(run: RunFolder, rows: Sequence[AccuracyRow], eps: float | None,
             cols.append(p)
             cells.update({(r.model, p): r for r in hits})
     if cols:
-        title = f"accuracy % at {'' if eps is None else f'ε = {eps:g}, '}severity {severity}"
+        at_eps = "" if eps is None else f"ε = {eps:g} (attacks without it left out), "
+        title = f"accuracy % at {at_eps}severity {severity}"
         figs.append(Figure(title, "heatmap", plots.heatmap(cells, models, cols, title)))
     for p in perts:
         members = (run.config.get("perturbation", {}).get(p) or {}).get("attacks")

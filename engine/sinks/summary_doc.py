@@ -46,12 +46,14 @@ def clean_row(rows: Sequence[AccuracyRow], model: str) -> AccuracyRow | None:
 
 
 def default_eps(rows: Sequence[AccuracyRow]) -> float | None:
-    """The ε > 0 shared by the most attack perturbations (smallest on ties): the heat map's level."""
+    """The ε > 0 shared by the most attack perturbations (the lower median of ties): the heat map's level."""
     per_level = Counter(lv for _, lv in {(r.perturbation, r.level) for r in rows if r.family == "attack"
                                          and r.level > 0})
     if not per_level:
         return None
-    return min(per_level, key=lambda lv: (-per_level[lv], lv))
+    top = max(per_level.values())
+    tied = sorted(lv for lv, k in per_level.items() if k == top)
+    return tied[(len(tied) - 1) // 2]
 
 
 def worst_case_entries(run: RunFolder, rows: Sequence[AccuracyRow]) -> list[dict[str, Any]]:
