@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import subprocess
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -59,8 +62,8 @@ def _parse(text: str) -> _Counter:
     return c
 
 
-@pytest.mark.slow
-def test_summary_json_matches_the_parquet_rows(run_dir: Path) -> None:
+def _assert_matches_parquet(run_dir: Path) -> dict:  # type: ignore[type-arg]
+    """Every (model, perturbation, level) accuracy of summary.json equals what the Parquet rows give."""
     summary = json.loads((run_dir / "report" / "summary.json").read_text())
     table = ds.dataset(run_dir / "results", format="parquet").to_table()
     expected: dict[tuple[str, str, float], list[int]] = {}
@@ -75,6 +78,12 @@ def test_summary_json_matches_the_parquet_rows(run_dir: Path) -> None:
         assert got[key]["accuracy"] == k / n
         assert got[key]["wilson"][0] <= k / n <= got[key]["wilson"][1]
         assert got[key]["clopper_pearson"][0] <= k / n <= got[key]["clopper_pearson"][1]
+    return summary
+
+
+@pytest.mark.slow
+def test_summary_json_matches_the_parquet_rows(run_dir: Path) -> None:
+    summary = _assert_matches_parquet(run_dir)
     assert [m["name"] for m in summary["models"]] == ["digits_cnn", "digits_cnn_at"]
     assert all(len(m["checkpoint_sha256"]) == 64 and m["clean"]["n"] == 16 for m in summary["models"])
     assert summary["comparisons"] and all(c["model_a"] == "digits_cnn_at" for c in summary["comparisons"])
@@ -165,3 +174,42 @@ def test_report_and_compare_refuse_a_folder_that_is_not_a_run(tmp_path: Path) ->
         proc = run_cli(cmd, str(tmp_path))
         assert proc.returncode == 2 and "is not a Gauntlet run folder (no sweep.json)" in proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory: pytest.TempPathFactory, embedded_checkpoints: dict[str, str]) -> Path:
+    """The realistic run: ``gauntlet n_examples=200 out_dir=DIR`` with every default (W&B offline included)."""
+    out = tmp_path_factory.mktemp("default") / "run"
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"}
+    for args in (["n_examples=200", f"out_dir={out}", "progress=false"], ["report", str(out)]):
+        proc = subprocess.run([sys.executable, "-m", "engine.cli", *args], cwd=Path(__file__).parent.parent,
+                              capture_output=True, text=True, timeout=1200, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+@pytest.mark.slow
+def test_default_sweep_then_report(default_run: Path) -> None:
+    summary = _assert_matches_parquet(default_run)
+    assert summary["n_rows"] == sum(a["n"] for a in summary["accuracy"])
+    assert {a["n"] for a in summary["accuracy"]} == {200}
+    text = (default_run / "report" / "index.html").read_text()
+    page = _parse(text)
+    assert len(page.imgs) == len(summary["figures"]) == 5  # fgsm, pgd_linf, pgd_l2, corruptions, heat map
+    assert page.urls == [] and page.tables >= 6
+    pgd = next(c for c in summary["comparisons"] if c["perturbation"] == "pgd_linf" and c["level"] == 0.1)
+    assert pgd["sentence"].startswith("digits_cnn_at is more robust than digits_cnn under pgd_linf at ε = 0.1: +")
+    assert len(list((default_run / "wandb" / "wandb").glob("offline-run-*"))) == 1  # W&B offline is the default
+
+
+@pytest.mark.slow
+def test_every_python_snippet_in_results_md_runs(default_run: Path, tmp_path: Path) -> None:
+    doc = (Path(__file__).parent.parent / "docs" / "results.md").read_text()
+    snippets = re.findall(r"```python\n(.*?)```", doc, flags=re.S)
+    assert len(snippets) >= 5
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "default").symlink_to(default_run)
+    for code in snippets:
+        proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, f"{code}\n{proc.stderr[-2000:]}"
+        assert proc.stdout.strip(), code

@@ -155,3 +155,16 @@ def test_paired_comparison_counts_exclusions_and_words() -> None:
     assert sentence(by["clean"]).startswith("no significant difference between a and b on clean inputs: +5.0 pp")
     table = render_paired(rows)
     assert "5+1" in table and "Holm-adjusted across the 2 rows" in table
+
+
+def test_statistics_and_comparison_import_neither_matplotlib_nor_wandb() -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    code = ("import sys, engine.stats, engine.aggregate, engine.compare, engine.rundir, engine.sinks.summary_doc, "
+            "engine.sinks.wandb_sink; bad = [m for m in ('matplotlib', 'wandb', 'ray') if m in sys.modules]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
