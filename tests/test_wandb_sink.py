@@ -123,3 +123,35 @@ def test_bad_wandb_value_fails_before_any_compute(tiny_checkpoint: Path, tmp_pat
     proc = _gauntlet(tiny_overrides(tiny_checkpoint, tmp_path / "run", "wandb.mode=sometimes"), tmp_path)
     assert proc.returncode == 2 and "wandb.mode='sometimes' is not one of offline, online, disabled" in proc.stderr
     assert not (tmp_path / "run" / "results").exists()
+
+
+class _FakeWandb:
+    """Stands in for the wandb module: records what ``init`` was called with."""
+
+    def __init__(self) -> None:
+        self.kwargs: dict[str, object] = {}
+
+    def Settings(self, **kw: object) -> dict[str, object]:  # wandb spells it so
+        return kw
+
+    def init(self, **kw: object) -> str:
+        self.kwargs = kw
+        return "run"
+
+
+def test_online_settings_come_from_config_or_wandb_variables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine.sinks.wandb_sink import _init, settings_of
+
+    fake = _FakeWandb()
+    cfg = {"wandb": {"mode": "online", "project": "robust", "entity": "lab", "group": "g1", "tags": ["a", "b"]}}
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    _init(fake, settings_of(cfg), cfg, tmp_path, "gauntlet-abc")
+    assert {k: fake.kwargs[k] for k in ("project", "entity", "group", "tags", "id", "resume", "mode")} == {
+        "project": "robust", "entity": "lab", "group": "g1", "tags": ["a", "b"], "id": "gauntlet-abc",
+        "resume": "allow", "mode": "online"}
+    monkeypatch.setenv("WANDB_PROJECT", "from-env")
+    bare = {"wandb": {"mode": "online", "project": None, "tags": []}}
+    _init(fake, settings_of(bare), bare, tmp_path, "gauntlet-abc")
+    assert fake.kwargs["project"] == "from-env" and fake.kwargs["entity"] is None and fake.kwargs["tags"] is None
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert settings_of(cfg)["mode"] == "disabled"

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from engine.errors import ConfigError
+from engine.errors import ConfigError, GauntletError
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,13 @@ def log_sweep(cfg: Mapping[str, Any], out_dir: str | Path, run_id: str) -> str |
     ids = list(done.get(run_id, {}).get("ids", []))
     wid = f"gauntlet-{run_id}" + (f"-{len(ids) + 1}" if ids else "")
     with _environment(root, s["mode"]):
-        _log(s, cfg, root, wid, summary, files.figures, out / "results")
+        try:
+            _log(s, cfg, root, wid, summary, files.figures, out / "results")
+        except Exception as exc:  # W&B's own errors (login, network, quota) are many and unrelated to ours
+            raise GauntletError(
+                f"W&B logging ({s['mode']}) failed: {type(exc).__name__}: {exc}. The results and report are saved "
+                f"in {out}; fix W&B (wandb login, WANDB_API_KEY, network) and re-run the same command (finished "
+                "tasks are reused), or pass wandb=offline / wandb=disabled") from exc
     done[run_id] = {"ids": [*ids, wid], "mode": s["mode"], "dir": str(root)}
     (root / MARKER).write_text(json.dumps(done, indent=2) + "\n")
     return wid
