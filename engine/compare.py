@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections import defaultdict
 from collections.abc import Sequence
@@ -63,6 +64,17 @@ class PairedRow:
         d.update(counts=asdict(self.counts), n=self.n, accuracy_a=self.accuracy_a, accuracy_b=self.accuracy_b,
                  difference=self.difference, sentence=sentence(self))
         return d
+
+
+def json_safe(x: Any) -> Any:
+    """NaN (an undefined number, e.g. a difference over zero shared samples) becomes null: valid JSON."""
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    if isinstance(x, dict):
+        return {k: json_safe(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [json_safe(v) for v in x]
+    return x
 
 
 def level_phrase(family: str, level: float) -> str:
@@ -226,5 +238,5 @@ def main(argv: Sequence[str]) -> int:
         return 2
     print(render_paired(rows))
     if args.json_path:
-        Path(args.json_path).write_text(json.dumps([r.as_dict() for r in rows], indent=2) + "\n")
+        Path(args.json_path).write_text(json.dumps(json_safe([r.as_dict() for r in rows]), indent=2) + "\n")
     return 0

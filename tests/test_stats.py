@@ -168,3 +168,17 @@ def test_statistics_and_comparison_import_neither_matplotlib_nor_wandb() -> None
             "print(bad); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_disjoint_samples_give_an_empty_row_that_says_so() -> None:
+    import json
+
+    from engine.compare import json_safe
+
+    recs = [("a", "pgd", "attack", 0.1, i, True) for i in range(5)] + [
+        ("b", "pgd", "attack", 0.1, i, False) for i in range(5, 9)]
+    (row,) = paired_comparison(_rows(recs), [("a", "b")])
+    assert (row.n, row.only_in_a, row.only_in_b, row.p_value) == (0, 5, 4, 1.0)
+    assert sentence(row) == "a vs b under pgd at ε = 0.1: no sample evaluated for both"
+    doc = json.loads(json.dumps(json_safe(row.as_dict()), allow_nan=False))
+    assert doc["difference"] is None and doc["ci_low"] is None

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.aggregate import AccuracyRow, accuracy_table
+from engine.compare import json_safe
 from engine.errors import GauntletError
 from engine.rundir import RunFolder, load_run
 from engine.sinks import plots
@@ -275,7 +276,7 @@ def write_report(out_dir: str | Path, eps: float | None = None, severity: int = 
         paths[f.slug] = folder / "figures" / f"{f.slug}.png"
         paths[f.slug].write_bytes(f.png)
     summary["figures"] = {f.slug: f"figures/{f.slug}.png" for f in figures}
-    _atomic(folder / "summary.json", json.dumps(summary, indent=2, default=str, allow_nan=False) + "\n")
+    _atomic(folder / "summary.json", json.dumps(json_safe(summary), indent=2, default=str, allow_nan=False) + "\n")
     _atomic(folder / "index.html", render_html(summary, figures, run))
     return ReportFiles(folder / "index.html", folder / "summary.json", paths)
 
