@@ -213,3 +213,12 @@ def test_every_python_snippet_in_results_md_runs(default_run: Path, tmp_path: Pa
         proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, f"{code}\n{proc.stderr[-2000:]}"
         assert proc.stdout.strip(), code
+
+
+def test_tags_render_lists_and_mappings_alike() -> None:
+    from engine.sinks.report import render_tags
+
+    assert render_tags(["white-box", "AML.T0043.000"]) == "white-box, AML.T0043.000"
+    assert render_tags({"knowledge": "white-box", "norm": {"name": "linf", "eps": [0.1, 0.2]}}) == (
+        "knowledge: white-box; norm: name: linf; eps: 0.1, 0.2")
+    assert render_tags(None) == render_tags([]) == "—"
