@@ -30,11 +30,14 @@ def _gauntlet(args: list[str], home: Path, **env: str) -> subprocess.CompletedPr
                           timeout=600, env=base)
 
 
-def _records(run_file: Path) -> tuple[list[dict[str, str]], dict[str, str], dict[str, str], list[str]]:
-    """History rows, final summary, config and artifact names of an offline run file."""
+def _records(run_file: Path) -> tuple[list[dict[str, str]], dict[str, str], dict[str, str], dict[str, dict[str, str]]]:
+    """History rows, final summary, config and artifacts (name → {path: reference}) of an offline run file."""
     from engine.sinks.wandb_sink import read_records
 
-    history, summary, config, artifacts = [], {}, {}, []
+    history: list[dict[str, str]] = []
+    summary: dict[str, str] = {}
+    config: dict[str, str] = {}
+    artifacts: dict[str, dict[str, str]] = {}
     for rec in read_records(run_file):
         kind = rec.WhichOneof("record_type")
         if kind == "history":
@@ -45,7 +48,7 @@ def _records(run_file: Path) -> tuple[list[dict[str, str]], dict[str, str], dict
             items = rec.config.update if kind == "config" else rec.run.config.update
             config.update({i.key or "/".join(i.nested_key): i.value_json for i in items})
         elif kind == "artifact":
-            artifacts.append(rec.artifact.name)
+            artifacts[rec.artifact.name] = {c.path: c.ref for c in rec.artifact.manifest.contents}
     return history, summary, config, artifacts
 
 
@@ -83,7 +86,9 @@ def test_offline_run_is_logged_inside_the_run_folder_and_reads_back(tiny_checkpo
     assert float(summary["clean/digits_cnn"]) == pytest.approx(acc("digits_cnn", "clean", 0.0))
     assert json.loads(summary["run_id"]) == run_id and int(summary["n_rows"]) == len(rows)
     assert json.loads(config["n_examples"]) == 20 and json.loads(config["wandb"])["mode"] == "offline"
-    assert f"results-{run_id}" in artifacts
+    parquet = sorted(p.name for p in (out / "results").glob("*.parquet"))
+    refs = artifacts[f"results-{run_id}"]  # wandb.artifact=reference (the default): file:// URIs
+    assert sorted(refs) == parquet and all(refs[n] == (out / "results" / n).resolve().as_uri() for n in parquet)
 
     tables = {p.name.split("_")[0]: json.loads(p.read_text()) for p in (run_dir / "files/media/table/tables").iterdir()}
     assert len(tables["accuracy"]["data"]) == len({(r["model"], r["perturbation"], r["level"]) for r in rows})
@@ -97,9 +102,11 @@ def test_offline_run_is_logged_inside_the_run_folder_and_reads_back(tiny_checkpo
     again = _gauntlet(args, home)
     assert again.returncode == 0 and "already logged" in again.stderr
     assert len(list((out / "wandb" / "wandb").glob("offline-run-*"))) == 1
-    forced = _gauntlet([*args, "wandb.new_run=true"], home)
+    forced = _gauntlet([*args, "wandb.new_run=true", "wandb.artifact=upload"], home)
     assert forced.returncode == 0, forced.stderr[-2000:]
-    assert len(list((out / "wandb" / "wandb").glob(f"offline-run-*-gauntlet-{run_id}-2"))) == 1
+    (second,) = (out / "wandb" / "wandb").glob(f"offline-run-*-gauntlet-{run_id}-2")
+    uploaded = _records(next(second.glob("run-*.wandb")))[3][f"results-{run_id}"]
+    assert sorted(uploaded) == parquet and not any(uploaded.values())  # the files themselves, no references
     assert _files(home) == [] and _files(tmp_path / "tmpdir") == []
 
 
