@@ -22,9 +22,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## Run the default sweep on the embedded digits data and checkpoints.
+## Run the default sweep on the embedded digits data and checkpoints, then write its HTML report.
+RUN_OUT_DIR = $(or $(patsubst out_dir=%,%,$(filter out_dir=%,$(ARGS))),runs/default)
 run: $(STAMP)
 	$(VENV)/bin/gauntlet $(ARGS)
+	$(VENV)/bin/gauntlet report $(RUN_OUT_DIR)
 
 ## The whole test suite (CPU; GPU tests skip themselves without CUDA).
 test: $(STAMP)

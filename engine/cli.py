@@ -17,7 +17,11 @@ log = logging.getLogger("gauntlet")
 register_schemas()
 
 
-SUBCOMMANDS = {"compact": "engine.compact:main"}
+SUBCOMMANDS = {  # gauntlet <subcommand> …: each module owns its logic and returns the exit code
+    "compact": "engine.compact:main",
+    "report": "engine.sinks.report:main",
+    "compare": "engine.compare:main",
+}
 
 
 def _fail(problems: list[str]) -> None:
@@ -44,7 +48,7 @@ def _precheck(argv: list[str]) -> list[str]:
 
 
 def main() -> None:
-    """Console entry point: a subcommand (``gauntlet compact …``), or a sweep handed over to Hydra."""
+    """Console entry point: a subcommand (``gauntlet report|compare|compact …``), or a sweep through Hydra."""
     argv = sys.argv[1:]
     if argv and argv[0] in SUBCOMMANDS:
         import importlib

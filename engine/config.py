@@ -57,6 +57,7 @@ class SweepConfig:
     # that configs may instantiate, or every importable callable when allow_any_target is true.
     target_packages: list[str] = field(default_factory=list)
     allow_any_target: bool = False
+    wandb: Any = None  # configs/wandb/: mode offline | online | disabled (engine/sinks/wandb_sink.py)
 
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")

@@ -17,13 +17,15 @@ from engine.sinks.parquet import SCHEMA, ResultStore
 
 
 def read(out_dir: str | Path, run_id: str | None = None, seed: int | None = None,
-         columns: Sequence[str] | None = None) -> pa.Table:
+         columns: Sequence[str] | None = None, task_ids: Sequence[str] | None = None) -> pa.Table:
     """All verified rows under ``out_dir/results`` (foreign or damaged files skipped with a warning).
 
-    Nothing is moved or rewritten: a file that fails its checks is only reported here;
-    the next ``gauntlet`` run on that ``out_dir`` sets it aside and recomputes its task.
+    ``task_ids`` restricts to those tasks and raises ``ResultIntegrityError`` if one of them
+    has no verified rows (e.g. the tasks ``sweep.json`` lists). Nothing is moved or
+    rewritten: a file that fails its checks is only reported here; the next ``gauntlet``
+    run on that ``out_dir`` sets it aside and recomputes its task.
     """
-    table = ResultStore(out_dir, repair=False).read()
+    table = ResultStore(out_dir, repair=False).read(task_ids)
     if run_id is not None:
         table = table.filter(pc.equal(table["run_id"], run_id))
     if seed is not None:

@@ -30,6 +30,7 @@ from engine.sinks.attack_summary import render_attack_summary
 from engine.sinks.corruption_summary import render_corruption_summary
 from engine.sinks.parquet import ResultStore
 from engine.sinks.summary import render_flags, render_table
+from engine.sinks.wandb_sink import log_sweep, settings_of
 from engine.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ def run_sweep(cfg: Mapping[str, Any]) -> SweepOutcome:
     """
     progress = bool(cfg.get("progress", True))
     cfg, labels = prepare(cfg)
+    settings_of(cfg)  # a bad wandb.* value fails before any compute
     out_dir = check_out_dir(cfg["out_dir"])
     device = resolve_device(str(cfg["device"]))
     runner = _build_runner(cfg["runner"])
@@ -80,19 +82,27 @@ def run_sweep(cfg: Mapping[str, Any]) -> SweepOutcome:
                      len(plan.done), len(plan.tasks), store.dir)
         evaluated = _execute_keeping_finished(plan, runner, device, resources, store, progress)
         table = store.read(t.task_id for t in plan.tasks)
-        rows = accuracy_table(table)
-        models = list(dict.fromkeys(t.model_name for t in plan.tasks))
-        perts = list(dict.fromkeys(t.perturbation_name for t in plan.tasks))
-        built = {name: resources.perturbation(name, pcfg) for name, pcfg in cfg["perturbation"].items()}
-        flags = sanity_flags(cfg, models, table, resources, built)
-        suites = [n for n, p in built.items() if isinstance(p, AttackSuite) and len(p.attacks) > 1]
-        blocks = [render_corruption_summary(rows, models, cfg.get("corruption_baseline")),
-                  render_attack_summary(table, suites)]
-        summary = (render_table(rows, models, perts, labels) + "".join(f"\n\n{b}" for b in blocks if b)
-                   + render_flags(flags))
+        rows, summary, flags = _summarise(cfg, plan, table, resources, labels)
         _write_sidecars(out_dir, cfg, plan, summary, labels)
         _write_flags(out_dir, plan, flags)
+        log_sweep(cfg, out_dir, plan.run_id)  # W&B after aggregation (no-op for wandb=disabled)
     return SweepOutcome(plan, store.dir, rows, summary, evaluated, flags)
+
+
+def _summarise(cfg: Mapping[str, Any], plan: Plan, table: Any, resources: Resources,
+               labels: Labels) -> tuple[list[AccuracyRow], str, list[Flag]]:
+    """Accuracy rows, the terminal summary (table, corruption and suite blocks, flags) and the flags."""
+    rows = accuracy_table(table)
+    models = list(dict.fromkeys(t.model_name for t in plan.tasks))
+    perts = list(dict.fromkeys(t.perturbation_name for t in plan.tasks))
+    built = {name: resources.perturbation(name, pcfg) for name, pcfg in cfg["perturbation"].items()}
+    flags = sanity_flags(cfg, models, table, resources, built)
+    suites = [n for n, p in built.items() if isinstance(p, AttackSuite) and len(p.attacks) > 1]
+    blocks = [render_corruption_summary(rows, models, cfg.get("corruption_baseline")),
+              render_attack_summary(table, suites)]
+    summary = (render_table(rows, models, perts, labels) + "".join(f"\n\n{b}" for b in blocks if b)
+               + render_flags(flags))
+    return rows, summary, flags
 
 
 def _execute_keeping_finished(plan: Plan, runner: Runner, device: torch.device, resources: Resources,

@@ -14,7 +14,9 @@ import torch
 
 os.environ.setdefault("GAUNTLET_CACHE_DIR", str(Path.home() / ".cache" / "gauntlet"))
 os.environ.setdefault("NUMBA_CACHE_DIR", str(Path(os.environ["GAUNTLET_CACHE_DIR"]) / "numba"))
-os.environ.setdefault("WANDB_MODE", "offline")
+# Sweeps in tests skip W&B (the sink never imports wandb then); tests/test_wandb_sink.py turns it on
+# in its own subprocesses with a private HOME.
+os.environ["WANDB_MODE"] = "disabled"
 
 from engine.config import compose_sweep, register_schemas
 from engine.models.checkpoint import save_checkpoint

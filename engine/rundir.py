@@ -1,0 +1,77 @@
+"""Read a finished run folder for reports and comparisons: its rows, ``sweep.json``, flags, verdicts, command."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from engine.errors import GauntletError
+
+
+def read_rows(out_dir: str | Path, task_ids: list[str] | None = None) -> pa.Table:
+    """The verified result rows of ``out_dir`` (only ``task_ids``' when given) under the one schema.
+
+    The single place reports and comparisons read Parquet from: ``engine.results.read``,
+    so a foreign, damaged or missing task file is an error here, never a wrong number.
+    """
+    from engine.results import read
+
+    return read(out_dir, task_ids=task_ids)
+
+
+def _json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise GauntletError(f"{path} is not valid JSON ({exc}); delete it or re-run the step that writes it") from None
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """What a sweep left in its ``out_dir``; optional files are empty when absent."""
+
+    out_dir: Path
+    run_id: str
+    config: dict[str, Any]
+    tasks: list[dict[str, Any]]
+    rows: pa.Table
+    flags: list[dict[str, Any]] = field(default_factory=list)
+    verdicts: dict[str, Any] | None = None
+    command: str | None = None
+
+    @property
+    def checkpoints(self) -> dict[str, str]:
+        """Model name → checkpoint sha256, from the task list."""
+        return {t["model"]: t.get("checkpoint_sha256", "") for t in self.tasks}
+
+
+def _command(out_dir: Path) -> str | None:
+    """``gauntlet <overrides>`` of the newest Hydra job folder under ``out_dir/hydra``, if one exists."""
+    candidates = sorted((out_dir / "hydra").glob("*/.hydra/overrides.yaml"))
+    if not candidates:
+        return None
+    lines = candidates[-1].read_text().splitlines()
+    overrides = [line[2:] for line in lines if line.startswith("- ")]
+    return " ".join(["gauntlet", *(shlex.quote(o) for o in overrides)])
+
+
+def load_run(out_dir: str | Path) -> RunFolder:
+    """Load ``out_dir``; one clear error when it is not a finished Gauntlet run."""
+    root = Path(out_dir).expanduser()
+    sweep = root / "sweep.json"
+    if not sweep.is_file():
+        raise GauntletError(f"{root} is not a Gauntlet run folder (no sweep.json); pass the out_dir of a "
+                            "finished sweep, e.g. gauntlet report runs/default")
+    meta = _json(sweep)
+    tasks = list(meta.get("tasks", []))
+    rows = read_rows(root, [t["task_id"] for t in tasks] if tasks else None)
+    flags_path, verdict_path = root / "flags.json", root / "verdict.json"
+    flags = list(_json(flags_path).get("flags", [])) if flags_path.is_file() else []
+    verdicts = _json(verdict_path) if verdict_path.is_file() else None
+    return RunFolder(root, str(meta.get("run_id", "")), dict(meta.get("config", {})), tasks, rows, flags,
+                     verdicts, _command(root))

@@ -1,0 +1,144 @@
+"""The report's figures as PNG bytes (matplotlib, object API: no global backend or pyplot state).
+
+Accuracy vs ε with 95 % bands (one line per model), accuracy vs severity per
+corruption as small multiples, a model × perturbation heat map at one level, and
+who broke a suite's samples (stacked bars per ε).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from engine.aggregate import AccuracyRow
+
+DPI = 110
+
+
+def _png(fig: Figure) -> bytes:
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def _curves(rows: Sequence[AccuracyRow], perturbation: str) -> dict[str, list[AccuracyRow]]:
+    out: dict[str, list[AccuracyRow]] = defaultdict(list)
+    for r in rows:
+        if r.perturbation == perturbation:
+            out[r.model].append(r)
+    return {m: sorted(rs, key=lambda r: r.level) for m, rs in out.items()}
+
+
+def _draw_curves(ax: object, curves: dict[str, list[AccuracyRow]], models: Sequence[str]) -> None:
+    for i, model in enumerate(models):
+        rs = curves.get(model)
+        if not rs:
+            continue
+        xs = [r.level for r in rs]
+        color = f"C{i % 10}"
+        ax.fill_between(xs, [100 * r.ci_low for r in rs], [100 * r.ci_high for r in rs],  # type: ignore[attr-defined]
+                        color=color, alpha=0.18, linewidth=0)
+        ax.plot(xs, [100 * r.accuracy for r in rs], marker="o", color=color,  # type: ignore[attr-defined]
+                label=f"{model} (n={rs[0].n})")
+    ax.set_ylim(-2, 102)  # type: ignore[attr-defined]
+    ax.grid(alpha=0.3)  # type: ignore[attr-defined]
+
+
+def accuracy_vs_eps(rows: Sequence[AccuracyRow], perturbation: str, models: Sequence[str]) -> bytes:
+    """One attack or suite: robust accuracy (%) against ε, a line and a 95 % band per model."""
+    curves = _curves(rows, perturbation)
+    norm = next((r.norm for rs in curves.values() for r in rs), None)
+    fig = Figure(figsize=(6.0, 3.8))
+    ax = fig.add_subplot()
+    _draw_curves(ax, curves, models)
+    ax.set_xlabel(f"ε ({norm})" if norm else "ε")
+    ax.set_ylabel("accuracy % (95 % CI band)")
+    ax.set_title(perturbation)
+    ax.legend(loc="best", fontsize=8)
+    return _png(fig)
+
+
+def corruption_grid(rows: Sequence[AccuracyRow], models: Sequence[str]) -> bytes | None:
+    """Accuracy vs severity, one small panel per corruption (shared axes); None without corruptions."""
+    names = sorted({r.perturbation for r in rows if r.family == "corruption"})
+    if not names:
+        return None
+    cols = min(4, len(names))
+    nrows = math.ceil(len(names) / cols)
+    fig = Figure(figsize=(3.0 * cols, 2.4 * nrows + 0.6))
+    axes = fig.subplots(nrows, cols, sharex=True, sharey=True, squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        if i >= len(names):
+            ax.set_visible(False)
+            continue
+        _draw_curves(ax, _curves(rows, names[i]), models)
+        ax.set_title(names[i], fontsize=9)
+        ax.set_xticks([1, 2, 3, 4, 5])
+    for ax in axes[-1]:
+        ax.set_xlabel("severity")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("accuracy %")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=max(1, len(models)), fontsize=8, frameon=False)
+    fig.subplots_adjust(top=1 - 0.5 / (2.4 * nrows + 0.6))
+    return _png(fig)
+
+
+def heatmap(cells: dict[tuple[str, str], AccuracyRow], models: Sequence[str], columns: Sequence[str],
+            title: str) -> bytes:
+    """Models (rows) × perturbations (columns), accuracy % written in each cell; blank where absent."""
+    import numpy as np
+
+    grid = np.full((len(models), len(columns)), np.nan)
+    for (m, p), r in cells.items():
+        if m in models and p in columns:
+            grid[models.index(m), columns.index(p)] = 100 * r.accuracy
+    fig = Figure(figsize=(max(4.0, 0.9 * len(columns) + 2.5), max(2.0, 0.55 * len(models) + 1.4)))
+    ax = fig.add_subplot()
+    im = ax.imshow(grid, vmin=0, vmax=100, cmap="RdYlGn", aspect="auto")
+    ax.set_xticks(range(len(columns)), columns, rotation=35, ha="right", fontsize=8)
+    ax.set_yticks(range(len(models)), list(models), fontsize=8)
+    for (i, j), v in np.ndenumerate(grid):
+        if np.isfinite(v):
+            ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=8)
+    fig.colorbar(im, ax=ax, label="accuracy %")
+    ax.set_title(title, fontsize=10)
+    return _png(fig)
+
+
+def broken_by_bars(table: pa.Table, suite: str, models: Sequence[str]) -> bytes | None:
+    """Per model, stacked bars per ε > 0: samples still robust, broken by each member, clean errors."""
+    sub = table.filter(pc.and_(pc.equal(table["perturbation"], suite), pc.greater(table["level"], 0.0)))
+    if sub.num_rows == 0:
+        return None
+    counts: dict[str, dict[float, Counter[str]]] = defaultdict(lambda: defaultdict(Counter))
+    for r in sub.select(["model", "level", "correct", "broken_by"]).to_pylist():
+        what = "robust" if r["correct"] else (r["broken_by"] or "clean error")
+        counts[r["model"]][r["level"]][what] += 1
+    shown = [m for m in models if m in counts]
+    kinds = ["robust", *sorted({k for m in shown for c in counts[m].values() for k in c} - {"robust"})]
+    fig = Figure(figsize=(3.2 * len(shown) + 1.6, 3.6))
+    axes = fig.subplots(1, len(shown), sharey=True, squeeze=False)[0]
+    for ax, model in zip(axes, shown, strict=True):
+        levels = sorted(counts[model])
+        bottom = [0] * len(levels)
+        labels = [f"{lv:g}" for lv in levels]
+        for i, kind in enumerate(kinds):
+            heights = [counts[model][lv][kind] for lv in levels]
+            color = "#4caf50" if kind == "robust" else ("#9e9e9e" if kind == "clean error" else f"C{i % 10}")
+            ax.bar(labels, heights, bottom=bottom, color=color, label=kind)
+            bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
+        ax.set_title(model, fontsize=9)
+        ax.set_xlabel("ε")
+    axes[0].set_ylabel("samples")
+    axes[-1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
+    fig.suptitle(f"{suite}: who broke the samples", fontsize=10)
+    return _png(fig)
