@@ -19,6 +19,10 @@ register_schemas()
 
 def main() -> None:
     """Console entry point: check group choices (listing valid ones), then hand over to Hydra."""
+    if sys.argv[1:2] == ["convert-checkpoint"]:  # subcommand: engine/models/convert.py owns it
+        from engine.models.convert import main as convert_checkpoint
+
+        sys.exit(convert_checkpoint(sys.argv[2:]))
     problems = unknown_choices(sys.argv[1:], [Path(CONFIG_DIR)])
     if problems:
         for p in problems:
