@@ -3,10 +3,11 @@
 - :class:`ResNet18`: the ResNet-18 of AutoAttack's example (``examples/resnet.py`` of ``pyautoattack``),
   whose ``model_test.pt`` loads strictly; also the layout of most CIFAR ResNet-18 checkpoints
   (kuangliu's ``pytorch-cifar``).
-- :class:`PreActResNet18`: pre-activation ResNet-18 (Wong et al. / Rice et al. layout, optional BN before fc).
+- :class:`PreActResNet18`: pre-activation ResNet-18 (Wong et al. / Rice et al. layout, optional BN before fc;
+  ``shortcut_from_input: true`` for RobustBench's ``PreActBlock``, whose projection sees the raw input).
 - :class:`WideResNet`: the TRADES / RobustBench ``WideResNet`` layout (``conv1``, ``block1…3``, ``bn1``, ``fc``).
 - :class:`DMWideResNet`: DeepMind's layout (``init_conv``, ``layer``, ``batchnorm``, ``logits``, normalising
-  ``mean``/``std`` buffers, TF "SAME" padding) used by Gowal et al. / Rebuffi et al. WRN-28-10 / 70-16
+  ``mean``/``std``, TF "SAME" padding) used by Gowal et al. / Rebuffi et al. WRN-28-10 / 70-16
   checkpoints, usually with Swish (= SiLU) activations.
 
 ``activation`` is ``relu`` or ``silu`` (``swish`` is accepted as a synonym: x·sigmoid(x)). ``mean``/``std``
@@ -16,6 +17,7 @@ buffers, so checkpoints without them still load strictly.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import torch
@@ -94,8 +96,10 @@ class ResNet18(nn.Module):
 
 
 class _PreActBlock(nn.Module):
-    def __init__(self, in_planes: int, planes: int, stride: int, act: Callable[[], nn.Module]) -> None:
+    def __init__(self, in_planes: int, planes: int, stride: int, act: Callable[[], nn.Module],
+                 shortcut_from_input: bool = False) -> None:
         super().__init__()
+        self.shortcut_from_input = shortcut_from_input
         self.bn1 = nn.BatchNorm2d(in_planes)
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
@@ -106,7 +110,10 @@ class _PreActBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.act1(self.bn1(x))
-        shortcut = self.shortcut(out) if hasattr(self, "shortcut") else x
+        if hasattr(self, "shortcut"):
+            shortcut = self.shortcut(x if self.shortcut_from_input else out)
+        else:
+            shortcut = x
         out = self.conv2(self.act2(self.bn2(self.conv1(out))))
         return out + shortcut
 
@@ -115,14 +122,16 @@ class PreActResNet18(nn.Module):
     """Pre-activation ResNet-18 (keys ``conv1``, ``layerN.i.{bn1,conv1,bn2,conv2,shortcut.0}``, ``linear``)."""
 
     def __init__(self, num_classes: int = 10, activation: str = "relu", bn_before_fc: bool = True,
-                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 shortcut_from_input: bool = False) -> None:
         super().__init__()
         act = _activation(activation)
+        block = functools.partial(_PreActBlock, act=act, shortcut_from_input=shortcut_from_input)
         self.normalize = _InputNorm(mean, std)
         self.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
         planes, layers = 64, []
         for width, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
-            layers.append(nn.Sequential(_PreActBlock(planes, width, stride, act), _PreActBlock(width, width, 1, act)))
+            layers.append(nn.Sequential(block(planes, width, stride), block(width, width, 1)))
             planes = width
         self.layer1, self.layer2, self.layer3, self.layer4 = layers
         self.bn_before_fc = bn_before_fc
@@ -229,7 +238,7 @@ class _DMGroup(nn.Module):
 
 
 class DMWideResNet(nn.Module):
-    """WideResNet in DeepMind's key layout, normalising with persistent ``mean``/``std`` buffers."""
+    """WideResNet in DeepMind's key layout, normalising inside with (non-persistent) ``mean``/``std``."""
 
     mean: torch.Tensor
     std: torch.Tensor
@@ -240,8 +249,9 @@ class DMWideResNet(nn.Module):
         super().__init__()
         n, act = _check_depth(depth), _activation(activation)
         ch = [16, 16 * width, 32 * width, 64 * width]
-        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(-1, 1, 1))
-        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(-1, 1, 1))
+        # non-persistent, as in RobustBench: the released checkpoints hold no mean/std entries
+        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(-1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(-1, 1, 1), persistent=False)
         self.padding = padding
         self.init_conv = nn.Conv2d(3, ch[0], 3, stride=1, padding=1, bias=False)
         self.layer = nn.Sequential(_DMGroup(n, ch[0], ch[1], 1, act), _DMGroup(n, ch[1], ch[2], 2, act),
