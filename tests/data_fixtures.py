@@ -16,8 +16,14 @@ def smooth_images(n: int, size: int = 32, seed: int = 0, channels: int = 3) -> n
     return np.repeat(np.repeat(low, reps, axis=1), reps, axis=2)[:, :size, :size]
 
 
-def write_cifar_python(root: Path, images: np.ndarray, labels: np.ndarray, cifar100: bool = False) -> Path:
-    """``root/cifar-10-batches-py/test_batch`` (or ``cifar-100-python/test``) as the release pickles it."""
+def write_cifar_python(root: Path, images: np.ndarray, labels: np.ndarray, cifar100: bool = False,
+                       bytes_keys: bool = False) -> Path:
+    """``root/cifar-10-batches-py/test_batch`` (or ``cifar-100-python/test``) as the release pickles it.
+
+    The release was pickled by Python 2, whose ``str`` keys load as ``str`` with ``encoding='latin1'``
+    (torchvision) and as ``bytes`` with ``encoding='bytes'`` (the CIFAR page's recipe); ``bytes_keys``
+    writes the second kind.
+    """
     folder = root / ("cifar-100-python" if cifar100 else "cifar-10-batches-py")
     folder.mkdir(parents=True, exist_ok=True)
     data = np.ascontiguousarray(images.transpose(0, 3, 1, 2)).reshape(len(images), -1)
@@ -29,11 +35,14 @@ def write_cifar_python(root: Path, images: np.ndarray, labels: np.ndarray, cifar
     else:
         batch[b"labels"] = [int(v) for v in labels]
     path = folder / ("test" if cifar100 else "test_batch")
+    if not bytes_keys:
+        batch = {k.decode(): v for k, v in batch.items()}  # type: ignore[misc]
     path.write_bytes(pickle.dumps(batch, protocol=2))
     meta_name = "meta" if cifar100 else "batches.meta"
     names_key = b"fine_label_names" if cifar100 else b"label_names"
     k = 100 if cifar100 else 10
-    (folder / meta_name).write_bytes(pickle.dumps({names_key: [f"c{i}".encode() for i in range(k)]}, protocol=2))
+    meta = {names_key.decode(): [f"c{i}" for i in range(k)]}
+    (folder / meta_name).write_bytes(pickle.dumps(meta, protocol=2))
     return path
 
 
