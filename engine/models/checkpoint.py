@@ -160,8 +160,12 @@ def _first_line(exc: BaseException) -> str:
 
 def read_torch_weights_only(path: Path, model_name: str) -> Any:
     """``torch.load(weights_only=True)`` with every failure turned into a CheckpointError that says why."""
+    import warnings
+
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*TorchScript archive", category=UserWarning)
+            return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
         if "Weights only load failed" in str(exc):
@@ -178,7 +182,7 @@ def read_torch_weights_only(path: Path, model_name: str) -> Any:
             f"model {model_name!r}: checkpoint {path} cannot be read ({_first_line(exc)}). "
             "It may be truncated or not a checkpoint."
         ) from None
-    except (OSError, ValueError, EOFError) as exc:
+    except (OSError, ValueError, EOFError, SafetensorError) as exc:  # torch.load hands *.safetensors to safetensors
         raise CheckpointError(
             f"model {model_name!r}: checkpoint {path} cannot be read ({_first_line(exc)}). "
             "It may be truncated or not a checkpoint."
