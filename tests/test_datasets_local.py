@@ -155,7 +155,7 @@ def test_image_folder_resize_and_crop_match_torchvision(tmp_path: Path) -> None:
 
 
 def test_image_folder_class_index_json_and_errors(tmp_path: Path, arrays) -> None:
-    images, labels = arrays
+    images, _ = arrays
     fx.write_image_folder(tmp_path / "val", images[:4], np.array([0, 1, 0, 1]), ["cat", "dog"])
     index = tmp_path / "index.json"
     index.write_text(json.dumps({"0": ["zebra", "z"], "1": ["dog", "d"], "2": ["cat", "c"]}))
@@ -231,7 +231,7 @@ def test_random_subset_is_seeded_keeps_full_set_ids_and_only_grows(tmp_path: Pat
     ids = first.sample_ids.numpy()
     assert torch.equal(first.labels, torch.from_numpy(labels[ids]))
     assert torch.equal(first.images, _expected(images)[ids])
-    with pytest.raises(ConfigError, match="dataset.subset='some' is not one of first, random"):
+    with pytest.raises(ConfigError, match=r"dataset\.subset='some' is not one of first, random"):
         load_cifar10(str(tmp_path), subset="some")
 
 

@@ -110,10 +110,7 @@ class _PreActBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.act1(self.bn1(x))
-        if hasattr(self, "shortcut"):
-            shortcut = self.shortcut(x if self.shortcut_from_input else out)
-        else:
-            shortcut = x
+        shortcut = self.shortcut(x if self.shortcut_from_input else out) if hasattr(self, "shortcut") else x
         out = self.conv2(self.act2(self.bn2(self.conv1(out))))
         return out + shortcut
 
