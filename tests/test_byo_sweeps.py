@@ -60,7 +60,10 @@ SCENARIOS = {
 }
 
 
-@pytest.mark.parametrize("scenario", list(SCENARIOS))
+@pytest.mark.parametrize("scenario", [
+    "user_cifar_config",  # the scenario; the other layouts are marked slow (≈ 15-60 s each on 2 cores)
+    *(pytest.param(s, marks=pytest.mark.slow) for s in list(SCENARIOS)[1:]),
+])
 def test_users_model_and_data_run_to_completion(user_setup: dict[str, Path], tmp_path: Path, scenario: str) -> None:
     out = tmp_path / "out"
     proc = run_cli("--config-dir", str(user_setup["conf"]), "model=[my_resnet]", *SCENARIOS[scenario](user_setup),
@@ -163,5 +166,7 @@ def test_sharded_sweep_peak_memory_grows_with_shard_size_not_dataset_size(tmp_pa
     small_shards_quarter = peak_mib(n // 4, 100)
     one_big_shard = peak_mib(n, n)
     float_mib = n * 3 * size * size * 4 / 2**20  # ≈ 94 MiB: the whole set decoded at once
+    print(f"peak RSS MiB: {n} images / shards of 100: {small_shards_all:.0f}; {n // 4} / 100: "
+          f"{small_shards_quarter:.0f}; {n} / one shard of {n}: {one_big_shard:.0f} (float set {float_mib:.0f})")
     assert one_big_shard - small_shards_all > 0.6 * float_mib, (small_shards_all, one_big_shard)
     assert abs(small_shards_all - small_shards_quarter) < 0.25 * float_mib, (small_shards_all, small_shards_quarter)
