@@ -43,6 +43,16 @@ def test_cifar10_python_and_binary_layouts_give_the_same_rows(tmp_path: Path, ar
         assert torch.equal(data.slice(5, 9).images, _expected(images)[5:9])
 
 
+def test_numpy1_era_pickles_load(tmp_path: Path, arrays) -> None:
+    """The release's batches name numpy.core.multiarray (numpy 1); numpy 2 writes numpy._core."""
+    images, labels = arrays
+    path = fx.write_cifar_python(tmp_path, images, labels)
+    raw = path.read_bytes()
+    assert b"numpy._core.multiarray" in raw
+    path.write_bytes(raw.replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
+    assert torch.equal(load_cifar10(str(tmp_path)).slice(0, N).images, _expected(images))
+
+
 def test_cifar100_fine_and_coarse_labels(tmp_path: Path, arrays) -> None:
     images, _ = arrays
     labels = np.arange(N) * 4 % 100
@@ -239,6 +249,9 @@ def test_a_name_cannot_relabel_one_dataset_as_another(tmp_path: Path, arrays) ->
     images, labels = arrays
     with pytest.raises(ConfigError, match=r"dataset.name='cifar10'.*cannot relabel"):
         load_digits(name="cifar10")
+    fx.write_cifar_python(tmp_path / "c", images, labels)
+    with pytest.raises(ConfigError, match=r"dataset.name='digits': this loader records its rows as 'cifar10'"):
+        load_cifar10(str(tmp_path / "c"), name="digits")
     path = fx.write_npz(tmp_path / "x.npz", images, labels)
     with pytest.raises(ConfigError, match=r"dataset.name='CIFAR10' is the name of .*load_cifar10's data"):
         load_npz(str(path), name="CIFAR10")

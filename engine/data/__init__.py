@@ -161,6 +161,16 @@ RESERVED_NAMES = {
 }
 
 
+def fixed_dataset_name(name: str, fixed: str) -> str:
+    """Gauntlet's own loaders record their data under one name; an override cannot relabel it."""
+    if name != fixed:
+        raise ConfigError(
+            f"dataset.name={name!r}: this loader records its rows as {fixed!r}; a name cannot relabel one dataset "
+            "as another. Drop the override, or load the other data with its own dataset config."
+        )
+    return fixed
+
+
 def user_dataset_name(name: str, loader: str) -> str:
     """A name for rows of a generic loader; refuses the names of Gauntlet's dedicated loaders."""
     name = str(name).strip()

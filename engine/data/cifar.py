@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.data import LazyDataset, check_labels, required_path, subset_order
+from engine.data import LazyDataset, check_labels, fixed_dataset_name, required_path, subset_order
 from engine.data.restricted_pickle import restricted_load
 from engine.errors import ConfigError
 
@@ -138,16 +138,18 @@ def _load(spec: _Spec, root: str, split: str, layout: str, subset: str, subset_s
 
 
 def load_cifar10(root: str, split: str = "test", layout: str = "auto", subset: str = "first",
-                 subset_seed: int = 0) -> CifarSet:
+                 subset_seed: int = 0, name: str = "cifar10") -> CifarSet:
     """CIFAR-10 ``split`` from ``root`` (python or binary layout, see the module docstring)."""
+    fixed_dataset_name(name, "cifar10")
     return _load(CIFAR10, root, split, layout, subset, subset_seed, "labels", 10, (1, 0), "cifar10")
 
 
 def load_cifar100(root: str, split: str = "test", layout: str = "auto", subset: str = "first",
-                  subset_seed: int = 0, label_type: str = "fine") -> CifarSet:
+                  subset_seed: int = 0, label_type: str = "fine", name: str | None = None) -> CifarSet:
     """CIFAR-100 ``split``; ``label_type`` fine (100 classes) or coarse (20 superclasses)."""
     if label_type not in ("fine", "coarse"):
         raise ConfigError(f"dataset.label_type={label_type!r} is not one of fine, coarse")
     fine = label_type == "fine"
+    fixed_dataset_name(name or ("cifar100" if fine else "cifar100_coarse"), "cifar100" if fine else "cifar100_coarse")
     return _load(CIFAR100, root, split, layout, subset, subset_seed, f"{label_type}_labels",
                  100 if fine else 20, (2, 1 if fine else 0), "cifar100" if fine else "cifar100_coarse")

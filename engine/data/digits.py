@@ -7,7 +7,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from engine.data import SampleSet
+from engine.data import SampleSet, fixed_dataset_name
 from engine.errors import ConfigError
 
 SPLITS = ("train", "test", "all")
@@ -24,11 +24,7 @@ def load_digits(name: str = "digits", image_size: int = 32, split: str = "test")
     """
     from sklearn.datasets import load_digits as sk_load_digits  # bundled file, no download
 
-    if name != "digits":
-        raise ConfigError(
-            f"dataset.name={name!r}: the digits loader records its rows as 'digits'; a name cannot relabel "
-            "one dataset as another. Drop the override, or load the other data with its own dataset config."
-        )
+    fixed_dataset_name(name, "digits")
     if split not in SPLITS:
         raise ConfigError(f"dataset.split={split!r} is not one of {', '.join(SPLITS)}")
     if image_size < 8:
