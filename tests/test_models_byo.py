@@ -278,6 +278,12 @@ def test_robustbench_architectures_need_the_optional_extra() -> None:
         assert "pip install 'gauntlet[robustbench]'" in str(exc)
         assert importlib.util.find_spec("robustbench") is None or "not importable" in str(exc)
         return
-    assert set(net.state_dict()) == set(WideResNet(depth=28, widen_factor=10).state_dict())
+    # Gauntlet's own WideResNet takes RobustBench's weights strictly and computes the same logits
+    for rb, mine in ((net, WideResNet(depth=28, widen_factor=10, sub_block1=True)),
+                     (robustbench_model("Rebuffi2021Fixing_28_10_cutmix_ddpm", "cifar10", "L2"),
+                      DMWideResNet(depth=28, width=10, activation="swish"))):
+        mine.load_state_dict(rb.state_dict(), strict=True)
+        x = torch.rand(2, 3, 32, 32)
+        assert torch.allclose(rb.eval()(x), mine.eval()(x), atol=1e-4)
     with pytest.raises(ConfigError, match=r"'Nope2000' is not a RobustBench cifar10/Linf entry"):
         robustbench_model("Nope2000")

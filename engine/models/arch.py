@@ -65,19 +65,42 @@ def timm_model(model_name: str, num_classes: int, in_chans: int = 3, **kwargs: A
     return timm.create_model(model_name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
 
 
+def _import_robustbench_zoo() -> Any:
+    """``robustbench.model_zoo`` without running ``robustbench/__init__``.
+
+    robustbench 1.1.1's top-level package imports its data, evaluation and download code, which needs
+    ``pkg_resources`` (gone from setuptools ≥ 81), ``pandas`` and a module named ``autoattack`` that its
+    declared dependency ``pyautoattack`` does not provide; the zoo itself needs none of them.
+    """
+    import importlib
+    import importlib.util
+    import sys
+    import types
+
+    if "robustbench" not in sys.modules:
+        spec = importlib.util.find_spec("robustbench")
+        if spec is None or not spec.submodule_search_locations:
+            raise ImportError("No module named 'robustbench'")
+        stub = types.ModuleType("robustbench")
+        stub.__path__ = list(spec.submodule_search_locations)
+        sys.modules["robustbench"] = stub
+    return importlib.import_module("robustbench.model_zoo")
+
+
 def robustbench_model(model_name: str, dataset: str = "cifar10", threat_model: str = "Linf") -> nn.Module:
     """The architecture of a RobustBench zoo entry (weights come from ``checkpoint``; nothing is downloaded).
 
     Needs the optional ``robustbench`` extra (``pip install 'gauntlet[robustbench]'``).
     """
     try:
-        from robustbench.model_zoo import model_dicts
+        zoo = _import_robustbench_zoo()
         from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
     except ImportError as exc:
         raise ConfigError(
             f"arch uses RobustBench's zoo but robustbench is not importable ({exc}); install the optional extra: "
             "pip install 'gauntlet[robustbench]' (it pins timm==1.0.9)"
         ) from None
+    model_dicts = zoo.model_dicts
     try:
         ds, tm = BenchmarkDataset(dataset), ThreatModel(threat_model)
     except ValueError as exc:

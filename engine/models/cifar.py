@@ -182,17 +182,22 @@ class _NetworkBlock(nn.Module):
 
 
 class WideResNet(nn.Module):
-    """WideResNet-``depth``-``widen_factor`` in the TRADES / RobustBench key layout."""
+    """WideResNet-``depth``-``widen_factor`` in the TRADES / RobustBench key layout.
+
+    ``sub_block1: true`` adds the unused ``sub_block1`` that TRADES-era checkpoints (e.g. Zhang 2019) hold.
+    """
 
     def __init__(self, depth: int = 28, widen_factor: int = 10, num_classes: int = 10, activation: str = "relu",
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                 bias_last: bool = True) -> None:
+                 bias_last: bool = True, sub_block1: bool = False) -> None:
         super().__init__()
         n, act = _check_depth(depth), _activation(activation)
         ch = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
         self.normalize = _InputNorm(mean, std)
         self.conv1 = nn.Conv2d(3, ch[0], 3, stride=1, padding=1, bias=False)
         self.block1 = _NetworkBlock(n, ch[0], ch[1], 1, act)
+        if sub_block1:  # TRADES' checkpoints carry this never-used block; it exists only so they load strictly
+            self.sub_block1 = _NetworkBlock(n, ch[0], ch[1], 1, act)
         self.block2 = _NetworkBlock(n, ch[1], ch[2], 2, act)
         self.block3 = _NetworkBlock(n, ch[2], ch[3], 2, act)
         self.bn1, self.relu = nn.BatchNorm2d(ch[3]), act()
