@@ -70,6 +70,10 @@ def _dataset_overrides(name: str, root: Path) -> list[str]:
         return [f"dataset.root={root}"]
     if name == "npz":
         return [f"dataset.path={fx.write_npz(root / 'x.npz', images, labels)}"]
+    if name == "cifar10_c":
+        np.save(root / "gaussian_noise.npy", np.concatenate([images] * 5))
+        np.save(root / "labels.npy", np.tile(labels, 5))
+        return [f"dataset.root={root}"]
     return []
 
 
