@@ -258,3 +258,55 @@ def test_a_name_cannot_relabel_one_dataset_as_another(tmp_path: Path, arrays) ->
     fx.write_image_folder(tmp_path / "f", images[:2], np.array([0, 1]), ["a", "b"])
     with pytest.raises(ConfigError, match=r"dataset.name='digits'"):
         load_image_folder(str(tmp_path / "f"), name="digits")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"channels": 4}, r"dataset\.channels=4 must be 1 \(grayscale\) or 3 \(RGB\)"),
+        ({"resize": 0}, r"dataset\.resize=0 must be a positive integer or null"),
+        ({"crop": "224"}, r"dataset\.crop='224' must be a positive integer"),
+        ({"workers": 0}, r"dataset\.workers=0 must be an integer 1-64"),
+        ({"check": "full"}, r"dataset\.check='full' is not one of header, none"),
+        ({"crop": 64}, r"smaller than dataset\.crop=64; set dataset\.resize ≥ crop"),
+        ({"subset": "random", "subset_seed": "x"}, r"dataset\.subset_seed='x' must be an integer"),
+    ],
+)
+def test_image_folder_option_errors(tmp_path: Path, arrays, kwargs, match: str) -> None:
+    images, _ = arrays
+    fx.write_image_folder(tmp_path, images[:2], np.array([0, 1]), ["a", "b"])
+    with pytest.raises(ConfigError, match=match):
+        load_image_folder(str(tmp_path), name="opts", **kwargs).slice(0, 2)
+
+
+def test_cifar_and_npz_option_errors(tmp_path: Path, arrays) -> None:
+    images, labels = arrays
+    fx.write_cifar_python(tmp_path, images, labels)
+    with pytest.raises(ConfigError, match=r"dataset\.split='val' is not one of test, train"):
+        load_cifar10(str(tmp_path), split="val")
+    with pytest.raises(ConfigError, match=r"dataset\.layout='hdf5' is not one of auto, python, binary"):
+        load_cifar10(str(tmp_path), layout="hdf5")
+    with pytest.raises(ConfigError, match=r"holds no cifar10 test split.*binary layout"):
+        load_cifar10(str(tmp_path), layout="binary")
+    with pytest.raises(ConfigError, match=r"dataset\.label_type='mid' is not one of fine, coarse"):
+        load_cifar100(str(tmp_path), label_type="mid")
+    np.savez(tmp_path / "y2d.npz", x=images, y=labels[:, None])
+    with pytest.raises(ConfigError, match=r"y is int64 \(24, 1\) for 24 images; expected 24 integer labels"):
+        load_npz(str(tmp_path / "y2d.npz"))
+    np.savez(tmp_path / "i32.npz", x=images.astype(np.int32), y=labels)
+    with pytest.raises(ConfigError, match=r"x has dtype int32; expected uint8 or float"):
+        load_npz(str(tmp_path / "i32.npz"))
+    np.savez(tmp_path / "chw.npz", x=images.transpose(0, 3, 1, 2).copy(), y=labels)
+    with pytest.raises(ConfigError, match=r"read as NHWC has 32 channels; set dataset\.layout=nhwc or nchw"):
+        load_npz(str(tmp_path / "chw.npz"))
+    assert load_npz(str(tmp_path / "chw.npz"), layout="nchw").image_shape == (3, 32, 32)
+    with pytest.raises(ConfigError, match=r"k\.npz \(y\): label 7 at index 1 is outside 0…4 \(5 classes\)"):
+        load_npz(str(fx.write_npz(tmp_path / "k.npz", images, labels)), num_classes=5)
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(ConfigError, match=r"bad\.npz: not a readable \.npz \(not a zip archive\)"):
+        load_npz(str(tmp_path / "bad.npz"))
+    marker = tmp_path / "pwned"
+    (tmp_path / "pickle.npz").write_bytes(pickle.dumps(_Payload(marker)))
+    with pytest.raises(ConfigError, match=r"pickle\.npz: not a readable \.npz \(a pickle \(it was not unpickled\)\)"):
+        load_npz(str(tmp_path / "pickle.npz"))
+    assert not marker.exists()

@@ -287,3 +287,20 @@ def test_robustbench_architectures_need_the_optional_extra() -> None:
         assert torch.allclose(rb.eval()(x), mine.eval()(x), atol=1e-4)
     with pytest.raises(ConfigError, match=r"'Nope2000' is not a RobustBench cifar10/Linf entry"):
         robustbench_model("Nope2000")
+
+
+def test_checkpoint_option_errors(tmp_path: Path, small_state) -> None:
+    safe = tmp_path / "m.safetensors"
+    save_checkpoint(small_state, safe, {})
+    with pytest.raises(ConfigError, match=r"model\.m\.format='onnx' is not one of auto, safetensors, torch"):
+        build_model("m", _cfg(safe, format="onnx"), CPU)
+    with pytest.raises(ConfigError, match=r"model\.m\.state_key is for torch files"):
+        build_model("m", _cfg(safe, state_key="model"), CPU)
+    with pytest.raises(ConfigError, match=r"model\.m\.strict='yes' must be true or false"):
+        build_model("m", _cfg(safe, strict="yes"), CPU)
+    with pytest.raises(CheckpointError, match=r"is not a loadable TorchScript archive"):
+        build_model("m", _cfg(safe, format="torchscript"), CPU)
+    with pytest.raises(ConfigError, match=r"model\.m\.checkpoint is not set; pass model\.m\.checkpoint="):
+        ensure_checkpoint("m", _cfg(Path("???")))
+    with pytest.raises(CheckpointError, match=r"checkpoint=pkg://no_such_pkg_xyz/w\.pt: package 'no_such_pkg_xyz'"):
+        ensure_checkpoint("m", {**_cfg(safe), "checkpoint": "pkg://no_such_pkg_xyz/w.pt"})

@@ -35,6 +35,12 @@ class ArraySet(LazyDataset):
 def _read(path: Path, x_key: str, y_key: str) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
         raise ConfigError(f"dataset.path={path} is not a file; expected an .npz with {EXPECTED}")
+    if not zipfile.is_zipfile(path):  # np.load would treat anything else as .npy or a pickle
+        with path.open("rb") as f:
+            head = f.read(8)
+        what = ("a pickle (it was not unpickled)" if head[:1] == b"\x80"
+                else "an .npy array" if head.startswith(b"\x93NUMPY") else "not a zip archive")
+        raise ConfigError(f"{path}: not a readable .npz ({what}); expected an .npz with {EXPECTED}")
     try:
         with np.load(path, allow_pickle=False) as f:
             keys = list(f.keys())
