@@ -310,3 +310,12 @@ def test_cifar_and_npz_option_errors(tmp_path: Path, arrays) -> None:
     with pytest.raises(ConfigError, match=r"pickle\.npz: not a readable \.npz \(a pickle \(it was not unpickled\)\)"):
         load_npz(str(tmp_path / "pickle.npz"))
     assert not marker.exists()
+
+
+def test_cli_refuses_a_dataset_name_override_that_relabels(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    from tests.conftest import run_cli, tiny_overrides
+
+    proc = run_cli(*tiny_overrides(tiny_checkpoint, tmp_path, "dataset.name=cifar10", "perturbation=[clean]"))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "dataset.name='cifar10'" in proc.stderr and "cannot relabel" in proc.stderr
+    assert not (tmp_path / "results").exists()
