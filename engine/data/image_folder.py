@@ -97,7 +97,7 @@ class ImageFolderSet(LazyDataset):
                 if self._crop:
                     img = _center_crop(img, self._crop, path)
                 arr = np.asarray(img, dtype=np.uint8)
-        except (OSError, ValueError, SyntaxError) as exc:
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
             raise ConfigError(
                 f"image {path} cannot be decoded ({exc}); it is corrupt, truncated or not an image"
             ) from None
