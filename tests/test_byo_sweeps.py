@@ -126,13 +126,19 @@ def test_autoattack_example_checkpoint_matches_the_original(tmp_path: Path, monk
     assert outcome.plan.tasks[0].checkpoint_sha256 == cfg["model"]["autoattack_resnet18"]["sha256"]
 
 
+# VmHWM is this process's own high-water mark; ru_maxrss would also count the parent's RSS at fork time
+# (Linux carries it across fork + exec), so a big pytest process would hide the difference.
 PROBE = """
-import json, resource, sys
+import json, re, resource, sys
 from engine.config import compose_sweep
 from engine.sweep import run_sweep
 cfg = compose_sweep(sys.argv[1:])
 run_sweep(cfg)
-print(json.dumps({"peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+try:
+    peak = int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1))
+except OSError:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"peak_kib": peak}))
 """
 
 
