@@ -319,3 +319,21 @@ def test_cli_refuses_a_dataset_name_override_that_relabels(tmp_path: Path, tiny_
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "dataset.name='cifar10'" in proc.stderr and "cannot relabel" in proc.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_header_check_runs_once_per_unchanged_listing(tmp_path: Path, arrays, monkeypatch) -> None:
+    from PIL import Image
+
+    images, _ = arrays
+    fx.write_image_folder(tmp_path, images[:4], np.array([0, 1, 0, 1]), ["a", "b"])
+    opened: list[str] = []
+    real_open = Image.open
+    monkeypatch.setattr(Image, "open", lambda p, *a, **k: opened.append(str(p)) or real_open(p, *a, **k))
+    load_image_folder(str(tmp_path), name="once")
+    first = len(opened)
+    load_image_folder(str(tmp_path), name="once")  # planner, then evaluator: headers are not re-read
+    assert first == 4 + 1 and len(opened) == first + 1  # 4 headers + 1 decoded first image, then 1 decode
+    victim = sorted((tmp_path / "a").iterdir())[0]
+    victim.write_bytes(b"garbage")  # a changed file is checked again
+    with pytest.raises(ConfigError, match=rf"image {victim} is not a readable image"):
+        load_image_folder(str(tmp_path), name="once")

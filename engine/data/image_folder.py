@@ -127,9 +127,29 @@ def _center_crop(img, size: int, path: Path):  # type: ignore[no-untyped-def]
     return img.crop((left, top, left + size, top + size))
 
 
+_CHECKED: set[str] = set()  # listings (paths, sizes, mtimes) whose headers passed in this process
+
+
+def _stamp(files: list[Path]) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in files:
+        st = f.stat()
+        h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
 def _check_headers(files: list[Path], workers: int) -> None:
-    """Open every file's header (cheap, no pixel decoding): a non-image or empty file fails up front."""
+    """Open every file's header (cheap, no pixel decoding): a non-image or empty file fails up front.
+
+    The planner and the evaluator both load the dataset; an unchanged listing is checked once per process.
+    """
     from PIL import Image
+
+    stamp = _stamp(files)
+    if stamp in _CHECKED:
+        return
 
     def check(path: Path) -> str | None:
         try:
@@ -143,6 +163,7 @@ def _check_headers(files: list[Path], workers: int) -> None:
         for problem in pool.map(check, files):
             if problem:
                 raise ConfigError(problem + "; remove or replace it")
+    _CHECKED.add(stamp)
 
 
 def load_image_folder(
