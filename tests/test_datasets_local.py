@@ -337,3 +337,15 @@ def test_header_check_runs_once_per_unchanged_listing(tmp_path: Path, arrays, mo
     victim.write_bytes(b"garbage")  # a changed file is checked again
     with pytest.raises(ConfigError, match=rf"image {victim} is not a readable image"):
         load_image_folder(str(tmp_path), name="once")
+
+
+def test_take_decodes_only_the_asked_rows_in_both_dataset_kinds(tmp_path: Path, arrays) -> None:
+    images, labels = arrays
+    fx.write_cifar_python(tmp_path, images, labels)
+    lazy = load_cifar10(str(tmp_path), subset="random", subset_seed=3)
+    eager = lazy.slice(0, len(lazy))
+    for data in (lazy, eager):
+        rows = data.take([5, 0, 17])
+        assert torch.equal(rows.sample_ids, eager.sample_ids[[5, 0, 17]])
+        assert torch.equal(rows.images, eager.images[[5, 0, 17]]) and torch.equal(rows.labels, eager.labels[[5, 0, 17]])
+    assert lazy.nbytes(10) == 10 * 3 * 32 * 32 * 4

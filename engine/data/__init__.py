@@ -11,6 +11,7 @@ Two shapes share one interface (``name``, ``num_classes``, ``labels``, ``sample_
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -48,6 +49,11 @@ class SampleSet:
             self.num_classes,
         )
 
+    def take(self, positions: Sequence[int] | np.ndarray) -> SampleSet:
+        """Rows at ``positions`` (in this set's order), e.g. the few samples a sanity check re-attacks."""
+        idx = torch.as_tensor(np.asarray(positions, dtype=np.int64))
+        return SampleSet(self.name, self.images[idx], self.labels[idx], self.sample_ids[idx], self.num_classes)
+
 
 @runtime_checkable
 class Dataset(Protocol):
@@ -68,6 +74,8 @@ class Dataset(Protocol):
     def __len__(self) -> int: ...
 
     def slice(self, start: int, stop: int) -> SampleSet: ...
+
+    def take(self, positions: Sequence[int] | np.ndarray) -> SampleSet: ...
 
 
 SUBSETS = ("first", "random")
@@ -131,6 +139,17 @@ class LazyDataset:
         idx = self._order[start:stop]
         images = self.decode(idx)
         return SampleSet(self.name, images, self._labels[start:stop], self._ids[start:stop], self.num_classes)
+
+    def take(self, positions: Sequence[int] | np.ndarray) -> SampleSet:
+        """Decode only the rows at ``positions`` (in this dataset's order)."""
+        pos = np.asarray(positions, dtype=np.int64)
+        sel = torch.from_numpy(pos)
+        return SampleSet(self.name, self.decode(self._order[pos]), self._labels[sel], self._ids[sel], self.num_classes)
+
+    def nbytes(self, n: int | None = None) -> int:
+        """Bytes the first ``n`` rows (all by default) take once decoded as float32, without decoding them."""
+        c, h, w = self._shape
+        return (len(self) if n is None else min(n, len(self))) * c * h * w * 4
 
 
 def required_path(value: object, key: str, expected: str) -> str:
