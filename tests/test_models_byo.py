@@ -267,7 +267,7 @@ def test_literature_architectures_options() -> None:
         DMWideResNet(depth=16, width=1, activation="gelu")
 
 
-def test_robustbench_architectures_need_the_optional_extra() -> None:
+def test_robustbench_architectures_need_the_optional_extra(tmp_path: Path) -> None:
     import importlib.util
 
     from engine.models.arch import robustbench_model
@@ -287,6 +287,14 @@ def test_robustbench_architectures_need_the_optional_extra() -> None:
         assert torch.allclose(rb.eval()(x), mine.eval()(x), atol=1e-4)
     with pytest.raises(ConfigError, match=r"'Nope2000' is not a RobustBench cifar10/Linf entry"):
         robustbench_model("Nope2000")
+    # a config naming the entry builds its architecture and loads the weights from a local file
+    path = tmp_path / "carmon.safetensors"
+    save_checkpoint(net.state_dict(), path, {})
+    arch = {"_target_": "engine.models.arch.robustbench_model", "model_name": "Carmon2019Unlabeled",
+            "dataset": "cifar10", "threat_model": "Linf"}
+    model = build_model("rb", {**_cfg(path), "arch": arch, "mean": [0.0] * 3, "std": [1.0] * 3}, CPU)
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.allclose(model(x), net(x), atol=1e-5)
 
 
 def test_checkpoint_option_errors(tmp_path: Path, small_state) -> None:
