@@ -21,6 +21,7 @@ SUBCOMMANDS = {  # gauntlet <subcommand> …: each module owns its logic and ret
     "compact": "engine.compact:main",
     "report": "engine.sinks.report:main",
     "compare": "engine.compare:main",
+    "convert-checkpoint": "engine.models.convert:main",
 }
 
 
@@ -48,7 +49,7 @@ def _precheck(argv: list[str]) -> list[str]:
 
 
 def main() -> None:
-    """Console entry point: a subcommand (``gauntlet report|compare|compact …``), or a sweep through Hydra."""
+    """Console entry point: a subcommand (``gauntlet report|compare|compact|convert-checkpoint``) or a sweep."""
     argv = sys.argv[1:]
     if argv and argv[0] in SUBCOMMANDS:
         import importlib

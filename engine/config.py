@@ -34,6 +34,12 @@ class ModelConfig:
     sha256: Optional[str] = None  # noqa: UP045 (OmegaConf needs typing.Optional)
     train: Optional[TrainConfig] = None  # noqa: UP045
     memory_format: str = "contiguous"  # or channels_last: faster convolutions for some models (docs/BENCHMARKS.md)
+    # checkpoint options (docs/models-and-data.md)
+    format: str = "auto"  # auto (by suffix) | safetensors | torch | torchscript
+    state_key: Optional[str] = None  # noqa: UP045  dotted key of the weights in a nested torch file
+    strip_prefix: Optional[str] = None  # noqa: UP045  null = strip "module." when every key has it
+    strict: bool = True
+    train_if_missing: Optional[bool] = None  # noqa: UP045  null = only at the embedded default location
 
 
 @dataclass

@@ -6,9 +6,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+import torch
+
 from engine.config import schema_problems
 from engine.errors import ConfigError
 from engine.levels import Labels, check_units, normalize_levels
+from engine.models.fit import check_fits
 from engine.models.loader import ensure_checkpoint
 from engine.resources import build_dataset, build_perturbation
 from engine.seeding import stable_hash
@@ -104,12 +107,14 @@ def make_plan(
             f"use n_examples≤{len(data)}"
         )
     perts = {name: build_perturbation(name, pcfg) for name, pcfg in cfg["perturbation"].items()}
-    _check_threat_models(perts, tuple(data.images.shape[1:]))
-    shas = {name: ensure_checkpoint(name, mcfg, progress) for name, mcfg in cfg["model"].items()}
+    _check_threat_models(perts, tuple(data.image_shape))
+    cache_dir = cfg.get("cache_dir")
+    shas = {name: ensure_checkpoint(name, mcfg, progress, cache_dir) for name, mcfg in cfg["model"].items()}
     seed = int(cfg["seed"])
     tasks = []
     for model_name, model_cfg in cfg["model"].items():
-        identity = {k: v for k, v in model_cfg.items() if k not in ("checkpoint", "sha256", "train")}
+        identity = {k: v for k, v in model_cfg.items()
+                    if k not in ("checkpoint", "sha256", "train", "train_if_missing")}
         for pert_name, pert in perts.items():
             pert_cfg = dict(cfg["perturbation"][pert_name])
             for start, stop in shard_ranges(n_examples, shard_size):
@@ -133,6 +138,9 @@ def make_plan(
     todo = tuple(t for t in tasks if not is_done(t.task_id))
     if check_model is not None:
         for name in dict.fromkeys(t.model_name for t in todo):
-            check_model(name, cfg["model"][name])
+            model = check_model(name, cfg["model"][name])
+            if isinstance(model, torch.nn.Module):  # channels, image size, classes, float logits
+                check_fits(name, model, data.image_shape, data.num_classes, data.name,
+                           next(model.buffers(), torch.empty(0)).device)
     return Plan(run_id, tuple(tasks), todo)
 

@@ -9,7 +9,7 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 
-from engine.data import SampleSet
+from engine.data import Dataset
 from engine.errors import ConfigError, GauntletError
 from engine.models.loader import build_model
 from engine.perturbations.base import Perturbation
@@ -68,7 +68,7 @@ def build_perturbation(name: str, cfg: Mapping[str, Any]) -> Perturbation:
     return pert
 
 
-def build_dataset(cfg: Mapping[str, Any]) -> SampleSet:
+def build_dataset(cfg: Mapping[str, Any]) -> Dataset:
     kwargs = dict(cfg)
     try:
         data = instantiate(kwargs, _convert_="all")
@@ -77,8 +77,8 @@ def build_dataset(cfg: Mapping[str, Any]) -> SampleSet:
         if isinstance(err, GauntletError):
             raise err from None
         raise ConfigError(f"dataset cannot be loaded: {exc}") from None
-    if not isinstance(data, SampleSet):
-        raise ConfigError(f"dataset._target_ must return a SampleSet, got {type(data).__name__}")
+    if not isinstance(data, Dataset):
+        raise ConfigError(f"dataset._target_ must return a dataset (engine.data.Dataset), got {type(data).__name__}")
     return data
 
 
@@ -88,7 +88,7 @@ class Resources:
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self._models: dict[str, torch.nn.Module] = {}
-        self._datasets: dict[str, SampleSet] = {}
+        self._datasets: dict[str, Dataset] = {}
         self._perts: dict[str, Perturbation] = {}
 
     def model(self, name: str, cfg: Mapping[str, Any]) -> torch.nn.Module:
@@ -97,7 +97,7 @@ class Resources:
             self._models[key] = build_model(name, cfg, self.device)
         return self._models[key]
 
-    def dataset(self, cfg: Mapping[str, Any]) -> SampleSet:
+    def dataset(self, cfg: Mapping[str, Any]) -> Dataset:
         key = stable_hash(cfg)
         if key not in self._datasets:
             self._datasets[key] = build_dataset(cfg)

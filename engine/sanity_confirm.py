@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from engine.data import Dataset
 from engine.perturbations.autoattack import APGD
 from engine.perturbations.base import BatchContext
 from engine.perturbations.suite import AttackSuite
@@ -154,10 +155,12 @@ class SweepConfirmer:
     so a caller (or a test) can see what it paid.
     """
 
-    def __init__(self, model_for: Callable[[str], torch.nn.Module], images: torch.Tensor, labels: torch.Tensor,
-                 ids: torch.Tensor, device: torch.device, *, seed: int = 0, eot: int = 1,
+    def __init__(self, model_for: Callable[[str], torch.nn.Module], images: torch.Tensor | Dataset,
+                 labels: torch.Tensor, ids: torch.Tensor, device: torch.device, *, seed: int = 0, eot: int = 1,
                  batch_size: int = 100, n_iter: int = STRONG_N_ITER, ce_restarts: int = STRONG_CE_RESTARTS,
                  n_target_classes: int = STRONG_TARGETS) -> None:
+        # ``images`` may be a dataset (rows aligned with ``labels``/``ids``): then only the flagged
+        # rows are ever decoded, so an ImageNet-size sweep never holds its images here
         self.model_for, self.images, self.labels, self.device = model_for, images, labels, device
         self.pos = {int(s): i for i, s in enumerate(ids.tolist())}
         self.seed, self.eot, self.batch_size = seed, eot, batch_size
@@ -169,7 +172,8 @@ class SweepConfirmer:
         if norm not in CONFIRM_NORMS or len(ids) < len(sample_ids):
             return None  # cannot confirm: APGD has no such norm, or samples outside the swept data
         rows = torch.tensor([self.pos[s] for s in ids], dtype=torch.int64)
-        x, y = self.images[rows].to(self.device), self.labels[rows].to(self.device)
+        x = self.images[rows] if isinstance(self.images, torch.Tensor) else self.images.take(rows.numpy()).images
+        x, y = x.to(self.device), self.labels[rows].to(self.device)
         model = self.model_for(model_name)
         suite = strong_suite(norm, eps, eot=self.eot if self.eot > 1 and _randomised(model, x) else 1,
                              **self.strength)

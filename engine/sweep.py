@@ -128,13 +128,13 @@ def sanity_flags(cfg: Mapping[str, Any], models: list[str], table: Any, resource
     (docs/sanity.md)."""
     attacks_eot = {name: p.eot_iter for name, p in perts.items() if p.family == "attack"}
     data = resources.dataset(dict(cfg["dataset"]))
-    swept = data.slice(0, min(len(data), int(cfg["n_examples"])))
-    confirmer = SweepConfirmer(lambda name: resources.model(name, cfg["model"][name]), swept.images,
-                               swept.labels, swept.sample_ids, resources.device, seed=int(cfg["seed"]),
+    n = min(len(data), int(cfg["n_examples"]))
+    confirmer = SweepConfirmer(lambda name: resources.model(name, cfg["model"][name]), data,
+                               data.labels[:n], data.sample_ids[:n], resources.device, seed=int(cfg["seed"]),
                                eot=max(attacks_eot.values(), default=1), batch_size=int(cfg["batch_size"]))
     flags = result_flags(table, perts, confirmer) + clean_accuracy_flags(table, data.num_classes)
     if attacks_eot:
-        probe = swept.slice(0, PROBE_SAMPLES)
+        probe = data.slice(0, min(n, PROBE_SAMPLES))
         x, y = probe.images.to(resources.device), probe.labels.to(resources.device)
         for name in models:
             flags += probe_model(resources.model(name, cfg["model"][name]), x, y, name, attacks_eot)

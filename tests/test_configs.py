@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from hydra.utils import instantiate
 
 from engine.config import CONFIG_DIR
@@ -29,11 +30,18 @@ def test_primary_config_composes_with_the_documented_defaults() -> None:
 
 @pytest.mark.parametrize("name", _group_files("model"))
 def test_model_config_composes_and_arch_instantiates(name: str) -> None:
+    from engine.models.arch import instantiate_arch
+    from engine.models.loader import build_model, checkpoint_path
+
     cfg = compose_dict([f"model=[{name}]"])
     mcfg = cfg["model"][name]
-    net = instantiate(mcfg["arch"])
+    net = instantiate_arch(name, mcfg["arch"])
     assert sum(p.numel() for p in net.parameters()) > 0
     assert len(mcfg["mean"]) == len(mcfg["std"])
+    if mcfg["checkpoint"] != "???" and not mcfg.get("train") and checkpoint_path(mcfg, name).is_file():
+        # a shipped checkpoint (e.g. AutoAttack's example in the pyautoattack wheel) loads strictly
+        model = build_model(name, mcfg, torch.device("cpu"))
+        assert model(torch.rand(1, len(mcfg["mean"]), 32, 32)).shape[1] == mcfg["arch"]["num_classes"]
 
 
 @pytest.mark.parametrize("name", _group_files("perturbation"))
@@ -47,11 +55,39 @@ def test_perturbation_config_composes_and_instantiates(name: str) -> None:
         assert pert.family in ("clean", "attack", "corruption")
 
 
+def _dataset_overrides(name: str, root: Path) -> list[str]:
+    """Overrides pointing a dataset config at a generated fixture in its layout (none for embedded data)."""
+    import numpy as np
+
+    from tests import data_fixtures as fx
+
+    images, labels = fx.smooth_images(12, seed=1), np.arange(12) % 10
+    if name in ("cifar10", "cifar100"):
+        fx.write_cifar_python(root, images, labels, cifar100=name == "cifar100")
+        return [f"dataset.root={root}"]
+    if name == "image_folder":
+        fx.write_image_folder(root, images, labels, [f"class_{i}" for i in range(10)])
+        return [f"dataset.root={root}"]
+    if name == "npz":
+        return [f"dataset.path={fx.write_npz(root / 'x.npz', images, labels)}"]
+    if name == "cifar10_c":
+        np.save(root / "gaussian_noise.npy", np.concatenate([images] * 5))
+        np.save(root / "labels.npy", np.tile(labels, 5))
+        return [f"dataset.root={root}"]
+    return []
+
+
 @pytest.mark.parametrize("name", _group_files("dataset"))
-def test_dataset_config_composes_and_loads(name: str) -> None:
-    cfg = compose_dict([f"dataset={name}"])
-    data = instantiate(cfg["dataset"])
-    assert len(data) > 0 and data.images.min() >= 0 and data.images.max() <= 1
+def test_dataset_config_composes_and_loads(name: str, tmp_path: Path) -> None:
+    from engine.data import Dataset
+
+    cfg = compose_dict([f"dataset={name}", *_dataset_overrides(name, tmp_path)])
+    assert all(v != "???" for v in cfg["dataset"].values()), f"dataset={name} needs a fixture in _dataset_overrides"
+    data = instantiate(cfg["dataset"], _convert_="all")
+    assert isinstance(data, Dataset) and len(data) > 0 and len(data.labels) == len(data) == len(data.sample_ids)
+    rows = data.slice(0, 5)
+    assert rows.images.shape[:2] == (5, data.image_shape[0]) and tuple(rows.images.shape[1:]) == data.image_shape
+    assert rows.images.min() >= 0 and rows.images.max() <= 1 and int(data.labels.max()) < data.num_classes
 
 
 @pytest.mark.parametrize("name", _group_files("runner"))

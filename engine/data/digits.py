@@ -7,7 +7,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from engine.data import SampleSet
+from engine.data import SampleSet, fixed_dataset_name
 from engine.errors import ConfigError
 
 SPLITS = ("train", "test", "all")
@@ -24,6 +24,7 @@ def load_digits(name: str = "digits", image_size: int = 32, split: str = "test")
     """
     from sklearn.datasets import load_digits as sk_load_digits  # bundled file, no download
 
+    fixed_dataset_name(name, "digits")
     if split not in SPLITS:
         raise ConfigError(f"dataset.split={split!r} is not one of {', '.join(SPLITS)}")
     if image_size < 8:

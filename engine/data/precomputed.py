@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.data import SampleSet
+from engine.data import SampleSet, required_path, user_dataset_name
 from engine.errors import ConfigError
 
 KNOWN_CLASSES = {"cifar10": 10, "cifar10_c": 10, "cifar100": 100, "cifar100_c": 100, "tiny_imagenet": 200}
@@ -59,7 +59,7 @@ def load_precomputed(
     ``num_classes``: given, or known from ``dataset`` (cifar10 / cifar100 /
     tiny_imagenet), else ``max(label) + 1``.
     """
-    base = Path(root).expanduser()
+    base = Path(required_path(root, "root", "a folder with <corruption>.npy and labels.npy")).expanduser()
     if isinstance(severity, bool) or int(severity) != severity or not 1 <= severity <= N_SEVERITIES:
         raise ConfigError(f"precomputed set {base}: severity {severity!r} is not an integer 1-5")
     path = base / f"{corruption}.npy"
@@ -80,7 +80,7 @@ def load_precomputed(
     if num_classes is None:
         num_classes = KNOWN_CLASSES.get(dataset, int(labels.max()) + 1 if labels.size else 0)
     return SampleSet(
-        name or f"{dataset}/{corruption}/s{severity}",
+        user_dataset_name(name, "precomputed") if name else f"{dataset}/{corruption}/s{severity}",
         images.contiguous(),
         torch.from_numpy(labels),
         torch.arange(per_block, dtype=torch.int64),

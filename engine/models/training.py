@@ -10,10 +10,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
 from tqdm.auto import tqdm
 
 from engine.data.digits import load_digits
+from engine.models.arch import instantiate_arch
 from engine.models.checkpoint import save_checkpoint
 from engine.models.wrapper import NormalizedModel
 
@@ -49,7 +49,7 @@ def train_embedded(
     data = load_digits(split="train", image_size=32)
     gen = torch.Generator().manual_seed(int(recipe["seed"]))
     torch.manual_seed(int(recipe["seed"]))
-    net = instantiate(dict(arch_cfg))
+    net = instantiate_arch(name, arch_cfg)
     model = NormalizedModel(net, mean, std)
     opt = torch.optim.Adam(model.parameters(), lr=float(recipe["lr"]))
     epochs, bs = int(recipe["epochs"]), int(recipe["batch_size"])

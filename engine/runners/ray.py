@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from engine.data import SampleSet
 from engine.errors import CheckpointError, ConfigError, GauntletError
 from engine.resources import Resources
 from engine.runners.base import RunContext
@@ -234,6 +235,10 @@ class RayRunner:
         for t in {stable_hash(t.dataset): t for t in tasks}.values():
             key = stable_hash(t.dataset)
             data = res.dataset(t.dataset)
+            if not isinstance(data, SampleSet):  # decoded on demand: each worker reads only its shards' rows
+                log.info("dataset %s is read from its files by each worker (only the rows of its tasks)",
+                         t.dataset_name)
+                continue
             stop = max(u.stop for u in tasks if stable_hash(u.dataset) == key)
             prefix = data.slice(0, stop)
             mb = prefix.images.element_size() * prefix.images.nelement() / MiB

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from engine.data import SampleSet
+from engine.data import Dataset, SampleSet
 from engine.errors import CheckpointError, GauntletError
 from engine.evaluate import evaluate
 from engine.models.loader import build_model
@@ -74,7 +74,7 @@ class WorkerResources(Resources):
         self._lru[key] = model
         return model
 
-    def dataset(self, cfg: Mapping[str, Any]) -> SampleSet:
+    def dataset(self, cfg: Mapping[str, Any]) -> Dataset:
         key = stable_hash(cfg)
         if key in self.shipped_data:
             return self.shipped_data[key]
