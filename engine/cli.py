@@ -19,6 +19,10 @@ register_schemas()
 
 def main() -> None:
     """Console entry point: check group choices (listing valid ones), then hand over to Hydra."""
+    if sys.argv[1:2] == ["verify"]:  # a subcommand with its own arguments, before Hydra sees argv
+        from engine.claims.cli import main as verify_main
+
+        sys.exit(verify_main(sys.argv[2:]))
     problems = unknown_choices(sys.argv[1:], [Path(CONFIG_DIR)])
     if problems:
         for p in problems:

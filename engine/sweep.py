@@ -73,7 +73,7 @@ def run_sweep(cfg: Mapping[str, Any]) -> SweepOutcome:
               render_attack_summary(table, suites)]
     summary = render_table(rows, models, perts) + "".join(f"\n\n{b}" for b in blocks if b) + render_flags(flags)
     out_dir = Path(str(cfg["out_dir"])).expanduser()
-    _write_sidecars(out_dir, cfg, plan, summary)
+    _write_sidecars(out_dir, cfg, plan, summary, {n: p.threat_model.as_dict() for n, p in built.items()})
     _write_flags(out_dir, plan, flags)
     return SweepOutcome(plan, store.dir, rows, summary, evaluated, flags)
 
@@ -125,8 +125,10 @@ def _execute(todo: tuple[Task, ...], runner: Runner, device: torch.device, resou
     return done
 
 
-def _write_sidecars(out_dir: Path, cfg: Mapping[str, Any], plan: Plan, summary: str) -> None:
-    """``sweep.json`` (config + task ids) and ``summary.txt`` next to ``results/``, never inside it."""
+def _write_sidecars(out_dir: Path, cfg: Mapping[str, Any], plan: Plan, summary: str,
+                    threat_models: Mapping[str, Any] | None = None) -> None:
+    """``sweep.json`` (config, task ids, each perturbation's threat model) and ``summary.txt`` next to
+    ``results/``, never inside it."""
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = {
         "run_id": plan.run_id,
@@ -136,6 +138,7 @@ def _write_sidecars(out_dir: Path, cfg: Mapping[str, Any], plan: Plan, summary: 
              "rows": [t.start, t.stop], "checkpoint_sha256": t.checkpoint_sha256}
             for t in plan.tasks
         ],
+        "threat_models": dict(threat_models or {}),  # engine/threat_model.py, docs/threat-model.md
     }
     (out_dir / "sweep.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
     (out_dir / "summary.txt").write_text(summary + "\n")
