@@ -38,7 +38,7 @@ def estimate(scores: Sequence[float]) -> Estimate:
         return Estimate(float("nan"), float("nan"), float("nan"), 0, True)
     mean = sum(scores) / n
     if all(s in (0, 1) for s in scores):
-        lo, hi = wilson_interval(int(round(sum(scores))), n)
+        lo, hi = wilson_interval(round(sum(scores)), n)
         return Estimate(mean, lo, hi, n, True)
     var = sum((s - mean) ** 2 for s in scores) / max(n - 1, 1)
     half = Z95 * math.sqrt(var / n)
@@ -47,7 +47,7 @@ def estimate(scores: Sequence[float]) -> Estimate:
 
 def _interval(p: float, n: int, sd: float | None) -> tuple[float, float]:
     if sd is None:
-        return wilson_interval(int(round(p * n)), n)
+        return wilson_interval(round(p * n), n)
     half = Z95 * sd / math.sqrt(n)
     return max(0.0, p - half), min(1.0, p + half)
 
@@ -107,5 +107,5 @@ def thin_margin(est: Estimate, claim: float, drop: float) -> bool:
     if est.ci_high < claim or est.n == 0:
         return False
     shifted = max(0.0, est.accuracy - drop)
-    _, hi = wilson_interval(int(round(shifted * est.n)), est.n) if est.binary else (0.0, est.ci_high - drop)
+    _, hi = wilson_interval(round(shifted * est.n), est.n) if est.binary else (0.0, est.ci_high - drop)
     return hi < claim

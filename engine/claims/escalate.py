@@ -52,15 +52,19 @@ def addressed_by(check: str) -> tuple[str, ...]:
     return ADDRESSED_BY.get(check, ("plus",))
 
 
-def choose(fired: list[str], randomised: bool, at: str | None) -> dict[str, list[str]]:
-    """Escalation kind → the reasons it runs, from the fired checks, randomness and a located pre-processing."""
+def choose(fired: list[str], randomised: bool, at: str | None, gradients_alive: bool = False,
+           ) -> dict[str, list[str]]:
+    """Escalation kind → the reasons it runs, from the fired checks, randomness, a located pre-processing and
+    whether the model's input gradients are alive."""
     out: dict[str, list[str]] = {}
     for check in fired:
         kinds = list(addressed_by(check))
         if check == "silent_success" and randomised:
             kinds = ["eot"]
         if check in MASKING:
-            kinds = ["bpda", "transfer", "square"] if at else ["square"]
+            # a located pre-processing: attack through it; live gradients (nothing to bypass): the white-box
+            # attack may just be weak, so stronger white-box (plus) and black-box (square) attacks
+            kinds = ["bpda", "transfer", "square"] if at else ["plus", "square"] if gradients_alive else ["square"]
         for k in kinds:
             out.setdefault(k, []).append(check)
     if randomised:

@@ -71,7 +71,7 @@ class _Record(torch.autograd.Function):
     """Identity whose backward reports, per row, whether the incoming gradient is all zero."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, sink: Callable[[torch.Tensor], None]) -> torch.Tensor:  # noqa: ARG004
+    def forward(ctx: Any, x: torch.Tensor, sink: Callable[[torch.Tensor], None]) -> torch.Tensor:
         ctx.sink = sink
         return x.view_as(x)
 
@@ -223,18 +223,18 @@ def locate_nondifferentiable(model: nn.Module, x: torch.Tensor, y: torch.Tensor)
         grab.setdefault("z", tuple(args[0].shape))
     hooks.append(arch.register_forward_pre_hook(rec_input))
     try:
-        if _alive(model, x, y):
+        if alive(model, x, y):
             return None
     finally:
         for h in hooks:
             h.remove()
     for name in order:
-        if shapes[name] == grab.get("z") and _alive(GradientView(model, name, "bpda"), x, y):
+        if shapes[name] == grab.get("z") and alive(GradientView(model, name, "bpda"), x, y):
             return name
     return None
 
 
-def _alive(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> bool:
+def alive(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> bool:
     """True when at least half of the samples have a non-zero, finite input gradient of the logit margin."""
     xg = x.detach().clone().requires_grad_(True)
     with torch.enable_grad():

@@ -19,10 +19,11 @@ import torch
 
 from engine.claims import build as claim_build
 from engine.claims import escalate
-from engine.claims.decide import decide, estimate, thin_margin
+from engine.claims.decide import estimate, thin_margin
 from engine.claims.indicators import (
     TRACE_SAMPLES,
     Indicator,
+    alive,
     locate_nondifferentiable,
     run_trace,
     trace_indicators,
@@ -71,6 +72,7 @@ class NormCheck:
     randomised: bool = False
     at: str | None = None
     threat_model: Any = None
+    gradients_alive: bool = True
     base_robust: dict[float, list[int]] = field(default_factory=dict)  # before any escalation
 
 
@@ -83,7 +85,8 @@ def _rows(outcome: SweepOutcome, out_dir: str) -> list[dict[str, Any]]:
 def _outcome(rows: list[dict[str, Any]], model: str, pert: str, eps: float) -> Outcome:
     out = Outcome({}, {}, {})
     for r in rows:
-        if r["model"] == model and r["perturbation"] == pert and math.isclose(r["level"], eps, rel_tol=0, abs_tol=1e-12):
+        same_level = math.isclose(r["level"], eps, rel_tol=0, abs_tol=1e-12)
+        if r["model"] == model and r["perturbation"] == pert and same_level:
             sid = int(r["sample_id"])
             out.correct[sid] = bool(r["correct"])
             out.breaker[sid] = "" if r["correct"] else (r["broken_by"] or "clean")
@@ -172,9 +175,7 @@ def _escalate(nc: NormCheck, cfg: dict[str, Any], model_name: str, kinds: dict[s
 def _clear(nc: NormCheck, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
     """Mark each fired indicator cleared when the escalations that address it ran (and, for masking, BPDA
     restored live gradients)."""
-    from engine.claims.indicators import _alive
-
-    bpda_alive = nc.at is not None and "bpda" in nc.ran and _alive(GradientView(model, nc.at, "bpda"), x, y)
+    bpda_alive = nc.at is not None and "bpda" in nc.ran and alive(GradientView(model, nc.at, "bpda"), x, y)
     no_left = all(not o.robust_ids() for o in nc.outcomes.values())
     for ind in nc.indicators:
         if not ind.fired:
@@ -182,13 +183,15 @@ def _clear(nc: NormCheck, model: torch.nn.Module, x: torch.Tensor, y: torch.Tens
         if no_left:
             ind.cleared, ind.cleared_by = True, ["every sample is broken: nothing left to overestimate"]
             continue
-        if ind.check in escalate.MASKING:
+        if ind.check in escalate.MASKING and not (nc.gradients_alive and nc.at is None):
             ind.cleared = bool(bpda_alive)
             ind.cleared_by = ["bpda (gradients alive through the identity backward)"] if bpda_alive else []
             continue
         need = escalate.addressed_by(ind.check)
         if ind.check == "silent_success" and nc.randomised:
             need = ("eot",)
+        elif ind.check in escalate.MASKING:  # live gradients: a weak white-box attack, cleared by stronger ones
+            need = ("plus", "square")
         ind.cleared = bool(need) and all(k in nc.ran for k in need)
         ind.cleared_by = [k for k in need if k in nc.ran]
 
@@ -213,7 +216,8 @@ def check_norm(cf: ClaimFile, cfg: dict[str, Any], outcome: SweepOutcome, rows: 
             fired.append("thin_margin")
     masked = any(i.fired and i.check in escalate.MASKING for i in nc.indicators)
     nc.at = cf.non_differentiable or (locate_nondifferentiable(model, x, y) if masked else None)
-    kinds = escalate.choose(list(dict.fromkeys(fired)), nc.randomised, nc.at)
+    nc.gradients_alive = alive(model, x, y)
+    kinds = escalate.choose(list(dict.fromkeys(fired)), nc.randomised, nc.at, nc.gradients_alive)
     nc.base_robust = {e: o.robust_ids() for e, o in nc.outcomes.items()}
     _escalate(nc, cfg, cf.model_name, kinds, cfg["perturbation"][base])
     if "transfer" in nc.ran and nc.at is not None:

@@ -45,7 +45,8 @@ def resolve_module(model: nn.Module, at: str) -> nn.Module:
         return arch.get_submodule(at)
     except AttributeError:
         names = [n for n, _ in arch.named_modules() if n][:20]
-        raise ConfigError(f"module {at!r} is not inside the model's architecture; modules: {', '.join(names)}") from None
+        raise ConfigError(f"module {at!r} is not inside the model's architecture; "
+                          f"modules: {', '.join(names)}") from None
 
 
 class GradientView(nn.Module):
