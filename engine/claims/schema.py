@@ -198,7 +198,7 @@ def _inline_model(path: str, block: dict[str, Any]) -> tuple[str, dict[str, Any]
 
 
 def _sample_count(path: str, doc: Mapping[str, Any]) -> tuple[int | None, dict[str, Any] | None]:
-    if "n_examples" in doc and "subset" in doc:
+    if doc.get("n_examples") is not None and doc.get("subset") is not None:
         raise ConfigError(f"{path}: give n_examples or subset, not both")
     n = doc.get("n_examples")
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):

@@ -79,3 +79,16 @@ class InputNoise(_PixelFrontEnd):
 
     def pre(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.sigma * torch.randn_like(x)
+
+
+class InputRipple(_PixelFrontEnd):
+    """Adds ``amplitude · sin(frequency · x)`` per pixel: differentiable but rugged, so gradients are noisy and a
+    gradient attack's loss keeps wandering (deterministic, unlike :class:`InputNoise`)."""
+
+    def __init__(self, net: nn.Module, amplitude: float = 0.05, frequency: float = 300.0,
+                 mean: Sequence[float] = (0.0,), std: Sequence[float] = (1.0,)) -> None:
+        super().__init__(net, mean, std)
+        self.amplitude, self.frequency = float(amplitude), float(frequency)
+
+    def pre(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.amplitude * torch.sin(self.frequency * x)
