@@ -183,7 +183,8 @@ def models(embedded_checkpoints: dict[str, str]) -> dict[str, torch.nn.Module]:
     return {"healthy": build_model("digits_cnn_at", cfg["digits_cnn_at"], cpu),
             "quantised": wrap("digits_cnn", "InputQuantised", levels=16),
             "binarised": wrap("digits_cnn", "InputQuantised", levels=2),
-            "noisy": wrap("digits_cnn_at", "InputNoise", sigma=0.1)}
+            "noisy": wrap("digits_cnn_at", "InputNoise", sigma=0.1),
+            "rippled": wrap("digits_cnn_at", "InputRipple", amplitude=0.1, frequency=300.0)}
 
 
 @pytest.fixture(scope="module")
@@ -191,17 +192,24 @@ def batch() -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     from engine.data.digits import load_digits
 
     d = load_digits(split="test")
-    return d.images[:20], d.labels[:20], d.sample_ids[:20].tolist()
+    return d.images[:16], d.labels[:16], d.sample_ids[:16].tolist()
+
+
+_TRACES: dict[tuple[int, int, int, tuple[int, ...]], dict[str, Any]] = {}
 
 
 def _trace(model: torch.nn.Module, batch: Any, eps: float = 0.2, n_iter: int = 100, seed: int = 0) -> dict[str, Any]:
+    """Indicators of one traced APGD-CE run (cached: several tests read the same run)."""
     from engine.claims.indicators import run_trace, trace_indicators
     from engine.perturbations.autoattack import APGD
 
     x, y, ids = batch
-    member = APGD(name="apgd-ce", loss="ce", n_iter=n_iter)
-    t = run_trace(model, member, x, y, ids, "linf", eps, seed, 10)
-    return {i.check: i for i in trace_indicators(t)} | {"_trace": t}
+    key = (id(model), n_iter, seed, tuple(ids))
+    if key not in _TRACES:
+        torch.manual_seed(seed)  # the noisy model draws from the global RNG
+        t = run_trace(model, APGD(name="apgd-ce", loss="ce", n_iter=n_iter), x, y, ids, "linf", eps, seed, 10)
+        _TRACES[key] = {i.check: i for i in trace_indicators(t)} | {"_trace": t}
+    return _TRACES[key]
 
 
 def test_zero_gradients_along_the_path_fire_on_quantisation_only(models: dict[str, Any], batch: Any) -> None:
@@ -209,38 +217,36 @@ def test_zero_gradients_along_the_path_fire_on_quantisation_only(models: dict[st
     assert not _trace(models["healthy"], batch)["zero_gradients_path"].fired
 
 
+@pytest.mark.slow
 def test_silent_success_fires_on_a_randomised_model_only(models: dict[str, Any], batch: Any) -> None:
-    torch.manual_seed(0)  # the noisy model draws from the global RNG
     noisy = _trace(models["noisy"], batch)
     assert noisy["silent_success"].fired and noisy["silent_success"].details["sample_ids"]
     healthy = _trace(models["healthy"], batch)
     assert not healthy["silent_success"].fired and healthy["silent_success"].count == 0
 
 
-def test_non_converging_loss_fires_when_the_budget_is_cut_short(models: dict[str, Any], batch: Any) -> None:
-    assert _trace(models["healthy"], batch, n_iter=12)["non_converging_loss"].fired
+@pytest.mark.slow
+def test_non_converging_loss_fires_on_rugged_gradients_only(models: dict[str, Any], batch: Any) -> None:
+    assert _trace(models["rippled"], batch)["non_converging_loss"].fired
     assert not _trace(models["healthy"], batch)["non_converging_loss"].fired
 
 
+@pytest.mark.slow
 def test_bad_initialisation_fires_when_a_restart_breaks_what_the_main_run_left(models: dict[str, Any],
                                                                                batch: Any) -> None:
-    from engine.claims.indicators import run_trace
-
     x, y, ids = batch
-    # the "main run" here is a 2-iteration APGD: a fresh 100-iteration start breaks samples it left robust
-    weak = _trace(models["healthy"], batch, n_iter=2)["_trace"]
-    left = [i for i in range(len(ids)) if not bool(weak.broken[i])]
-    sub = (x[left], y[left], [ids[i] for i in left])
-    assert _trace(models["healthy"], sub)["bad_initialisation"].fired
+
+    def restart_after(main: Any) -> Any:
+        left = [i for i in range(len(ids)) if not bool(main.broken[i])]
+        return _trace(models["healthy"], (x[left], y[left], [ids[i] for i in left]), seed=1)["bad_initialisation"]
+
+    # a 2-iteration main run leaves samples that a fresh 100-iteration start breaks
+    assert restart_after(_trace(models["healthy"], batch, n_iter=2)["_trace"]).fired
     # after a full 100-iteration run, another start finds (almost) nothing more on a healthy model
-    from engine.perturbations.autoattack import APGD
-
-    strong = run_trace(models["healthy"], APGD(name="apgd-ce", n_iter=100), x, y, ids, "linf", 0.2, 7, 10)
-    left = [i for i in range(len(ids)) if not bool(strong.broken[i])]
-    sub = (x[left], y[left], [ids[i] for i in left])
-    assert not _trace(models["healthy"], sub)["bad_initialisation"].fired
+    assert not restart_after(_trace(models["healthy"], batch)["_trace"]).fired
 
 
+@pytest.mark.slow
 def test_transfer_failure_fires_when_the_surrogate_is_not_faithful(models: dict[str, Any], batch: Any) -> None:
     from engine.claims.transfer import transfer_indicator
     from engine.data.digits import load_digits
@@ -268,6 +274,7 @@ def test_the_gradient_probe_locates_the_non_differentiable_front_end(models: dic
 # -- BPDA and transfer members -------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_bpda_keeps_the_forward_pass_and_breaks_what_plain_apgd_cannot(models: dict[str, Any], batch: Any) -> None:
     from engine.perturbations.adaptive import Adaptive, GradientView
     from engine.perturbations.autoattack import APGD

@@ -59,7 +59,7 @@ def test_a_config_with_an_unknown_atlas_id_fails_when_built() -> None:
     from engine.resources import build_perturbation
 
     pcfg = compose_sweep(["perturbation=[pgd_linf]"])["perturbation"]["pgd_linf"]
-    with pytest.raises(ConfigError, match="unknown MITRE ATLAS id 'AML.T9999'"):
+    with pytest.raises(ConfigError, match=r"unknown MITRE ATLAS id 'AML\.T9999'"):
         build_perturbation("pgd_linf", {**pcfg, "tags": ["white-box", "AML.T9999"]})
     mapped = build_perturbation("pgd_linf", {**pcfg, "tags": {"knowledge": "white-box", "atlas": ["AML.T0015"]}})
     assert "white-box" in mapped.tags and mapped.threat_model.atlas == ("AML.T0015",)

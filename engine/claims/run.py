@@ -79,7 +79,7 @@ class NormCheck:
 def _rows(outcome: SweepOutcome, out_dir: str) -> list[dict[str, Any]]:
     table = ResultStore(out_dir).read(t.task_id for t in outcome.plan.tasks)
     cols = ["model", "perturbation", "level", "sample_id", "correct", "broken_by", "margin"]
-    return table.select(cols).to_pylist()  # type: ignore[no-any-return]
+    return table.select(cols).to_pylist()
 
 
 def _outcome(rows: list[dict[str, Any]], model: str, pert: str, eps: float) -> Outcome:

@@ -134,7 +134,7 @@ def _parse_claim(path: str, i: int, raw: Any, corruption_names: Sequence[str]) -
         raise ConfigError(f"{where}.threat_model must be a mapping: {{norm: linf, eps: 8/255}} "
                           f"or {{corruptions: cifar10_c}}")
     _check_keys(f"{where}.threat_model", tm, THREAT_KEYS)
-    common = {
+    common: dict[str, Any] = {
         "index": i, "claimed_accuracy": parse_fraction(f"{where}.claimed_accuracy", raw["claimed_accuracy"]),
         "clean_accuracy": None if raw.get("clean_accuracy") is None
         else parse_fraction(f"{where}.clean_accuracy", raw["clean_accuracy"]),

@@ -159,6 +159,6 @@ def render(verdicts: Sequence[ClaimVerdict]) -> str:
 
 def _changed(e: dict[str, Any]) -> str:
     ch = e.get("changed")
-    if isinstance(ch, str):
-        return ch
+    if not isinstance(ch, dict):
+        return str(ch)
     return "; ".join(f"ε={eps}: robust {c['robust_before']} → {c['robust_after']} of {c['n']}" for eps, c in ch.items())
