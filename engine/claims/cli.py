@@ -40,6 +40,10 @@ def main(argv: Sequence[str]) -> int:
     except GauntletError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Exception:  # a crash must never read as a verdict (exit 1 means REFUTED)
+        logging.getLogger("gauntlet.verify").exception("verify failed")
+        print("error: verify failed unexpectedly (traceback above); no verdict was written", file=sys.stderr)
+        return 2
     path = write_verdicts(out_dir, verdicts, argv[0])
     print(render(verdicts))
     print(f"\nVerdict: {path}  (results: {out_dir / 'results'}, escalations: {out_dir / 'escalations'})")
