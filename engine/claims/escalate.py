@@ -35,6 +35,8 @@ ADDRESSED_BY: dict[str, tuple[str, ...]] = {
     "transfer_failure": (),  # no faithful surrogate: a hand-written adaptive attack is needed
 }
 MASKING = ("gradients", "zero_gradients_path", "black_box_beats_white_box")
+# On a randomised model these are what the randomness does to a plain attack: EOT clears them.
+RANDOMNESS = ("silent_success", "bad_initialisation", "non_converging_loss")
 
 
 @dataclass
@@ -59,7 +61,7 @@ def choose(fired: list[str], randomised: bool, at: str | None, gradients_alive: 
     out: dict[str, list[str]] = {}
     for check in fired:
         kinds = list(addressed_by(check))
-        if check == "silent_success" and randomised:
+        if check in RANDOMNESS and randomised:  # noise, not a weak optimiser: EOT is the remedy, not restarts
             kinds = ["eot"]
         if check in MASKING:
             # a located pre-processing: attack through it; live gradients (nothing to bypass): the white-box

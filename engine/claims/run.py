@@ -188,7 +188,7 @@ def _clear(nc: NormCheck, model: torch.nn.Module, x: torch.Tensor, y: torch.Tens
             ind.cleared_by = ["bpda (gradients alive through the identity backward)"] if bpda_alive else []
             continue
         need = escalate.addressed_by(ind.check)
-        if ind.check == "silent_success" and nc.randomised:
+        if ind.check in escalate.RANDOMNESS and nc.randomised:
             need = ("eot",)
         elif ind.check in escalate.MASKING:  # live gradients: a weak white-box attack, cleared by stronger ones
             need = ("plus", "square")
