@@ -26,27 +26,27 @@ def _verify(claim: Path, out: Path, *extra: str) -> tuple[int, list[dict[str, An
 
 
 def _at_claims(path: Path, *claimed: float) -> Path:
-    # L∞ ε = 0.3, above the model's training ε: few samples survive, so AutoAttack is cheap and 40 samples give
-    # an interval narrow enough for the default resolution (±10 points) and to refute a claim 15 points higher
-    lines = ["model: digits_cnn_at", "dataset: digits", "n_examples: 40", "claims:"]
+    # L∞ ε = 0.2 (≈ 50 %): 50 samples refute a claim 15 points above the measurement; a claim at the
+    # measurement needs the interval within ±15 points there (the ±10-point default would need ≈ 100 samples)
+    lines = ["model: digits_cnn_at", "dataset: digits", "n_examples: 50", "resolution: 0.15", "claims:"]
     for c in claimed:
-        lines += ["  - threat_model: {norm: linf, eps: 0.3}", f"    claimed_accuracy: {c!r}"]
+        lines += ["  - threat_model: {norm: linf, eps: 0.2}", f"    claimed_accuracy: {c!r}"]
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
 def test_digits_cnn_at_claims_consistent_refuted_inconclusive(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    _, (first,), _ = _verify(_at_claims(tmp_path / "probe.yaml", 0.1), out)
+    _, (first,), _ = _verify(_at_claims(tmp_path / "probe.yaml", 0.5), out)
     measured = round(first["measured_accuracy"], 4)
-    assert 0.0 < measured <= 0.25
+    assert 0.3 <= measured <= 0.7  # AutoAttack standard on digits_cnn_at at L∞ 0.2: 49-50 % on 100 samples
     rc, (at, raised), text = _verify(_at_claims(tmp_path / "claims.yaml", measured, measured + 0.15), out)
     assert at["verdict"] == "CONSISTENT", at["reason"]
     assert raised["verdict"] == "REFUTED" and raised["ci_high"] < raised["claimed_accuracy"]
     assert rc == 1 and "CONSISTENT" in text and "REFUTED" in text
-    assert at["n"] == 40 and at["ci_low"] <= measured <= at["ci_high"]
+    assert at["n"] == 50 and at["ci_low"] <= measured <= at["ci_high"]
     assert at["strongest_attack"] in {"apgd-ce", "apgd-t", "fab-t", "square"}
-    assert "white-box L∞ adversary with ε = 0.3" in at["statement"] and "poisoning" in at["statement"]
+    assert "white-box L∞ adversary with ε = 0.2" in at["statement"] and "poisoning" in at["statement"]
     assert all(i["cleared"] for i in at["indicators"] if i["fired"])
     rc, (few,), text = _verify(_at_claims(tmp_path / "few.yaml", measured), out, "n_examples=20")
     assert few["verdict"] == "INCONCLUSIVE" and few["n"] == 20 and rc == 3

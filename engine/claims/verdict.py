@@ -137,6 +137,10 @@ def render(verdicts: Sequence[ClaimVerdict]) -> str:
         lines.append(f"  {v.reason}")
         if v.samples_needed:
             lines.append(f"  samples needed to decide: about {v.samples_needed}")
+        if v.clean:
+            c = v.clean
+            lines.append(f"  clean accuracy: {c['verdict']}, claimed {c['claimed_accuracy']:.1%}, measured "
+                         f"{c['measured_accuracy']:.1%} [{c['ci_low']:.1%}, {c['ci_high']:.1%}]")
         lines.append(f"  threat model: {v.statement}")
         if v.strongest_attack:
             lines.append(f"  strongest attack: {v.strongest_attack}; broken by: "
