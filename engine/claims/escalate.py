@@ -66,7 +66,9 @@ def choose(fired: list[str], randomised: bool, at: str | None, gradients_alive: 
         if check in MASKING:
             # a located pre-processing: attack through it; live gradients (nothing to bypass): the white-box
             # attack may just be weak, so stronger white-box (plus) and black-box (square) attacks
-            kinds = ["bpda", "transfer", "square"] if at else ["plus", "square"] if gradients_alive else ["square"]
+            kinds = ["bpda", "transfer", "square"] if at else ["square"]
+            if not at and gradients_alive:  # nothing to bypass: a weak (or, randomised, a noisy) white-box attack
+                kinds = ["eot"] if randomised else ["plus", "square"]
         for k in kinds:
             out.setdefault(k, []).append(check)
     if randomised:

@@ -190,8 +190,8 @@ def _clear(nc: NormCheck, model: torch.nn.Module, x: torch.Tensor, y: torch.Tens
         need = escalate.addressed_by(ind.check)
         if ind.check in escalate.RANDOMNESS and nc.randomised:
             need = ("eot",)
-        elif ind.check in escalate.MASKING:  # live gradients: a weak white-box attack, cleared by stronger ones
-            need = ("plus", "square")
+        elif ind.check in escalate.MASKING:  # live gradients: a weak (or noisy) white-box attack
+            need = ("eot",) if nc.randomised else ("plus", "square")
         ind.cleared = bool(need) and all(k in nc.ran for k in need)
         ind.cleared_by = [k for k in need if k in nc.ran]
 
