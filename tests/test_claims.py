@@ -334,3 +334,28 @@ def test_verify_refuses_bad_claim_files_with_exit_2_before_compute(tmp_path: Pat
         assert proc.returncode == 2, (name, proc.stderr[-2000:])
         assert needle in proc.stderr and "Traceback" not in proc.stderr
         assert not out.exists()  # nothing was computed or written
+
+
+# -- escalation choice --------------------------------------------------------------------------------------------
+
+
+def test_escalations_follow_the_indicators() -> None:
+    from engine.claims.escalate import build, choose
+
+    assert choose([], False, None) == {}
+    masked = choose(["gradients", "zero_gradients_path"], False, "net")
+    assert list(masked) == ["bpda", "transfer", "square"] and masked["bpda"] == ["gradients", "zero_gradients_path"]
+    assert list(choose(["black_box_beats_white_box"], False, None, gradients_alive=True)) == ["plus", "square"]
+    assert list(choose(["gradients"], False, None, gradients_alive=False)) == ["square"]  # nothing to bypass
+    assert list(choose(["silent_success", "bad_initialisation"], True, None)) == ["eot"]
+    assert list(choose(["bad_initialisation", "thin_margin"], False, None)) == ["plus"]
+    assert list(choose([], False, "net")) == ["bpda", "transfer"]  # declared by the claim file
+    assert list(choose(["some_new_sanity_flag"], False, None)) == ["plus"]
+    base = {"norm": "linf", "attacks": [
+        {"_target_": "engine.perturbations.autoattack.APGD", "name": "apgd-ce", "loss": "ce", "n_iter": 100,
+         "n_restarts": 1, "rho": 0.75, "tags": ["white-box", "AML.T0043.000"]}]}
+    bpda = build("bpda", base, "linf", [0.1], "net", randomised=True).config
+    assert bpda["attacks"][0]["member"]["eot"] == 20 and bpda["attacks"][0]["at"] == "net"
+    plus = build("plus", base, "linf", [0.1], None, False).config
+    assert {m["name"] for m in plus["attacks"]} >= {"apgd-dlr", "fab"} and plus["eps"] == [0.1]
+    assert build("square", base, "linf", [0.1], None, False).config["attacks"][0]["n_queries"] == 20000
