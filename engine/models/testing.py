@@ -1,4 +1,5 @@
-"""Deliberately flawed defences for tests and demos: input quantisation (masks gradients) and input noise (randomised).
+"""Deliberately flawed defences for tests and demos: input quantisation (masks gradients), input noise (randomised)
+and an input ripple (rugged, noisy gradients).
 
 Each wraps any architecture (``net``) and loads that architecture's checkpoint
 unchanged (``load_state_dict`` is delegated), so a claim file can put one in
