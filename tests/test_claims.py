@@ -217,7 +217,6 @@ def test_zero_gradients_along_the_path_fire_on_quantisation_only(models: dict[st
     assert not _trace(models["healthy"], batch)["zero_gradients_path"].fired
 
 
-@pytest.mark.slow
 def test_silent_success_fires_on_a_randomised_model_only(models: dict[str, Any], batch: Any) -> None:
     noisy = _trace(models["noisy"], batch)
     assert noisy["silent_success"].fired and noisy["silent_success"].details["sample_ids"]
@@ -225,13 +224,11 @@ def test_silent_success_fires_on_a_randomised_model_only(models: dict[str, Any],
     assert not healthy["silent_success"].fired and healthy["silent_success"].count == 0
 
 
-@pytest.mark.slow
 def test_non_converging_loss_fires_on_rugged_gradients_only(models: dict[str, Any], batch: Any) -> None:
     assert _trace(models["rippled"], batch)["non_converging_loss"].fired
     assert not _trace(models["healthy"], batch)["non_converging_loss"].fired
 
 
-@pytest.mark.slow
 def test_bad_initialisation_fires_when_a_restart_breaks_what_the_main_run_left(models: dict[str, Any],
                                                                                batch: Any) -> None:
     x, y, ids = batch
@@ -246,7 +243,6 @@ def test_bad_initialisation_fires_when_a_restart_breaks_what_the_main_run_left(m
     assert not restart_after(_trace(models["healthy"], batch)["_trace"]).fired
 
 
-@pytest.mark.slow
 def test_transfer_failure_fires_when_the_surrogate_is_not_faithful(models: dict[str, Any], batch: Any) -> None:
     from engine.claims.transfer import transfer_indicator
     from engine.data.digits import load_digits
@@ -274,7 +270,6 @@ def test_the_gradient_probe_locates_the_non_differentiable_front_end(models: dic
 # -- BPDA and transfer members -------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
 def test_bpda_keeps_the_forward_pass_and_breaks_what_plain_apgd_cannot(models: dict[str, Any], batch: Any) -> None:
     from engine.perturbations.adaptive import Adaptive, GradientView
     from engine.perturbations.autoattack import APGD
