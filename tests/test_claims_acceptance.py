@@ -72,3 +72,14 @@ def test_a_randomised_model_is_caught_through_eot(tmp_path: Path) -> None:
     assert "eot" in {e["kind"] for e in v["escalations"]}
     fired = {i["check"] for i in v["indicators"] if i["fired"]}
     assert fired & {"randomised_without_eot", "silent_success"}
+
+
+def test_a_corruption_claim_is_the_mean_over_the_suite(tmp_path: Path) -> None:
+    claim = tmp_path / "corr.yaml"
+    claim.write_text("model: digits_cnn_at\ndataset: digits\nn_examples: 20\nclaims:\n"
+                     "  - {threat_model: {corruptions: cifar10_c}, claimed_accuracy: 0.5, clean_accuracy: 0.9}\n")
+    rc, (v,), _ = _verify(claim, tmp_path / "c")
+    assert v["verdict"] == "CONSISTENT" and rc == 0 and v["n"] == 20
+    assert len(v["threat_model"]["members"]) == 15 and v["threat_model"]["knowledge"] == ["none"]
+    assert v["ci_low"] <= v["measured_accuracy"] <= v["ci_high"] and v["clean"]["verdict"] == "CONSISTENT"
+    assert "natural distribution shift" in v["statement"] and not v["escalations"]
