@@ -22,6 +22,7 @@ SUBCOMMANDS = {  # gauntlet <subcommand> …: each module owns its logic and ret
     "report": "engine.sinks.report:main",
     "compare": "engine.compare:main",
     "convert-checkpoint": "engine.models.convert:main",
+    "verify": "engine.claims.cli:main",
 }
 
 
@@ -49,7 +50,7 @@ def _precheck(argv: list[str]) -> list[str]:
 
 
 def main() -> None:
-    """Console entry point: a subcommand (``gauntlet report|compare|compact|convert-checkpoint``) or a sweep."""
+    """Console entry point: a subcommand (``gauntlet verify|report|compare|compact|…``) or a sweep."""
     argv = sys.argv[1:]
     if argv and argv[0] in SUBCOMMANDS:
         import importlib

@@ -83,7 +83,9 @@ def run_sweep(cfg: Mapping[str, Any]) -> SweepOutcome:
         evaluated = _execute_keeping_finished(plan, runner, device, resources, store, progress)
         table = store.read(t.task_id for t in plan.tasks)
         rows, summary, flags = _summarise(cfg, plan, table, resources, labels)
-        _write_sidecars(out_dir, cfg, plan, summary, labels)
+        threat_models = {n: resources.perturbation(n, p).threat_model.as_dict()
+                         for n, p in cfg["perturbation"].items()}
+        _write_sidecars(out_dir, cfg, plan, summary, labels, threat_models)
         _write_flags(out_dir, plan, flags)
         log_sweep(cfg, out_dir, plan.run_id)  # W&B after aggregation (no-op for wandb=disabled)
     return SweepOutcome(plan, store.dir, rows, summary, evaluated, flags)
@@ -176,8 +178,10 @@ def _execute(todo: tuple[Task, ...], runner: Runner, device: torch.device, resou
     return done
 
 
-def _write_sidecars(out_dir: Path, cfg: Mapping[str, Any], plan: Plan, summary: str, labels: Labels) -> None:
-    """``sweep.json`` (config + task ids) and ``summary.txt`` next to ``results/``, never inside it.
+def _write_sidecars(out_dir: Path, cfg: Mapping[str, Any], plan: Plan, summary: str, labels: Labels,
+                    threat_models: Mapping[str, Any] | None = None) -> None:
+    """``sweep.json`` (config, task ids, each perturbation's threat model) and ``summary.txt`` next to
+    ``results/``, never inside it.
 
     The top-level files describe the latest invocation; ``sweeps/<run_id>/`` keeps each
     sweep's own copy (Hydra multirun jobs and earlier invocations on one ``out_dir``).
@@ -191,6 +195,7 @@ def _write_sidecars(out_dir: Path, cfg: Mapping[str, Any], plan: Plan, summary: 
              "rows": [t.start, t.stop], "checkpoint_sha256": t.checkpoint_sha256}
             for t in plan.tasks
         ],
+        "threat_models": dict(threat_models or {}),  # engine/threat_model.py, docs/threat-model.md
     }
     _write_both(out_dir, plan.run_id, "sweep.json", json.dumps(meta, indent=2, default=str) + "\n")
     _write_both(out_dir, plan.run_id, "summary.txt", summary + "\n")

@@ -13,6 +13,7 @@ from torch import nn
 from engine.errors import ConfigError
 from engine.perturbations.norms import Norm, get_norm
 from engine.seeding import derive_seed
+from engine.threat_model import ThreatModel, canonical_tags, parse_tags
 
 Family = Literal["clean", "attack", "corruption"]
 
@@ -72,7 +73,9 @@ class Perturbation:
     tags: Sequence[str] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "tags", tuple(self.tags))
+        # list or mapping form (engine/threat_model.py), kept as the list form; a bad ATLAS id fails here
+        object.__setattr__(self, "tags", canonical_tags(self.tags))
+        parse_tags(f"perturbation {self.name!r}", self.tags, self.family)
         if self.norm is not None:
             get_norm(self.norm)
         if not self.levels:
@@ -82,6 +85,11 @@ class Perturbation:
     def levels(self) -> tuple[float, ...]:
         """ε values (attacks) or severities (corruptions), ascending."""
         raise NotImplementedError
+
+    @property
+    def threat_model(self) -> ThreatModel:
+        """The checked structure behind ``tags`` (knowledge, goal, MITRE ATLAS ids, STRIDE category)."""
+        return parse_tags(f"perturbation {self.name!r}", self.tags, self.family)
 
     @property
     def norm_obj(self) -> Norm | None:

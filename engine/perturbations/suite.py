@@ -34,6 +34,7 @@ from engine.perturbations.base import (
 )
 from engine.perturbations.norms import Norm
 from engine.seeding import derive_seed
+from engine.threat_model import canonical_tags, parse_tags
 
 WHITE_BOX = "white-box"
 BLACK_BOX = "black-box"
@@ -91,7 +92,8 @@ class SuiteMember:
     tags: Sequence[str] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "tags", tuple(self.tags))
+        object.__setattr__(self, "tags", canonical_tags(self.tags))
+        parse_tags(f"attack {self.name!r}", self.tags, "attack")
         if not self.name:
             raise ConfigError(f"{type(self).__name__}: a suite member needs a name (what broken_by records)")
 

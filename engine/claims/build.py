@@ -1,0 +1,115 @@
+"""Turn a validated claim file into ordinary sweep configs, composed by Hydra from configs/ like any sweep.
+
+The base sweep is ``clean`` + AutoAttack standard per norm at the claims' ε +
+the claimed corruption suites; escalation sweeps reuse the base config with other
+perturbations and the samples still robust (engine.claims.subset). Nothing here
+runs a model: the configs go to engine.sweep.run_sweep (plan → evaluate →
+verify → Parquet), the only path that produces a number in a verdict.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra.errors import HydraException
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from engine.claims.schema import ClaimFile
+from engine.config import ModelConfig, compose_sweep
+from engine.errors import ConfigError
+
+BASE_SUITE = "autoattack_standard_{norm}"
+CLAIM_OVERRIDE_KEYS = ("n_examples", "resolution")
+
+
+def compose(overrides: Sequence[str]) -> dict[str, Any]:
+    """``compose_sweep`` with Hydra's errors turned into one ConfigError naming the override."""
+    try:
+        return compose_sweep(tuple(overrides))
+    except (HydraException, OmegaConfBaseException) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ConfigError(f"the sweep config cannot be composed with {list(overrides)}: {first}") from None
+
+
+def split_overrides(args: Sequence[str]) -> tuple[dict[str, str], list[str]]:
+    """``key=value`` arguments after the claim file: claim settings (n_examples, resolution) and Hydra ones."""
+    claim: dict[str, str] = {}
+    hydra: list[str] = []
+    for a in args:
+        if "=" not in a or a.startswith("-"):
+            raise ConfigError(f"argument {a!r} is not key=value; usage: gauntlet verify CLAIM.yaml [key=value …]")
+        key, _, value = a.partition("=")
+        if key in ("model", "dataset", "perturbation") or key.startswith(("model.", "dataset.", "perturbation.")):
+            raise ConfigError(f"override {a!r}: the claim file decides the model, dataset and attacks; "
+                              "edit the claim file instead")
+        if key in CLAIM_OVERRIDE_KEYS:
+            claim[key] = value
+        else:
+            hydra.append(a)
+    return claim, hydra
+
+
+def _inline_model(cfg: dict[str, Any], block: dict[str, Any]) -> dict[str, Any]:
+    """Check an inline model block against the model schema (types, defaults) and resolve ${cache_dir}."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(ModelConfig), block)
+        holder = OmegaConf.create({"cache_dir": cfg["cache_dir"], "m": merged})
+        out = OmegaConf.to_container(holder, resolve=True)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"inline model block: {str(exc).strip().splitlines()[0]}") from None
+    assert isinstance(out, dict)
+    model = out["m"]
+    assert isinstance(model, dict)
+    return {str(k): v for k, v in model.items()}
+
+
+def suite_members(suite: str) -> list[str]:
+    """The perturbation keys a corruption suite (or single corruption) config adds to a sweep."""
+    return list(compose([f"perturbation=[{suite}]"])["perturbation"])
+
+
+def base_config(cf: ClaimFile, hydra_overrides: Sequence[str], n_examples: int | None) -> dict[str, Any]:
+    """The composed sweep for the claims: clean, AutoAttack standard per norm (at the claims' ε), corruptions."""
+    norms = sorted({c.norm for c in cf.claims if c.norm})
+    suites = list(dict.fromkeys(c.corruptions for c in cf.claims if c.corruptions))
+    perts = ["clean", *[BASE_SUITE.format(norm=n) for n in norms], *suites]
+    stem = Path(cf.path).stem
+    overrides = [
+        f"model=[{cf.model}]" if isinstance(cf.model, str) else "model=[]",
+        *([f"dataset={cf.dataset}"] if isinstance(cf.dataset, str) else []),
+        f"perturbation=[{','.join(perts)}]",
+        f"out_dir=runs/verify/{stem}",
+        *hydra_overrides,
+    ]
+    cfg = compose(overrides)
+    if not isinstance(cf.model, str):
+        cfg["model"] = {cf.model_name: _inline_model(cfg, copy.deepcopy(cf.model))}
+    if not isinstance(cf.dataset, str):
+        cfg["dataset"] = copy.deepcopy(cf.dataset)
+    for norm in norms:
+        eps = sorted({float(c.eps) for c in cf.claims if c.norm == norm and c.eps is not None})
+        cfg["perturbation"][BASE_SUITE.format(norm=norm)]["eps"] = eps
+    if cf.subset is not None:
+        cfg["dataset"] = {"_target_": "engine.claims.subset.subset_of", "base": cfg["dataset"], **cf.subset}
+        cfg["n_examples"] = cf.subset["n"]
+    elif n_examples is not None:
+        cfg["n_examples"] = n_examples
+    elif cf.n_examples is not None:
+        cfg["n_examples"] = cf.n_examples
+    return cfg
+
+
+def escalation_config(base: dict[str, Any], perturbations: dict[str, dict[str, Any]], ids: Sequence[int],
+                      out_dir: Path) -> dict[str, Any]:
+    """The base sweep with other perturbations, on the samples ``ids`` only (their ids are kept), in ``out_dir``."""
+    cfg = copy.deepcopy(base)
+    cfg["perturbation"] = copy.deepcopy(perturbations)
+    cfg["dataset"] = {"_target_": "engine.claims.subset.subset_of", "base": copy.deepcopy(base["dataset"]),
+                      "ids": [int(i) for i in ids]}
+    cfg["n_examples"] = len(ids)
+    cfg["out_dir"] = str(out_dir)
+    return cfg

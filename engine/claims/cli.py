@@ -1,0 +1,50 @@
+"""``gauntlet verify CLAIM.yaml [key=value …]``: argument handling, printing and exit codes for a claim check."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+
+from engine.errors import GauntletError
+
+USAGE = """usage: gauntlet verify CLAIM.yaml [key=value …]
+
+Check a vendor's robustness claims (docs/claims.md): AutoAttack standard per norm, the corruption suites,
+indicators of attack failure, escalation (plus, EOT, BPDA, transfer, Square) where needed, and a verdict per
+claim, printed and written to OUT_DIR/verdict.json.
+
+Overrides after the file: n_examples=N, resolution=0.1, and sweep keys such as out_dir=…, device=…,
+batch_size=…, seed=…, progress=false (default out_dir: runs/verify/<claim file name>).
+
+Exit codes: 0 every claim CONSISTENT, 1 some claim REFUTED, 3 none refuted but some INCONCLUSIVE,
+2 an error (bad claim file or override, unknown model, ε in the wrong units, …) before or during the run."""
+
+
+def main(argv: Sequence[str]) -> int:
+    """Run ``verify`` on ``argv`` (the arguments after ``verify``); return the exit code."""
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE, file=sys.stderr if not argv else sys.stdout)
+        return 2 if not argv else 0
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="[%(levelname)s] %(name)s: %(message)s")
+    try:
+        from engine.claims.build import split_overrides
+        from engine.claims.schema import load_claim_file
+
+        load_claim_file(argv[0])  # a bad file fails here, before torch is even imported
+        split_overrides(argv[1:])
+        from engine.claims.run import verify
+        from engine.claims.verdict import exit_code, render, write_verdicts
+
+        verdicts, out_dir = verify(argv[0], argv[1:])
+    except GauntletError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception:  # a crash must never read as a verdict (exit 1 means REFUTED)
+        logging.getLogger("gauntlet.verify").exception("verify failed")
+        print("error: verify failed unexpectedly (traceback above); no verdict was written", file=sys.stderr)
+        return 2
+    path = write_verdicts(out_dir, verdicts, argv[0])
+    print(render(verdicts))
+    print(f"\nVerdict: {path}  (results: {out_dir / 'results'}, escalations: {out_dir / 'escalations'})")
+    return exit_code(verdicts)

@@ -1,0 +1,95 @@
+"""Deliberately flawed defences for tests and demos: input quantisation (masks gradients), input noise (randomised)
+and an input ripple (rugged, noisy gradients).
+
+Each wraps any architecture (``net``) and loads that architecture's checkpoint
+unchanged (``load_state_dict`` is delegated), so a claim file can put one in
+front of ``digits_cnn``'s weights with an inline model block::
+
+    model:
+      name: digits_cnn_quantised
+      arch:
+        _target_: engine.models.testing.InputQuantised
+        levels: 16
+        mean: [0.3051]
+        std: [0.3237]
+        net: {_target_: engine.models.cnn.SmallCNN, in_channels: 1, num_classes: 10, width: 16}
+      ...
+
+The wrapper receives the normalised input (Gauntlet normalises outside the
+architecture), undoes the normalisation, applies its pixel-space pre-processing,
+and normalises again for ``net``. These are the classic broken defences of
+Athalye et al. (2018): they are not robust, they make gradient attacks fail.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class _PixelFrontEnd(nn.Module):
+    """Base: a pixel-space pre-processing in front of ``net``; the checkpoint is ``net``'s."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, net: nn.Module, mean: Sequence[float] = (0.0,), std: Sequence[float] = (1.0,)) -> None:
+        super().__init__()
+        self.net = net
+        c = len(mean)
+        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, c, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, c, 1, 1), persistent=False)
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        return self.net.load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def pre(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.pre(z * self.std + self.mean)
+        out: torch.Tensor = self.net((x - self.mean) / self.std)
+        return out
+
+
+class InputQuantised(_PixelFrontEnd):
+    """Rounds every pixel to ``levels`` grey levels first: piecewise constant, so every input gradient is zero."""
+
+    def __init__(self, net: nn.Module, levels: int = 16, mean: Sequence[float] = (0.0,),
+                 std: Sequence[float] = (1.0,)) -> None:
+        super().__init__(net, mean, std)
+        if levels < 2:
+            raise ValueError(f"levels must be ≥ 2, got {levels}")
+        self.levels = int(levels)
+
+    def pre(self, x: torch.Tensor) -> torch.Tensor:
+        k = self.levels - 1
+        return torch.round(x.clamp(0.0, 1.0) * k) / k
+
+
+class InputNoise(_PixelFrontEnd):
+    """Adds Gaussian noise (std ``sigma``, pixel units) at every forward pass: a randomised defence."""
+
+    def __init__(self, net: nn.Module, sigma: float = 0.1, mean: Sequence[float] = (0.0,),
+                 std: Sequence[float] = (1.0,)) -> None:
+        super().__init__(net, mean, std)
+        self.sigma = float(sigma)
+
+    def pre(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.sigma * torch.randn_like(x)
+
+
+class InputRipple(_PixelFrontEnd):
+    """Adds ``amplitude · sin(frequency · x)`` per pixel: differentiable but rugged, so gradients are noisy and a
+    gradient attack's loss keeps wandering (deterministic, unlike :class:`InputNoise`)."""
+
+    def __init__(self, net: nn.Module, amplitude: float = 0.05, frequency: float = 300.0,
+                 mean: Sequence[float] = (0.0,), std: Sequence[float] = (1.0,)) -> None:
+        super().__init__(net, mean, std)
+        self.amplitude, self.frequency = float(amplitude), float(frequency)
+
+    def pre(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.amplitude * torch.sin(self.frequency * x)
