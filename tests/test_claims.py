@@ -42,7 +42,8 @@ def test_a_valid_claim_file_parses_with_fractions_and_corruptions() -> None:
 
 @pytest.mark.parametrize(("doc", "needle"), [
     (_doc(n_exmples=3), "unknown key 'n_exmples'; did you mean 'n_examples'?"),
-    (_doc(model="resnet_vendor"), "unknown model 'resnet_vendor'; valid choices: digits_cnn, digits_cnn_at"),
+    (_doc(model="resnet_vendor"),
+     "unknown model 'resnet_vendor'; valid choices: autoattack_resnet18, digits_cnn, digits_cnn_at,"),
     (_doc(dataset="cifar11"), "unknown dataset 'cifar11'"),
     (_doc(claims=[{"threat_model": {"norm": "linf", "eps": 8}, "claimed_accuracy": 0.5}]),
      "eps=8 is outside [0, 1]: ε is in pixel units ([0, 1] scale), not 0-255; write 8/255"),
@@ -317,7 +318,8 @@ def test_verify_refuses_bad_claim_files_with_exit_2_before_compute(tmp_path: Pat
     cases = {
         "typo": ("model: digits_cnn_at\ndataset: digits\nclaimz: []\n", "unknown key 'claimz'; did you mean 'claims'?"),
         "model": ("model: vendor_resnet\ndataset: digits\nclaims:\n  - {threat_model: {norm: linf, eps: 0.1}, "
-                  "claimed_accuracy: 0.5}\n", "unknown model 'vendor_resnet'; valid choices: digits_cnn"),
+                  "claimed_accuracy: 0.5}\n",
+                  "unknown model 'vendor_resnet'; valid choices: autoattack_resnet18, digits_cnn, "),
         "units": ("model: digits_cnn_at\ndataset: digits\nclaims:\n  - {threat_model: {norm: linf, eps: 8}, "
                   "claimed_accuracy: 0.5}\n", "write 8/255"),
     }
