@@ -40,7 +40,8 @@ def check_out_dir(out_dir: str | Path) -> Path:
     return path
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this host."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -77,7 +78,7 @@ class OutDirLock:
             except FileExistsError:
                 holder = self._holder()
                 pid, host = holder.get("pid"), holder.get("host")
-                if host == me["host"] and isinstance(pid, int) and not _alive(pid):
+                if host == me["host"] and isinstance(pid, int) and not pid_alive(pid):
                     log.warning("taking over %s left by process %s, which is gone", self.path, pid)
                     self.path.unlink(missing_ok=True)
                     continue

@@ -27,6 +27,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from engine.errors import GauntletError
+from engine.outdir import pid_alive
 from engine.tasks import TaskResult
 
 log = logging.getLogger(__name__)
@@ -141,16 +142,6 @@ class Entry:
     compacted: bool
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class ResultStore:
     """The results folder of one ``out_dir``: verified reads, atomic writes, nothing silently reused."""
 
@@ -257,7 +248,7 @@ class ResultStore:
         removed = []
         for p in self.dir.glob(".*.tmp") if self.dir.is_dir() else ():
             m = TMP_FILE.match(p.name)
-            if m and not _pid_alive(int(m["pid"])):
+            if m and not pid_alive(int(m["pid"])):
                 p.unlink(missing_ok=True)
                 removed.append(p)
                 log.info("removed stray temporary %s (its process %s is gone)", p, m["pid"])
