@@ -34,9 +34,8 @@ def _tasks(ckpt: Path, out: Path, *extra: str) -> tuple[Any, ...]:
     return make_plan(cfg, lambda _: False, progress=False).todo
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA present: a Ray GPU id is a real device here")
 def test_a_fake_gpu_without_cuda_means_cpu_and_no_gpu_means_cpu() -> None:
-    if torch.cuda.is_available():
-        pytest.skip("CUDA present: a Ray GPU id is a real device here")
     assert pick_device(["3"]) == (torch.device("cpu"), "cpu")
     assert pick_device([]) == (torch.device("cpu"), "cpu")
 
