@@ -2,11 +2,13 @@
 
 1. Efficiency on a compute-bound sweep: 2 single-CPU actors vs runner=local with one thread
    (target ≥ 85 % on a 2-core machine): T_local / (2 · T_ray).
-2. Per-task overhead of the Ray path on near-empty tasks (clean, 1 sample): (T_ray − T_local) / tasks
+2. Defaults: runner=local at torch's default threads vs runner=ray's default CPU shape (one actor
+   with that many threads) and runner.threads=1 (one single-thread actor per CPU).
+3. Per-task overhead of the Ray path on near-empty tasks (clean, 1 sample): (T_ray − T_local) / tasks
    with one actor (target ≤ 50 ms).
-3. Balance on a simulated cluster (2 nodes × 4 fake GPUs, one actor per GPU): busiest / idlest
+4. Balance on a simulated cluster (2 nodes × 4 fake GPUs, one actor per GPU): busiest / idlest
    actor by busy time and by tasks (target ≤ 1.15).
-4. With CUDA: the compute-bound sweep on the GPU, local vs one ray actor.
+5. With CUDA: the compute-bound sweep on the GPU, local vs one ray actor.
 
 Each Ray measurement reports the sweep from the moment its actors are up (steady state) and end to
 end (Ray start and actor start-up included). Usage:
@@ -63,19 +65,28 @@ def plan_for(root: Path, *overrides: str) -> tuple[Any, Resources]:
     return make_plan(cfg, lambda _: False, progress=False), Resources(torch.device("cpu"))
 
 
+def settle(seconds: float = 5.0) -> None:
+    """Let the last Ray instance's processes exit before the next timing (they outlive ray.shutdown)."""
+    time.sleep(seconds)
+
+
 def timed_run(runner: Any, plan: Any, res: Resources, device: torch.device,
               workers: int) -> tuple[float, float, list[WorkerStats]]:
-    """(steady seconds: all workers up → last result, end-to-end seconds, worker stats)."""
+    """(steady seconds: all workers up → last result, end-to-end seconds: start → last result, worker stats).
+
+    Both end at the last result, not when ``runner.run`` returns: Ray's shutdown after the sweep is
+    not sweep time. A fresh ``Resources`` per run, so local pays its model loads as each actor does.
+    """
     tasks = plan.todo
     work = {t.task_id: work_per_sample(res.perturbation(t.perturbation_name, t.perturbation)) for t in tasks}
     tracker = Timed(tasks, work, live=False, expect_workers=workers)
-    ctx = RunContext(device, tracker.samples, res if device.type == "cpu" else Resources(device), events=tracker)
-    t0 = time.monotonic()
+    ctx = RunContext(device, tracker.samples, Resources(device), events=tracker)
+    t0 = end = time.monotonic()
     n = 0
     for result in runner.run(tasks, ctx):
+        end = time.monotonic()
         tracker.finished(result)
         n += 1
-    end = time.monotonic()
     assert n == len(tasks)
     stats = tracker.close()
     return end - (tracker.all_up or t0), end - t0, stats
@@ -86,11 +97,13 @@ def efficiency(root: Path, samples: int, steps: int, repeats: int) -> None:
                          f"perturbation.pgd_linf.steps={steps}", "batch_size=8", "shard_size=8")
     ratios = []
     for i in range(repeats):  # interleaved, so a change in the machine's load hits both sides
+        settle()
         cpu0 = time.process_time()
         local, _, _ = timed_run(LocalRunner(threads=1), plan, res, torch.device("cpu"), 1)
         local_cpu = time.process_time() - cpu0
         ray_runner = RayRunner(num_cpus=2, num_actors=2, cpus_per_actor=1, object_store_memory=100 * 2**20)
         cpu0 = time.process_time()
+        settle()
         steady, e2e, stats = timed_run(ray_runner, plan, res, torch.device("cpu"), 2)
         driver_cpu = time.process_time() - cpu0
         at_ready = {w["name"]: w["cpu_s"] for w in ray_runner.workers()}
@@ -108,10 +121,33 @@ def efficiency(root: Path, samples: int, steps: int, repeats: int) -> None:
           "  (target ≥ 85 %)")
 
 
+def defaults(root: Path, samples: int, steps: int, repeats: int) -> None:
+    """What a user gets without thread settings: runner=local (torch's default threads) against
+    runner=ray's default CPU shape (one actor with that many threads) and runner.threads=1 (one
+    single-thread actor per CPU), interleaved; steady wall time, T_local / T_ray."""
+    plan, res = plan_for(root, f"n_examples={samples}", "perturbation=[pgd_linf]",
+                         f"perturbation.pgd_linf.steps={steps}", "batch_size=8", "shard_size=8")
+    shapes = {"ray default": {}, "ray threads=1": {"threads": 1}}
+    ratios: dict[str, list[float]] = {k: [] for k in shapes}
+    for i in range(repeats):
+        settle()
+        local, _, _ = timed_run(LocalRunner(), plan, res, torch.device("cpu"), 1)
+        line = [f"local ({torch.get_num_threads()} threads) {local:.1f} s"]
+        for name, kw in shapes.items():
+            settle()
+            runner = RayRunner(num_cpus=2, object_store_memory=100 * 2**20, **kw)  # type: ignore[arg-type]
+            steady, e2e, stats = timed_run(runner, plan, res, torch.device("cpu"), 2 if kw else 1)
+            ratios[name].append(local / steady)
+            line.append(f"{name} ({len(stats)} actor(s)) {steady:.1f} s steady, {e2e:.1f} s end to end")
+        print(f"[defaults] run {i + 1}: " + "; ".join(line) + f"; load {os.getloadavg()[0]:.1f}", flush=True)
+    for name, r in ratios.items():
+        print(f"[defaults] median T_local / T_ray, {name}: {statistics.median(r):.2f} over {repeats} run(s)")
+
+
 def overhead(root: Path, tasks: int) -> None:
     plan, res = plan_for(root, f"n_examples={tasks}", "perturbation=[clean]", "batch_size=1", "shard_size=1")
     local, _, _ = timed_run(LocalRunner(threads=1), plan, res, torch.device("cpu"), 1)
-    runner = RayRunner(num_cpus=2, num_actors=1, object_store_memory=100 * 2**20)
+    runner = RayRunner(num_cpus=2, num_actors=1, threads=1, object_store_memory=100 * 2**20)
     steady, e2e, _ = timed_run(runner, plan, res, torch.device("cpu"), 1)
     per = (steady - local) / len(plan.todo)
     n = len(plan.todo)
@@ -160,7 +196,7 @@ def main() -> None:
     ap.add_argument("--tasks", type=int, default=200, help="near-empty tasks for the overhead figure")
     ap.add_argument("--skip-cluster", action="store_true")
     ap.add_argument("--repeats", type=int, default=1, help="interleaved local/ray pairs for the efficiency")
-    ap.add_argument("--only", choices=["efficiency", "overhead", "balance"], help="run one measurement")
+    ap.add_argument("--only", choices=["efficiency", "defaults", "overhead", "balance"], help="run one measurement")
     args = ap.parse_args()
     print(f"machine: {os.cpu_count()} CPU(s), torch {torch.__version__}, CUDA {torch.cuda.is_available()}, "
           f"load average {os.getloadavg()[0]:.1f} at start", flush=True)
@@ -168,6 +204,8 @@ def main() -> None:
         root = Path(tmp)
         if args.only in (None, "efficiency"):
             efficiency(root, args.samples, args.steps, args.repeats)
+        if args.only in (None, "defaults"):
+            defaults(root, args.samples, args.steps, args.repeats)
         if args.only in (None, "overhead"):
             overhead(root, args.tasks)
         if not args.skip_cluster and args.only in (None, "balance"):

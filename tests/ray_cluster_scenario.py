@@ -1,9 +1,11 @@
 """Run by tests/test_ray_cluster.py in its own process: a simulated Ray cluster with fake GPUs.
 
 One ``ray.cluster_utils.Cluster`` (a CPU-only head for the driver, two nodes × 4 fake GPUs × 8
-logical CPUs) serves two sweeps that join it as a user's would (``runner.address=<host:port>``, then
-``runner.address=env`` with RAY_ADDRESS): 0.5 GPU per actor (16 actors: packing, spread, model
-loads, balance), then 1 GPU per actor with one node removed mid-sweep (retries, exactly-once rows).
+logical CPUs) serves four sweeps that join it as a user's would: ``runner.address=<host:port>`` with
+0.5 GPU per actor (16 actors: packing, spread, model loads, balance); ``runner.address=env`` with
+RAY_ADDRESS and 1 GPU per actor, one node removed mid-sweep (retries, exactly-once rows); then small
+sweeps through ``runner.address=auto`` (RAY_ADDRESS set, as on a cluster machine) and through Ray
+Client, ``runner.address=ray://127.0.0.1:<port>`` (the head runs a client server, as KubeRay's does).
 Prints one JSON document on stdout. Usage: python -m tests.ray_cluster_scenario OUT_DIR
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -92,10 +95,30 @@ def _wait_for_free_gpus(n: float, timeout_s: float = 60.0) -> None:
 CLUSTER_ADDRESS: list[str] = []
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _join_modes(root: Path, cluster: Cluster, client_port: int) -> dict[str, Any]:
+    """A small sweep through runner.address=auto, then one through Ray Client (ray://)."""
+    out: dict[str, Any] = {}
+    os.environ["RAY_ADDRESS"] = cluster.address
+    for mode, address in (("auto", "auto"), ("client", f"ray://127.0.0.1:{client_port}")):
+        _wait_for_free_gpus(4)
+        plan, store, res = _plan(root, mode, "n_examples=16", "perturbation=[clean,fgsm_linf]")
+        out[mode] = _sweep(RayRunner(address=address, gpus_per_actor=1, start_grace_s=600), plan, store, res)
+        out[mode]["still_connected"] = ray.is_initialized()
+    return out
+
+
 def main(root: Path) -> dict[str, Any]:
-    """Both sweeps join the cluster themselves: by address, then through RAY_ADDRESS (runner.address=env)."""
+    """Every sweep joins the cluster itself: by address, RAY_ADDRESS (env), auto, and ray://."""
+    client_port = _free_port()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0,
-                                                             "object_store_memory": 80 * 2**20})
+                                                             "object_store_memory": 80 * 2**20,
+                                                             "ray_client_server_port": client_port})
     nodes = [cluster.add_node(**NODE) for _ in range(2)]
     cluster.wait_for_nodes()
     CLUSTER_ADDRESS.append(cluster.address)
@@ -121,6 +144,7 @@ def main(root: Path) -> dict[str, Any]:
         out["node_lost"]["removed"] = removed
         out["node_ids"] = [n.node_id for n in nodes]
         out["still_connected"] = ray.is_initialized()  # a runner that joined disconnects when done
+        out.update(_join_modes(root, cluster, client_port))
         return out
     finally:
         ray.shutdown()

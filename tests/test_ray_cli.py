@@ -31,21 +31,22 @@ def _table(out: Path):  # type: ignore[no-untyped-def]
 @pytest.mark.timeout(900)
 def test_cli_ray_and_local_write_identical_rows(embedded_checkpoints: dict[str, str], tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    """The acceptance command (a shorter perturbation list), local at the actors' one thread per CPU.
+    """The issue's acceptance commands, literally: the default sweep, each runner at its defaults.
 
+    Both resolve a null runner.threads to torch's default, so CPU float reductions match bit for bit.
     RAY_ADDRESS points nowhere: with runner.address=null the private instance must ignore it.
     """
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:9")
-    common = ("n_examples=64", "perturbation=[clean,fgsm_linf,gaussian_noise]", "progress=false")
-    ray_run = run_cli(*common, *RAY, f"out_dir={tmp_path / 'A'}", timeout=600)
+    ray_run = run_cli("n_examples=64", "runner=ray", f"out_dir={tmp_path / 'A'}", timeout=600)
     assert ray_run.returncode == 0, ray_run.stderr[-3000:]
     assert re.search(r"worker ray-\d on cpu: \d+ task\(s\)", ray_run.stderr)
     assert "RAY_ADDRESS is set but runner.address is null" in ray_run.stderr
     monkeypatch.delenv("RAY_ADDRESS")
-    local = run_cli(*common, "runner=local", "runner.threads=1", f"out_dir={tmp_path / 'B'}", timeout=600)
+    local = run_cli("n_examples=64", "runner=local", f"out_dir={tmp_path / 'B'}", timeout=600)
     assert local.returncode == 0, local.stderr[-3000:]
     a, b = _table(tmp_path / "A"), _table(tmp_path / "B")
-    assert a.num_rows == b.num_rows == 2 * 64 * (1 + 7 + 5)
+    # 2 models × (clean 1 + fgsm 7 + pgd_linf 7 + pgd_l2 6 + 3 corruptions × 5 severities) levels × 64
+    assert a.num_rows == b.num_rows == 2 * 64 * (1 + 7 + 7 + 6 + 15)
     for name in a.column_names:
         assert a[name].equals(b[name]), f"column {name} differs"
 

@@ -52,3 +52,15 @@ def test_a_node_lost_mid_sweep_costs_retries_not_rows(scenario: dict) -> None:  
     survivors = {w["node_id"] for w in lost["workers"]}
     assert survivors and lost["removed"][0] not in survivors
     assert scenario["still_connected"] is False  # joined by address / RAY_ADDRESS, disconnected after
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+@pytest.mark.parametrize("mode", ["auto", "client"])
+def test_runner_address_auto_and_ray_client_join_the_cluster(scenario: dict, mode: str) -> None:  # type: ignore[type-arg]
+    """runner.address=auto (RAY_ADDRESS set, as on a cluster machine) and ray://host:port (Ray Client)."""
+    sweep = scenario[mode]
+    assert sweep["results"] == sweep["tasks"] and sweep["rows"] == sweep["unique_rows"] == sweep["expected_rows"]
+    assert sweep["workers"] and {w["node_id"] for w in sweep["workers"]} <= set(scenario["node_ids"])
+    assert all(w["gpu_ids"] for w in sweep["workers"])  # the cluster's (fake) GPUs, not a private instance
+    assert sweep["still_connected"] is False

@@ -26,7 +26,7 @@ from engine.models.cnn import SmallCNN
 from engine.plan import Plan, make_plan
 from engine.progress import SweepProgress, work_per_sample
 from engine.resources import Resources
-from engine.runners.base import RunContext
+from engine.runners.base import RunContext, default_threads
 from engine.runners.local import LocalRunner
 from engine.runners.ray import RayRunner
 from engine.sinks.parquet import ResultStore
@@ -88,10 +88,10 @@ def _assert_exactly_once(store: ResultStore, plan: Plan, res: Resources) -> None
 def test_ray_gives_the_local_rows_column_by_column(ray_instance: Any, tiny_checkpoint: Path, tmp_path: Path) -> None:
     extra = ("perturbation=[clean,fgsm_linf,gaussian_noise]", "shard_size=10")
     plan, store_r, res = _plan(tiny_checkpoint, tmp_path / "ray", *extra)
-    runner = RayRunner(num_actors=2)
+    runner = RayRunner(threads=1)  # one single-thread actor per CPU: 2 here
     results = _run(runner, plan.todo, store_r, res)
     plan_l, store_l, res_l = _plan(tiny_checkpoint, tmp_path / "local", *extra)
-    _run(LocalRunner(), plan_l.todo, store_l, res_l)
+    _run(LocalRunner(threads=1), plan_l.todo, store_l, res_l)
     a, b = _sorted(store_r.read()), _sorted(store_l.read())
     assert a.num_rows == b.num_rows == 20 * (1 + 7 + 5)
     for name in a.column_names:
@@ -108,7 +108,7 @@ def test_a_killed_worker_costs_a_retry_not_the_sweep(ray_instance: Any, tiny_che
                                                    tmp_path: Path) -> None:
     plan, store, res = _plan(tiny_checkpoint, tmp_path, "perturbation=[pgd_linf]", "n_examples=40",
                              "shard_size=5", "batch_size=5")
-    runner = RayRunner(num_actors=2, max_retries=2)
+    runner = RayRunner(threads=1, num_actors=2, max_retries=2)
     killed: list[str] = []
 
     def kill_one(n_done: int) -> None:
@@ -141,7 +141,7 @@ def test_a_deterministic_error_fails_fast_names_the_task_and_is_not_retried(
                               model={**good.model, "checkpoint": str(bad_ckpt)},
                               checkpoint_sha256=sha256_of(bad_ckpt))
     tasks = (*plan.todo, bad)
-    runner = RayRunner(num_actors=2, max_retries=3)
+    runner = RayRunner(threads=1, num_actors=2, max_retries=3)
     with pytest.raises(GauntletError) as err:
         _run(runner, tasks, store, res)
     msg = str(err.value)
@@ -155,10 +155,26 @@ def test_a_deterministic_error_fails_fast_names_the_task_and_is_not_retried(
 
 @pytest.mark.timeout(60)
 def test_the_actor_count_follows_the_cluster_and_gpu_actors_never_wait_forever(ray_instance: Any) -> None:
-    assert RayRunner()._actor_count(ray_instance, 10) == 2  # 2 CPUs, 1 CPU per actor
-    assert RayRunner()._actor_count(ray_instance, 1) == 1  # never more actors than tasks
+    assert RayRunner(threads=1)._actor_count(ray_instance, 10) == 2  # 2 CPUs, 1 CPU per actor
+    assert RayRunner(threads=1)._actor_count(ray_instance, 1) == 1  # never more actors than tasks
     assert RayRunner(cpus_per_actor=0.5)._actor_count(ray_instance, 10) == 4
     with pytest.raises(ConfigError, match=r"runner\.gpus_per_actor=1 but the Ray cluster has no free GPU"):
         RayRunner(gpus_per_actor=1)._actor_count(ray_instance, 10)
     with pytest.raises(ConfigError, match=r"runner\.num_actors=3 but the cluster fits 2"):
-        RayRunner(num_actors=3)._actor_count(ray_instance, 10)
+        RayRunner(threads=1, num_actors=3)._actor_count(ray_instance, 10)
+
+
+@pytest.mark.timeout(60)
+def test_default_cpu_actors_use_the_local_runners_thread_count(ray_instance: Any, monkeypatch: pytest.MonkeyPatch,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    """Null threads resolve as runner=local's do (torch's default), capped by the biggest node's CPUs."""
+    for local_threads, expected in ((1, (0.0, 1.0, 1)), (2, (0.0, 2.0, 2)), (8, (0.0, 2.0, 2))):
+        monkeypatch.setattr(torch, "get_num_threads", lambda n=local_threads: n)
+        assert default_threads() == local_threads
+        caplog.clear()
+        assert RayRunner()._shape(ray_instance) == expected  # (GPUs, CPUs, threads) per actor
+        capped = "CPU actors get 2 thread(s), the most any node has; runner=local uses 8" in caplog.text
+        assert capped == (local_threads == 8)
+    assert RayRunner()._actor_count(ray_instance, 10) == 1  # one 2-thread actor fills this 2-CPU instance
+    assert RayRunner(threads=1)._shape(ray_instance) == (0.0, 1.0, 1)
+    assert RayRunner(cpus_per_actor=2, threads=1)._shape(ray_instance) == (0.0, 2.0, 1)

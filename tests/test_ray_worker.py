@@ -69,6 +69,18 @@ def test_worker_loads_each_model_once_uses_shipped_data_and_names_itself(tiny_ch
         assert all((a.columns[k] == b.columns[k]).all() for k in a.columns)
 
 
+def test_worker_builds_the_sweeps_perturbations_before_it_is_ready_and_leaves_bad_ones_to_their_task(
+        tiny_checkpoint: Path, tmp_path: Path) -> None:
+    tasks = _tasks(tiny_checkpoint, tmp_path, "perturbation=[clean,pgd_linf]")
+    good = [(t.perturbation_name, dict(t.perturbation)) for t in tasks]
+    bad = ("broken", {"_target_": "engine.perturbations.no_such_module.Nothing"})
+    worker = Worker("ray-1", 1, [], lambda *r: None, lambda ref: ref, perturbations=[*good, bad])
+    assert {stable_hash([n, c]) for n, c in good} <= set(worker.res._perts)  # built, so imported, at start
+    assert stable_hash(list(bad)) not in worker.res._perts and worker.info()["warm_s"] >= 0
+    with pytest.raises(GauntletError):
+        worker.res.perturbation(*bad)  # the error is the task's to report, with its name
+
+
 def test_cuda_out_of_memory_names_the_task_and_the_fix(tiny_checkpoint: Path, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     task = _tasks(tiny_checkpoint, tmp_path, "batch_size=64")[0]

@@ -50,6 +50,17 @@ class Runner(Protocol):
         ...
 
 
+def default_threads() -> int:
+    """CPU threads of one evaluation when ``runner.threads`` is null, the same for every runner.
+
+    torch's default in the driver process: its physical cores, or ``OMP_NUM_THREADS`` when set.
+    CPU float reductions (convolutions, matmuls) depend on the thread count, so evaluations with
+    equal threads give bit-identical rows; ``runner=local`` and ``runner=ray`` both resolve a null
+    ``runner.threads`` through here (README, "Running on a cluster").
+    """
+    return max(1, torch.get_num_threads())
+
+
 def oom_message(task: Task, device: str) -> str:
     """The user-facing message for a CUDA out-of-memory error: which task, where, and the fix."""
     smaller = max(1, task.batch_size // 2)

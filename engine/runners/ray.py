@@ -25,7 +25,7 @@ import torch
 from engine.data import SampleSet
 from engine.errors import CheckpointError, ConfigError, GauntletError
 from engine.resources import Resources
-from engine.runners.base import RunContext
+from engine.runners.base import RunContext, default_threads
 from engine.runners.ray_worker import Shipped, Worker
 from engine.seeding import stable_hash
 from engine.tasks import Task, TaskResult
@@ -102,7 +102,7 @@ class RayRunner:
     num_cpus: int | None = None
     num_gpus: float | None = None
     object_store_memory: int | None = None
-    cpus_per_actor: float = 1.0
+    cpus_per_actor: float | None = None
     gpus_per_actor: float | None = None
     num_actors: int | None = None
     threads: int | None = None
@@ -117,7 +117,7 @@ class RayRunner:
 
     def __post_init__(self) -> None:
         for key in ("cpus_per_actor", "max_retries", "ship_dataset_max_mb"):
-            if getattr(self, key) < 0:
+            if getattr(self, key) is not None and getattr(self, key) < 0:
                 raise ConfigError(f"runner.{key}={getattr(self, key)} must be ≥ 0")
         for key in ("in_flight", "keep_models"):
             if getattr(self, key) < 1:
@@ -135,6 +135,7 @@ class RayRunner:
             raise ConfigError(f"runner.address={self.address!r}: use null (private instance), auto, env, "
                               "host:port or ray://host:port")
         self._actors: list[_Actor] = []
+        self._warm: list[tuple[str, dict[str, Any]]] = []
         self.attempts: dict[str, int] = {}
         self.worker_info: list[dict[str, Any]] = []
 
@@ -152,6 +153,9 @@ class RayRunner:
             before = ray.available_resources()
             sink = _sink_class(ray).options(scheduling_strategy=_on_driver_node(ray)).remote()
             shipped = self._ship(ray, tasks, ctx)
+            self._warm = list({stable_hash([t.perturbation_name, t.perturbation]): (t.perturbation_name,
+                                                                                  dict(t.perturbation))
+                               for t in tasks}.values())
             self._start_actors(ray, sink, self._actor_count(ray, len(tasks)))
             yield from self._drive(ray, TaskQueue(tasks), shipped, ctx, sink)
             self.worker_info = self._collect_info(ray)
@@ -199,27 +203,53 @@ class RayRunner:
         log.info("runner=ray: joined the Ray cluster at %s: %s", address, ray.cluster_resources())
         return True
 
-    def _actor_count(self, ray: Any, n_tasks: int) -> int:
-        avail = ray.available_resources()
-        gpus, cpus = float(avail.get("GPU", 0.0)), float(avail.get("CPU", 0.0))
+    def _shape(self, ray: Any) -> tuple[float, float, int]:
+        """(GPUs, CPUs, threads) of each actor, nulls resolved: GPU actors take 1 CPU and 1 thread; CPU
+        actors take ``threads`` CPUs, where a null ``threads`` is ``default_threads()``, the count
+        ``runner=local`` uses, so the two runners give identical rows (README, "Running on a cluster")."""
+        gpus = float(ray.available_resources().get("GPU", 0.0))
         gpa = self.gpus_per_actor if self.gpus_per_actor is not None else (1.0 if gpus > 0 else 0.0)
         if gpa > 0 and gpus <= 0:
             raise ConfigError(f"runner.gpus_per_actor={gpa:g} but the Ray cluster has no free GPU (an actor would "
                               "wait forever); use runner.gpus_per_actor=0 for CPU actors")
-        self._gpa = gpa
+        if self.cpus_per_actor is not None:
+            cpa = self.cpus_per_actor
+        elif gpa > 0:
+            cpa = 1.0
+        else:
+            cpa = float(self.threads if self.threads is not None else self._cpu_actor_threads(ray))
+        threads = self.threads if self.threads is not None else max(1, int(cpa))
+        return gpa, cpa, threads
+
+    def _cpu_actor_threads(self, ray: Any) -> int:
+        """``default_threads()``, or the CPUs of the cluster's biggest node when no node has that many."""
+        want = default_threads()
+        nodes = [float(n.get("Resources", {}).get("CPU", 0.0)) for n in ray.nodes() if n.get("Alive")]
+        biggest = int(max(nodes, default=want))
+        if 1 <= biggest < want:
+            log.warning("runner=ray: CPU actors get %d thread(s), the most any node has; runner=local uses %d, so "
+                        "rows may differ from it in the last bits (set runner.threads on both to match)",
+                        biggest, want)
+            return biggest
+        return want
+
+    def _actor_count(self, ray: Any, n_tasks: int) -> int:
+        self._gpa, self._cpa, self._threads = gpa, cpa, _ = self._shape(ray)
+        avail = ray.available_resources()
+        gpus, cpus = float(avail.get("GPU", 0.0)), float(avail.get("CPU", 0.0))
         fits = min(math.floor(gpus / gpa + 1e-9) if gpa else math.inf,
-                   math.floor(cpus / self.cpus_per_actor + 1e-9) if self.cpus_per_actor else math.inf)
+                   math.floor(cpus / cpa + 1e-9) if cpa else math.inf)
         if fits == math.inf:
             raise ConfigError("runner.cpus_per_actor=0 and gpus_per_actor=0: set runner.num_actors")
         if self.num_actors is not None:
             if self.num_actors > fits:
                 raise ConfigError(
                     f"runner.num_actors={self.num_actors} but the cluster fits {fits} actor(s) of "
-                    f"{self.cpus_per_actor:g} CPU + {gpa:g} GPU (free: {cpus:g} CPU, {gpus:g} GPU); "
+                    f"{cpa:g} CPU + {gpa:g} GPU (free: {cpus:g} CPU, {gpus:g} GPU); "
                     f"use runner.num_actors≤{fits} or smaller runner.cpus_per_actor/gpus_per_actor")
             return self.num_actors
         if fits < 1:
-            raise ConfigError(f"the Ray cluster has no room for one actor of {self.cpus_per_actor:g} CPU + "
+            raise ConfigError(f"the Ray cluster has no room for one actor of {cpa:g} CPU + "
                               f"{gpa:g} GPU (free: {cpus:g} CPU, {gpus:g} GPU); lower runner.cpus_per_actor")
         return int(min(fits, n_tasks))
 
@@ -257,20 +287,20 @@ class RayRunner:
     def _start_actors(self, ray: Any, sink: Any, n: int) -> None:
         self._sink, self._n_started, self._n_initial, self._open = sink, 0, n, False
         self._cls = _actor_class(ray)
-        log.info("runner=ray: starting %d actor(s) of %g CPU + %g GPU, %d task(s) in flight each",
-                 n, self.cpus_per_actor, self._gpa, self.in_flight)
+        log.info("runner=ray: starting %d actor(s) of %g CPU + %g GPU (%d thread(s)), %d task(s) in flight each",
+                 n, self._cpa, self._gpa, self._threads, self.in_flight)
         for _ in range(n):
             self._spawn(ray)
 
     def _spawn(self, ray: Any) -> _Actor:
         name = f"ray-{self._n_started}"
         self._n_started += 1
-        threads = self.threads if self.threads is not None else max(1, int(self.cpus_per_actor))
+        threads = self._threads
         env = {k: str(threads) for k in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
         handle = self._cls.options(
-            num_cpus=self.cpus_per_actor, num_gpus=self._gpa, max_restarts=0, max_task_retries=0,
+            num_cpus=self._cpa, num_gpus=self._gpa, max_restarts=0, max_task_retries=0,
             scheduling_strategy="SPREAD", runtime_env={"env_vars": env},
-        ).remote(name, threads, self._sink, self.report_interval_s, self.keep_models)
+        ).remote(name, threads, self._sink, self.report_interval_s, self.keep_models, self._warm)
         actor = _Actor(name, handle, handle.info.remote(), time.monotonic())
         self._actors.append(actor)
         return actor
@@ -343,7 +373,7 @@ class RayRunner:
 
     def _on_ready(self, ray: Any, ref: Any, queue: TaskQueue, ctx: RunContext,
                   lost: tuple[type[BaseException], ...]) -> None:
-        actor = next(a for a in self._actors if a.ready_ref is ref)
+        actor = next(a for a in self._actors if a.ready_ref == ref)  # ==: Ray Client hands back new ref objects
         try:
             info = ray.get(ref)
         except lost as exc:
@@ -358,7 +388,7 @@ class RayRunner:
     def _on_result(self, ray: Any, ref: Any, owner: dict[Any, _Actor], queue: TaskQueue, ctx: RunContext,
                    lost: tuple[type[BaseException], ...]) -> Iterator[TaskResult]:
         actor = owner.pop(ref)
-        entry = next(e for e in actor.inflight if e[0] is ref)
+        entry = next(e for e in actor.inflight if e[0] == ref)
         task = entry[1]
         try:
             result = ray.get(ref)
@@ -402,7 +432,7 @@ class RayRunner:
         if time.monotonic() - oldest > self.start_timeout_s:
             raise GauntletError(
                 f"no Ray actor is running and none started within runner.start_timeout_s={self.start_timeout_s:g} s "
-                f"({len(queue)} task(s) left): the cluster lacks room for an actor of {self.cpus_per_actor:g} CPU + "
+                f"({len(queue)} task(s) left): the cluster lacks room for an actor of {self._cpa:g} CPU + "
                 f"{self._gpa:g} GPU. Re-run the same command to resume once it has.")
 
     def _drain(self, ray: Any, sink: Any, ctx: RunContext) -> None:
@@ -494,11 +524,13 @@ def _actor_class(ray: Any) -> Any:
     class GauntletWorker:
         """A Ray actor around ``engine.runners.ray_worker.Worker``."""
 
-        def __init__(self, name: str, threads: int, sink: Any, interval: float, keep_models: int) -> None:
+        def __init__(self, name: str, threads: int, sink: Any, interval: float, keep_models: int,
+                     perturbations: list[tuple[str, dict[str, Any]]]) -> None:
             def report(task_id: str, attempt: int, n: int) -> None:
                 sink.report.remote(task_id, attempt, n)
 
-            self.worker = Worker(name, threads, list(ray.get_gpu_ids()), report, ray.get, interval, keep_models)
+            self.worker = Worker(name, threads, list(ray.get_gpu_ids()), report, ray.get, interval, keep_models,
+                                 perturbations)
 
         def info(self) -> dict[str, Any]:
             return {**self.worker.info(), "node_id": ray.get_runtime_context().get_node_id()}
