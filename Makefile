@@ -29,11 +29,15 @@ run: $(STAMP)
 	$(VENV)/bin/gauntlet report $(RUN_OUT_DIR)
 
 ## The whole test suite (CPU; GPU tests skip themselves without CUDA).
+## One torch/OpenMP thread per process unless set: on the tests' small batches a second thread gained
+## nothing on an idle 2-core machine (docs/BENCHMARKS.md, "Ray runner") and was measured up to 60x slower on a loaded one.
+## Tests that are about thread counts set their own.
+TEST_THREADS = OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1}
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(TEST_THREADS) $(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(TEST_THREADS) $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check engine kernels tests scripts

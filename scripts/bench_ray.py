@@ -156,7 +156,7 @@ def overhead(root: Path, tasks: int) -> None:
     print(f"[overhead] Ray per-task overhead = {1000 * per:.1f} ms  (target ≤ 50 ms)")
 
 
-def cluster_balance(root: Path, samples: int) -> None:
+def cluster_balance(root: Path, samples: int, steps: int) -> None:
     import ray
     from ray.cluster_utils import Cluster
 
@@ -167,7 +167,8 @@ def cluster_balance(root: Path, samples: int) -> None:
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, log_to_driver=False)
     try:
-        plan, res = plan_for(root, f"n_examples={samples}", "perturbation=[pgd_linf]", "perturbation.pgd_linf.steps=5",
+        plan, res = plan_for(root, f"n_examples={samples}", "perturbation=[pgd_linf]",
+                             f"perturbation.pgd_linf.steps={steps}",
                              "batch_size=2", "shard_size=2", f"seed={samples}")
         steady, e2e, stats = timed_run(RayRunner(gpus_per_actor=1), plan, res, torch.device("cpu"), 8)
         tasks = [s.tasks for s in stats]
@@ -209,7 +210,7 @@ def main() -> None:
         if args.only in (None, "overhead"):
             overhead(root, args.tasks)
         if not args.skip_cluster and args.only in (None, "balance"):
-            cluster_balance(root, 128)
+            cluster_balance(root, 256, args.steps)
         if torch.cuda.is_available():
             gpu(root, 1024, args.steps)
     print(f"load average {os.getloadavg()[0]:.1f} at the end", flush=True)

@@ -36,10 +36,12 @@ def test_cli_ray_and_local_write_identical_rows(embedded_checkpoints: dict[str, 
     Both resolve a null runner.threads to torch's default, so CPU float reductions match bit for bit.
     RAY_ADDRESS points nowhere: with runner.address=null the private instance must ignore it.
     """
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # torch's default on this 2-core machine, whatever `make test` sets
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:9")
     ray_run = run_cli("n_examples=64", "runner=ray", f"out_dir={tmp_path / 'A'}", timeout=600)
     assert ray_run.returncode == 0, ray_run.stderr[-3000:]
     assert re.search(r"worker ray-\d on cpu: \d+ task\(s\)", ray_run.stderr)
+    assert re.search(r"starting \d+ actor\(s\) of 2 CPU \+ 0 GPU \(2 thread\(s\)\)", ray_run.stderr)  # local's 2
     assert "RAY_ADDRESS is set but runner.address is null" in ray_run.stderr
     monkeypatch.delenv("RAY_ADDRESS")
     local = run_cli("n_examples=64", "runner=local", f"out_dir={tmp_path / 'B'}", timeout=600)
