@@ -108,3 +108,41 @@ def test_runner_configs_are_checked_by_key() -> None:
     with pytest.raises(ConfigError, match=r"runner\.threads"):
         LocalRunner(threads=0)
     assert dataclasses.asdict(RayRunner())["address"] is None
+
+
+class _FlakyRay:
+    """Just what RayRunner._join touches: init fails ``failures`` times, then connects."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures, self.inits, self.shutdowns, self.up = failures, 0, 0, False
+
+    def init(self, address: str, log_to_driver: bool) -> None:
+        self.inits += 1
+        if self.inits <= self.failures:
+            self.up = True  # a half-made client context, which the retry must clear first
+            raise ConnectionError("Initialization failure from server:\nStarting Ray client server failed")
+        self.up = True
+
+    def is_initialized(self) -> bool:
+        return self.up
+
+    def shutdown(self) -> None:
+        self.shutdowns, self.up = self.shutdowns + 1, False
+
+
+def test_a_ray_client_join_is_retried_and_then_fails_with_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine.runners import ray as ray_runner
+
+    monkeypatch.setattr(ray_runner, "JOIN_RETRY_S", 0.0)
+    runner = ray_runner.RayRunner(address="ray://head:10001")
+    flaky = _FlakyRay(failures=2)
+    runner._join(flaky, "ray://head:10001")
+    assert flaky.inits == 3 and flaky.shutdowns == 2 and flaky.up
+    down = _FlakyRay(failures=99)
+    with pytest.raises(ConfigError, match=r"runner\.address='ray://head:10001': cannot join a Ray cluster"):
+        runner._join(down, "ray://head:10001")
+    assert down.inits == ray_runner.JOIN_ATTEMPTS
+    plain = _FlakyRay(failures=1)  # host:port (GCS) joins fail at once: nothing transient to wait out
+    with pytest.raises(ConfigError):
+        ray_runner.RayRunner(address="head:6379")._join(plain, "head:6379")
+    assert plain.inits == 1

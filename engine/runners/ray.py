@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": a private instance binds to 127.0.0.1 only
 TICK_S = 0.5  # how often the driver collects progress reports while it waits for results
 MiB = 1 << 20
+JOIN_ATTEMPTS = 3  # tries to join a cluster through Ray Client (ray://) before giving up
+JOIN_RETRY_S = 2.0  # wait before the next try, times the attempt number
 
 
 def _import_ray(private: bool) -> Any:
@@ -195,13 +197,28 @@ class RayRunner:
         address = os.environ.get("RAY_ADDRESS") if self.address == "env" else self.address
         if not address:
             raise ConfigError("runner.address=env but RAY_ADDRESS is not set; export it or give the address")
-        try:
-            ray.init(address=address, log_to_driver=True)
-        except (ConnectionError, ValueError, RuntimeError) as exc:
-            raise ConfigError(f"runner.address={self.address!r}: cannot join a Ray cluster ({exc}). Start one "
-                              "with `ray start --head`, or use runner.address=null for a private instance") from None
+        self._join(ray, address)
         log.info("runner=ray: joined the Ray cluster at %s: %s", address, ray.cluster_resources())
         return True
+
+    def _join(self, ray: Any, address: str) -> None:
+        """``ray.init(address)``; a Ray Client (ray://) join is tried JOIN_ATTEMPTS times, because its
+        server-side session start is known to fail transiently (ray-project/ray#21625, seen here once)."""
+        attempts = JOIN_ATTEMPTS if address.startswith("ray://") else 1
+        for attempt in range(1, attempts + 1):
+            try:
+                ray.init(address=address, log_to_driver=True)
+                return
+            except (ConnectionError, ValueError, RuntimeError) as exc:
+                if attempt == attempts:
+                    raise ConfigError(
+                        f"runner.address={self.address!r}: cannot join a Ray cluster ({exc}). Start one with "
+                        "`ray start --head`, or use runner.address=null for a private instance") from None
+                log.warning("runner=ray: joining %s failed (attempt %d of %d: %s); retrying in %g s",
+                            address, attempt, attempts, str(exc).splitlines()[0], JOIN_RETRY_S * attempt)
+                if ray.is_initialized():
+                    ray.shutdown()
+                time.sleep(JOIN_RETRY_S * attempt)
 
     def _shape(self, ray: Any) -> tuple[float, float, int]:
         """(GPUs, CPUs, threads) of each actor, nulls resolved: GPU actors take 1 CPU and 1 thread; CPU
