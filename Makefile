@@ -32,12 +32,19 @@ run: $(STAMP)
 ## One torch/OpenMP thread per process unless set: on the tests' small batches a second thread gained
 ## nothing on an idle 2-core machine (docs/BENCHMARKS.md, "Ray runner") and was measured up to 60x slower on a loaded one.
 ## Tests that are about thread counts set their own.
+## Two pytest workers (TEST_WORKERS=0 for one process), each taking whole files, so module- and
+## session-scoped fixtures (a simulated Ray cluster, a Ray instance) stay within one worker. The
+## embedded checkpoints are trained (or verified) first, at torch's default threads, so that the
+## workers never train them side by side.
 TEST_THREADS = OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1}
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(TEST_THREADS) $(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) scripts/train_digits.py
+	$(TEST_THREADS) $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	$(TEST_THREADS) $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) scripts/train_digits.py
+	$(TEST_THREADS) $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check engine kernels tests scripts
