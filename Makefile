@@ -32,7 +32,8 @@ run: $(STAMP)
 ## One torch/OpenMP thread per process unless set: on the tests' small batches a second thread gained
 ## nothing on an idle 2-core machine (docs/BENCHMARKS.md, "Ray runner") and was measured up to 60x slower on a loaded one.
 ## Tests that are about thread counts set their own.
-## Two pytest workers (TEST_WORKERS=0 for one process), each taking whole files, so module- and
+## Two pytest workers (TEST_WORKERS=0 for one process), each taking whole files (tests/conftest.py
+## groups them; the numba-kernel files form one group, compiled once), so module- and
 ## session-scoped fixtures (a simulated Ray cluster, a Ray instance) stay within one worker. The
 ## embedded checkpoints are trained (or verified) first, at torch's default threads, so that the
 ## workers never train them side by side.
@@ -40,11 +41,11 @@ TEST_THREADS = OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1}
 TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(PY) scripts/train_digits.py
-	$(TEST_THREADS) $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(TEST_THREADS) $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	$(PY) scripts/train_digits.py
-	$(TEST_THREADS) $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow" $(PYTEST_ARGS)
+	$(TEST_THREADS) $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup -m "not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check engine kernels tests scripts

@@ -71,3 +71,18 @@ def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str
         [sys.executable, "-m", "engine.cli", *args],
         cwd=REPO, capture_output=True, text=True, timeout=timeout, env={**os.environ, "HYDRA_FULL_ERROR": "0"},
     )
+
+
+# `make test` runs two pytest-xdist workers with --dist loadgroup. Each file is one group, so its
+# module- and session-scoped fixtures (a simulated Ray cluster, a Ray instance, a 200-sample sweep)
+# are built once. The files that JIT-compile the numba corruption kernels share one group: one
+# worker compiles each kernel signature once into NUMBA_CACHE_DIR, instead of both at once on a
+# fresh machine.
+NUMBA_FILES = {"test_kernels_corruptions.py", "test_corruptions_engine.py", "test_corruptions_fidelity.py",
+               "test_corruption_summary.py"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        name = item.path.name
+        item.add_marker(pytest.mark.xdist_group("numba-kernels" if name in NUMBA_FILES else name))
