@@ -251,7 +251,8 @@ class RayRunner:
         return want
 
     def _actor_count(self, ray: Any, n_tasks: int) -> int:
-        self._gpa, self._cpa, self._threads = gpa, cpa, _ = self._shape(ray)
+        gpa, cpa, threads = self._shape(ray)
+        self._gpa, self._cpa, self._threads = gpa, cpa, threads
         avail = ray.available_resources()
         gpus, cpus = float(avail.get("GPU", 0.0)), float(avail.get("CPU", 0.0))
         fits = min(math.floor(gpus / gpa + 1e-9) if gpa else math.inf,
