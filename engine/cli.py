@@ -9,7 +9,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from engine.config import CONFIG_DIR, config_dirs_from_argv, package_problems, register_schemas, unknown_choices
+from engine.compose.config import CONFIG_DIR, config_dirs_from_argv, package_problems, register_schemas, unknown_choices
 from engine.errors import GauntletError
 
 log = logging.getLogger("gauntlet")
@@ -18,9 +18,9 @@ register_schemas()
 
 
 SUBCOMMANDS = {  # gauntlet <subcommand> …: each module owns its logic and returns the exit code
-    "compact": "engine.compact:main",
+    "compact": "engine.store.compact:main",
     "report": "engine.sinks.report:main",
-    "compare": "engine.compare:main",
+    "compare": "engine.stats.compare:main",
     "convert-checkpoint": "engine.models.convert:main",
     "verify": "engine.claims.cli:main",
 }
@@ -40,7 +40,7 @@ def _precheck(argv: list[str]) -> list[str]:
         return problems
     for arg in argv:
         if arg.startswith("out_dir=") and "," not in arg and "$" not in arg:
-            from engine.outdir import check_out_dir
+            from engine.store.outdir import check_out_dir
 
             try:
                 check_out_dir(arg.partition("=")[2].strip("'\""))
@@ -88,7 +88,8 @@ def hydra_main(cfg: DictConfig) -> None:
     print(f"\nGauntlet run {outcome.plan.run_id}: {len(outcome.plan.tasks)} task(s), "
           f"{outcome.evaluated} evaluated, {len(outcome.plan.tasks) - outcome.evaluated} reused, {n_rows} rows\n")
     print(outcome.summary)
-    print(f"\nResults: {outcome.results_dir}  (read with engine.results.read({str(cfg.out_dir)!r}); docs/results.md)")
+    print(f"\nResults: {outcome.results_dir}  "
+          f"(read with engine.store.results.read({str(cfg.out_dir)!r}); docs/results.md)")
 
 
 if __name__ == "__main__":

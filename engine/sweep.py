@@ -14,24 +14,24 @@ from typing import Any
 import torch
 from hydra.utils import instantiate
 
-from engine.aggregate import AccuracyRow, accuracy_table
+from engine.compose.levels import Labels
 from engine.errors import ConfigError, GauntletError
-from engine.levels import Labels
-from engine.outdir import OutDirLock, check_out_dir
+from engine.evaluation.resources import Resources, _unwrap, resolve_device
+from engine.evaluation.tasks import Task
 from engine.perturbations.base import Perturbation
 from engine.perturbations.suite import AttackSuite
-from engine.plan import Plan, make_plan, prepare
-from engine.progress import SweepProgress, work_per_sample
-from engine.resources import Resources, _unwrap, resolve_device
+from engine.planning.plan import Plan, make_plan, prepare
 from engine.runners.base import RunContext, Runner
-from engine.sanity import SETUP, Flag, clean_accuracy_flags, probe_model, result_flags
-from engine.sanity_confirm import SweepConfirmer
+from engine.runners.progress import SweepProgress, work_per_sample
+from engine.sanity.confirm import SweepConfirmer
+from engine.sanity.flags import SETUP, Flag, clean_accuracy_flags, probe_model, result_flags
 from engine.sinks.attack_summary import render_attack_summary
 from engine.sinks.corruption_summary import render_corruption_summary
-from engine.sinks.parquet import ResultStore
 from engine.sinks.summary import render_flags, render_table
 from engine.sinks.wandb_sink import log_sweep, settings_of
-from engine.tasks import Task
+from engine.stats.aggregate import AccuracyRow, accuracy_table
+from engine.store.outdir import OutDirLock, check_out_dir
+from engine.store.parquet import ResultStore
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ def _execute(todo: tuple[Task, ...], runner: Runner, device: torch.device, resou
              store: ResultStore, progress: bool) -> int:
     """Run ``todo`` on ``runner``, writing each result as it arrives; return how many were evaluated.
 
-    Progress (engine/progress.py): a live bar when ``progress`` and stderr is a terminal, else one log
+    Progress (engine/runners/progress.py): a live bar when ``progress`` and stderr is a terminal, else one log
     line per finished task; at the end one line per worker.
     """
     if not todo:
@@ -195,7 +195,7 @@ def _write_sidecars(out_dir: Path, cfg: Mapping[str, Any], plan: Plan, summary: 
              "rows": [t.start, t.stop], "checkpoint_sha256": t.checkpoint_sha256}
             for t in plan.tasks
         ],
-        "threat_models": dict(threat_models or {}),  # engine/threat_model.py, docs/threat-model.md
+        "threat_models": dict(threat_models or {}),  # engine/compose/threat_model.py, docs/threat-model.md
     }
     _write_both(out_dir, plan.run_id, "sweep.json", json.dumps(meta, indent=2, default=str) + "\n")
     _write_both(out_dir, plan.run_id, "summary.txt", summary + "\n")

@@ -38,8 +38,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from engine.evaluation.resources import build_perturbation
 from engine.perturbations.base import BatchContext
-from engine.resources import build_perturbation
 
 SWEEP_LEVELS = [0.05, 0.1, 0.15, 0.2, 0.25, 0.3]
 
@@ -49,7 +49,7 @@ DEVICE = torch.device("cpu")  # --device
 
 
 def aa_config(name: str = "autoattack_standard_linf") -> dict:  # type: ignore[type-arg]
-    from engine.config import compose_sweep as compose_dict
+    from engine.compose.config import compose_sweep as compose_dict
 
     cfg = dict(compose_dict([f"perturbation=[{name}]"])["perturbation"][name])
     if TARGET_BATCH is not None:
@@ -213,7 +213,7 @@ def main() -> None:
         for eps in args.resnet_eps:
             compare("resnet18-cifar10", model, x, y, eps, args.repeats)
     if "digits" in what or "sweep" in what:
-        from engine.config import compose_sweep as compose_dict
+        from engine.compose.config import compose_sweep as compose_dict
         from engine.data.digits import load_digits
         from engine.models.loader import build_model, ensure_checkpoint
 

@@ -30,14 +30,14 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback only
 
 import torch
 
-from engine.config import compose_sweep
+from engine.compose.config import compose_sweep
+from engine.evaluation.resources import Resources
 from engine.models.checkpoint import save_checkpoint
 from engine.models.cnn import SmallCNN
-from engine.plan import make_plan
-from engine.progress import SweepProgress, WorkerStats, balance, work_per_sample
-from engine.resources import Resources
+from engine.planning.plan import make_plan
 from engine.runners.base import RunContext
 from engine.runners.local import LocalRunner
+from engine.runners.progress import SweepProgress, WorkerStats, balance, work_per_sample
 from engine.runners.ray import RayRunner
 
 

@@ -24,15 +24,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from engine.data.digits import load_digits
+from engine.evaluation.resources import build_perturbation
 from engine.models.loader import build_model, ensure_checkpoint
 from engine.perturbations.base import BatchContext
-from engine.resources import build_perturbation
 
 ORIGINAL_NORM = {"linf": "Linf", "l2": "L2"}
 
 
 def compose(model: str, norm: str = "linf", version: str = "standard") -> dict:  # type: ignore[type-arg]
-    from engine.config import compose_sweep as compose_dict
+    from engine.compose.config import compose_sweep as compose_dict
 
     return compose_dict([f"model=[{model}]", f"perturbation=[autoattack_{version}_{norm}]"])
 

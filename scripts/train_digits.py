@@ -14,7 +14,7 @@ import logging
 
 import torch
 
-from engine.config import compose_sweep
+from engine.compose.config import compose_sweep
 from engine.data.digits import load_digits
 from engine.models.checkpoint import manifest_path
 from engine.models.loader import build_model, checkpoint_path, ensure_checkpoint

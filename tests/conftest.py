@@ -18,7 +18,7 @@ os.environ.setdefault("NUMBA_CACHE_DIR", str(Path(os.environ["GAUNTLET_CACHE_DIR
 # in its own subprocesses with a private HOME.
 os.environ["WANDB_MODE"] = "disabled"
 
-from engine.config import compose_sweep, register_schemas
+from engine.compose.config import compose_sweep, register_schemas
 from engine.models.checkpoint import save_checkpoint
 from engine.models.cnn import SmallCNN
 

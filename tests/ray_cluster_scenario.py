@@ -26,14 +26,14 @@ import ray
 import torch
 from ray.cluster_utils import Cluster
 
+from engine.evaluation.resources import Resources
 from engine.models.checkpoint import save_checkpoint
 from engine.models.cnn import SmallCNN
-from engine.plan import Plan, make_plan
-from engine.progress import SweepProgress, balance, work_per_sample
-from engine.resources import Resources
+from engine.planning.plan import Plan, make_plan
 from engine.runners.base import RunContext
+from engine.runners.progress import SweepProgress, balance, work_per_sample
 from engine.runners.ray import RayRunner
-from engine.sinks.parquet import ResultStore
+from engine.store.parquet import ResultStore
 from tests.conftest import compose_dict
 
 NODE = {"num_cpus": 8, "num_gpus": 4, "object_store_memory": 80 * 2**20}

@@ -7,7 +7,7 @@ from typing import Any
 import pyarrow as pa
 
 from engine.sinks.attack_summary import render_attack_summary
-from engine.sinks.parquet import SCHEMA
+from engine.store.parquet import SCHEMA
 
 
 def _row(level: float, correct: bool, broken_by: str = "", grads: int = 0, queries: int = 0, size: float = 0.0,

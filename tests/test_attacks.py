@@ -409,7 +409,7 @@ def test_suite_configs_reproduce_the_original_versions(version: str, norm: str, 
     """Member order and every parameter of autoattack_<version>_<norm> equal what the original sets."""
     from pyautoattack import AutoAttack
 
-    from engine.resources import build_perturbation
+    from engine.evaluation.resources import build_perturbation
     from tests.conftest import compose_dict
 
     name = f"autoattack_{version}_{norm}"

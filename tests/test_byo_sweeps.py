@@ -127,7 +127,7 @@ def test_autoattack_example_checkpoint_matches_the_original(tmp_path: Path, monk
 # (Linux carries it across fork + exec), so a big pytest process would hide the difference.
 PROBE = """
 import json, re, resource, sys
-from engine.config import compose_sweep
+from engine.compose.config import compose_sweep
 from engine.sweep import run_sweep
 cfg = compose_sweep(sys.argv[1:])
 run_sweep(cfg)

@@ -297,7 +297,7 @@ def test_bpda_keeps_the_forward_pass_and_breaks_what_plain_apgd_cannot(models: d
 
 
 def test_adaptive_members_build_from_config() -> None:
-    from engine.resources import build_perturbation
+    from engine.evaluation.resources import build_perturbation
 
     cfg = {"_target_": "engine.perturbations.suite.AttackSuite", "norm": "linf", "eps": [0.1],
            "attacks": [{"_target_": "engine.perturbations.adaptive.Adaptive", "name": "t", "at": "net",

@@ -8,9 +8,9 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from engine.config import CONFIG_DIR
+from engine.compose.config import CONFIG_DIR
+from engine.evaluation.resources import build_perturbation
 from engine.perturbations.base import Perturbation
-from engine.resources import build_perturbation
 from tests.conftest import compose_dict
 
 CONFIGS = Path(CONFIG_DIR)

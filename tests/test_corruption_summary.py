@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from engine.aggregate import AccuracyRow
-from engine.corruption_metrics import ALEXNET_CLEAN_ERROR, ALEXNET_IMAGENET_C
 from engine.sinks.corruption_summary import render_corruption_summary
+from engine.stats.aggregate import AccuracyRow
+from engine.stats.corruption import ALEXNET_CLEAN_ERROR, ALEXNET_IMAGENET_C
 
 
 def _row(model: str, pert: str, family: str, level: float, k: int, n: int = 100) -> AccuracyRow:

@@ -12,7 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from engine.corruption_metrics import (
+from engine.data.precomputed import available_corruptions, load_all_severities, load_precomputed
+from engine.errors import ConfigError
+from engine.perturbations.base import BatchContext
+from engine.perturbations.corruptions import ALL, COMMON, CORRUPTIONS, GROUPS, HELD_OUT, PRESETS, Corruption
+from engine.stats.corruption import (
     ALEXNET_IMAGENET_C,
     ce_table,
     corruption_error,
@@ -23,10 +27,6 @@ from engine.corruption_metrics import (
     relative_mean_corruption_error,
     strip_preset_prefix,
 )
-from engine.data.precomputed import available_corruptions, load_all_severities, load_precomputed
-from engine.errors import ConfigError
-from engine.perturbations.base import BatchContext
-from engine.perturbations.corruptions import ALL, COMMON, CORRUPTIONS, GROUPS, HELD_OUT, PRESETS, Corruption
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PERTURBATIONS = CONFIGS / "perturbation"
@@ -51,7 +51,7 @@ def compose():
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from engine.config import register_schemas
+    from engine.compose.config import register_schemas
 
     register_schemas()
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):

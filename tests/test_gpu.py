@@ -8,7 +8,7 @@ import pyarrow.dataset as ds
 import pytest
 import torch
 
-from engine.resources import resolve_device
+from engine.evaluation.resources import resolve_device
 from engine.sweep import run_sweep
 from tests.conftest import compose_dict, tiny_overrides
 
@@ -42,9 +42,9 @@ def test_cuda_sweep_matches_cpu_sweep(tiny_checkpoint: Path, tmp_path: Path) -> 
 def test_autoattack_suite_on_cuda_agrees_with_cpu(tiny_checkpoint: Path) -> None:
     """The AutoAttack members (per-sample CPU generators, targets run together, FAB's grouped early exit) run
     on CUDA and reach the CPU's verdicts up to float noise."""
+    from engine.evaluation.resources import build_perturbation
     from engine.models.loader import build_model
     from engine.perturbations.base import BatchContext
-    from engine.resources import build_perturbation
 
     name = "autoattack_standard_linf"
     pcfg = compose_dict([f"perturbation=[{name}]"])["perturbation"][name]

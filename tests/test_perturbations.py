@@ -9,10 +9,10 @@ import torchattacks
 from scipy.ndimage import gaussian_filter
 
 from engine.errors import ConfigError
+from engine.evaluation.resources import build_perturbation
 from engine.perturbations.attacks import FGSM, PGD
 from engine.perturbations.base import BatchContext
 from engine.perturbations.corruptions import Contrast, GaussianBlur, GaussianNoise
-from engine.resources import build_perturbation
 
 PARAMS = (0.04, 0.06, 0.08, 0.09, 0.10)
 

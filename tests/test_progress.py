@@ -1,4 +1,4 @@
-"""engine/progress.py: the unit of work, an honest ETA, retries roll back, one line per task and per worker."""
+"""engine/runners/progress.py: the unit of work, an honest ETA, retries roll back, one line per task and per worker."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.progress import SweepProgress, WorkerStats, balance, format_duration, work_per_sample
-from engine.tasks import Task, TaskResult
+from engine.evaluation.tasks import Task, TaskResult
+from engine.runners.progress import SweepProgress, WorkerStats, balance, format_duration, work_per_sample
 from tests.conftest import run_cli, tiny_overrides
 
 
@@ -58,7 +58,7 @@ def test_a_retried_task_gives_back_its_progress_and_the_running_names_are_curren
 def test_one_line_per_finished_task_and_one_per_worker(caplog: pytest.LogCaptureFixture) -> None:
     a, b, c = _task(0), _task(1), _task(2)
     p = SweepProgress([a, b, c], {}, live=False)
-    with caplog.at_level(logging.INFO, logger="engine.progress"):
+    with caplog.at_level(logging.INFO, logger="engine.runners.progress"):
         for w in ("ray-0", "ray-1"):
             p.worker_ready(w, "cpu")
         p.finished(_result(a, "ray-0", 1.0))
@@ -104,7 +104,7 @@ def test_progress_false_logs_each_task_with_its_time(tiny_checkpoint: Path, tmp_
 
 
 def test_work_per_sample_follows_the_attack_budget(tiny_checkpoint: Path) -> None:
-    from engine.resources import build_perturbation
+    from engine.evaluation.resources import build_perturbation
     from tests.conftest import compose_dict
 
     cfg = compose_dict(["perturbation=[clean,gaussian_noise,fgsm_linf,pgd_linf,autoattack_standard_linf]"])

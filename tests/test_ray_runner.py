@@ -21,16 +21,16 @@ import torch
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # before ray is imported: stay on 127.0.0.1
 
 from engine.errors import ConfigError, GauntletError
+from engine.evaluation.resources import Resources
+from engine.evaluation.tasks import Task
 from engine.models.checkpoint import save_checkpoint, sha256_of
 from engine.models.cnn import SmallCNN
-from engine.plan import Plan, make_plan
-from engine.progress import SweepProgress, work_per_sample
-from engine.resources import Resources
+from engine.planning.plan import Plan, make_plan
 from engine.runners.base import RunContext, default_threads
 from engine.runners.local import LocalRunner
+from engine.runners.progress import SweepProgress, work_per_sample
 from engine.runners.ray import RayRunner
-from engine.sinks.parquet import ResultStore
-from engine.tasks import Task
+from engine.store.parquet import ResultStore
 from tests.conftest import compose_dict, tiny_overrides
 
 ray = pytest.importorskip("ray")

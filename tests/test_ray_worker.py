@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from engine.errors import CheckpointError, ConfigError, GauntletError
+from engine.evaluation.resources import Resources
 from engine.models.checkpoint import sha256_of
-from engine.plan import make_plan
-from engine.resources import Resources
+from engine.planning.plan import make_plan
 from engine.runners import ray_worker
 from engine.runners.base import RunContext
 from engine.runners.local import LocalRunner

@@ -15,13 +15,13 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-import engine.results
-from engine.config import CONFIG_DIR
+import engine.store.results
+from engine.compose.config import CONFIG_DIR
 from engine.errors import ConfigError, ThreatModelViolation
+from engine.evaluation.checks import verify_batch
 from engine.perturbations.base import Perturbation
-from engine.sinks.parquet import SCHEMA, ResultIntegrityError, ResultStore, check_unique_keys
+from engine.store.parquet import SCHEMA, ResultIntegrityError, ResultStore, check_unique_keys
 from engine.sweep import run_sweep
-from engine.verify import verify_batch
 from tests.conftest import compose_dict, run_cli, tiny_overrides
 
 PERTS = "perturbation=[clean,contrast]"
@@ -78,7 +78,7 @@ def test_a_copied_config_with_its_own_header_is_its_own_entry(tiny_checkpoint: P
                  [f"hydra.searchpath=[file://{user}]"]):
         proc = _cli_ok(*flag, *args)
         assert "my_contrast" in proc.stdout
-    table = engine.results.read(tmp_path / "out")
+    table = engine.store.results.read(tmp_path / "out")
     assert sorted(set(table["perturbation"].to_pylist())) == ["contrast", "my_contrast"]
 
 
@@ -86,7 +86,7 @@ def test_a_copied_config_with_its_own_header_is_its_own_entry(tiny_checkpoint: P
 
 def test_resume_sets_aside_foreign_tampered_and_other_schema_files(tiny_checkpoint: Path, tmp_path: Path) -> None:
     first = _sweep(tiny_checkpoint, tmp_path)
-    good = engine.results.read(tmp_path).sort_by([("task_id", "ascending"), ("level", "ascending"),
+    good = engine.store.results.read(tmp_path).sort_by([("task_id", "ascending"), ("level", "ascending"),
                                                   ("sample_id", "ascending")])
     clean_t, contrast_t = (next(t for t in first.plan.tasks if t.perturbation_name == p) for p in ("clean", "contrast"))
     res = tmp_path / "results"
@@ -112,7 +112,7 @@ def test_resume_sets_aside_foreign_tampered_and_other_schema_files(tiny_checkpoi
     assert "ignoring" in proc.stderr and "notes.parquet" in proc.stderr
     assert "moved to" in proc.stderr and "quarantine" in proc.stderr
     assert len(list((tmp_path / "quarantine").iterdir())) == 3  # moved aside, never deleted
-    again = engine.results.read(tmp_path).sort_by([("task_id", "ascending"), ("level", "ascending"),
+    again = engine.store.results.read(tmp_path).sort_by([("task_id", "ascending"), ("level", "ascending"),
                                                    ("sample_id", "ascending")])
     assert again.drop_columns(["run_id"]).equals(good.drop_columns(["run_id"]))
 
@@ -120,25 +120,25 @@ def test_resume_sets_aside_foreign_tampered_and_other_schema_files(tiny_checkpoi
 def test_reader_filters_by_run_and_seed_and_skips_damaged_files(tiny_checkpoint: Path, tmp_path: Path) -> None:
     a = _sweep(tiny_checkpoint, tmp_path)
     b = _sweep(tiny_checkpoint, tmp_path, "seed=1")
-    assert engine.results.read(tmp_path).num_rows == 2 * 20 * 6
-    assert set(engine.results.read(tmp_path, run_id=b.plan.run_id)["seed"].to_pylist()) == {1}
-    assert engine.results.read(tmp_path, seed=0)["run_id"].unique().to_pylist() == [a.plan.run_id]
+    assert engine.store.results.read(tmp_path).num_rows == 2 * 20 * 6
+    assert set(engine.store.results.read(tmp_path, run_id=b.plan.run_id)["seed"].to_pylist()) == {1}
+    assert engine.store.results.read(tmp_path, seed=0)["run_id"].unique().to_pylist() == [a.plan.run_id]
     victim = next(iter(sorted((tmp_path / "results").glob("*.parquet"))))
     lost = pq.read_metadata(victim).num_rows
     pq.write_table(pa.table({"x": [1]}), victim)
     (tmp_path / "results" / "other.parquet").write_bytes(b"not parquet")
-    assert engine.results.read(tmp_path).num_rows == 2 * 20 * 6 - lost
+    assert engine.store.results.read(tmp_path).num_rows == 2 * 20 * 6 - lost
     assert victim.exists()  # the reader never moves files; the next run sets it aside
 
 
 def test_compacted_tasks_are_recognised_by_resume(tiny_checkpoint: Path, tmp_path: Path) -> None:
     _sweep(tiny_checkpoint, tmp_path, "shard_size=5")
-    before = engine.results.read(tmp_path).sort_by([("task_id", "ascending"), ("level", "ascending"),
+    before = engine.store.results.read(tmp_path).sort_by([("task_id", "ascending"), ("level", "ascending"),
                                                     ("sample_id", "ascending")])
     proc = _cli_ok("compact", str(tmp_path))
     assert "compacted 8 task file(s) into 1 file(s)" in proc.stdout
     assert [p.name[:8] for p in (tmp_path / "results").glob("*.parquet")] == ["compact-"]
-    after = engine.results.read(tmp_path).sort_by([("task_id", "ascending"), ("level", "ascending"),
+    after = engine.store.results.read(tmp_path).sort_by([("task_id", "ascending"), ("level", "ascending"),
                                                    ("sample_id", "ascending")])
     assert after.equals(before)
     assert _sweep(tiny_checkpoint, tmp_path, "shard_size=5").evaluated == 0
@@ -232,7 +232,7 @@ def test_scalar_and_fractional_eps_and_tilde_out_dir(tiny_checkpoint: Path, tmp_
         assert (home / "runs" / "x" / "results").is_dir() and (home / "runs" / "x" / "hydra").is_dir()
         assert not (Path.cwd() / "~").exists()
         proc = _cli_ok(*args, "out_dir=~/runs/x", "perturbation.fgsm_linf.eps=0.0313725490196078")
-        table = engine.results.read(home / "runs" / "x")
+        table = engine.store.results.read(home / "runs" / "x")
         assert sorted(set(table["level"].to_pylist()))[-1] == pytest.approx(8 / 255)
     finally:
         os.environ["HOME"] = env_home or ""
@@ -322,7 +322,7 @@ def test_stray_temporaries_of_dead_processes_are_removed(tiny_checkpoint: Path, 
 
 @pytest.mark.skipif(not Path("/sys/kernel").is_dir(), reason="needs Linux sysfs, where no one may create folders")
 def test_an_out_dir_that_cannot_be_written_is_refused_before_any_compute(tiny_checkpoint: Path) -> None:
-    from engine.outdir import check_out_dir
+    from engine.store.outdir import check_out_dir
 
     with pytest.raises(ConfigError, match=r"out_dir=/sys/gauntlet-test: .* not writable .*choose a writable"):
         check_out_dir("/sys/gauntlet-test")

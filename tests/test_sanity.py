@@ -12,13 +12,15 @@ import pytest
 import torch
 
 from engine.data.digits import load_digits
-from engine.evaluate import _rows
+from engine.evaluation.checks import verify_batch
+from engine.evaluation.evaluate import _rows
 from engine.perturbations.attacks import FGSM, PGD
 from engine.perturbations.autoattack import APGD
 from engine.perturbations.base import BatchContext, LevelOutput, Perturbation, zero_cost
 from engine.perturbations.square import Square
 from engine.perturbations.suite import AttackSuite
-from engine.sanity import (
+from engine.sanity.confirm import Confirmation, SweepConfirmer, confirm_white_box, strong_suite
+from engine.sanity.flags import (
     MASKED,
     SETUP,
     WEAK,
@@ -28,9 +30,7 @@ from engine.sanity import (
     probe_model,
     result_flags,
 )
-from engine.sanity_confirm import Confirmation, SweepConfirmer, confirm_white_box, strong_suite
-from engine.sinks.parquet import SCHEMA
-from engine.verify import verify_batch
+from engine.store.parquet import SCHEMA
 
 
 @pytest.fixture(scope="module")
@@ -210,8 +210,8 @@ def test_randomised_model_without_eot_is_flagged_and_with_eot_is_not(healthy: to
 def test_autoattack_rand_averages_20_passes_per_gradient_and_is_not_flagged(healthy: torch.nn.Module,
                                                                             data: tuple,  # type: ignore[type-arg]
                                                                             norm: str) -> None:
+    from engine.evaluation.resources import build_perturbation
     from engine.perturbations.base import BatchContext
-    from engine.resources import build_perturbation
     from tests.conftest import compose_dict
 
     name = f"autoattack_rand_{norm}"
@@ -433,14 +433,14 @@ def test_clean_accuracy_at_chance_is_flagged_and_a_healthy_model_is_not(healthy:
 
 def test_sweep_writes_flags_json_next_to_results(tiny_checkpoint: Path, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    import engine.sanity_confirm
+    import engine.sanity.confirm
     from engine.sweep import run_sweep
     from tests.conftest import compose_dict, tiny_overrides
 
     def no_confirmation(*args: object, **kwargs: object) -> None:
         raise AssertionError("a sweep without a black-box attack must not run a confirmation attack")
 
-    monkeypatch.setattr(engine.sanity_confirm, "confirm_white_box", no_confirmation)
+    monkeypatch.setattr(engine.sanity.confirm, "confirm_white_box", no_confirmation)
     outcome = run_sweep(compose_dict(tiny_overrides(tiny_checkpoint, tmp_path, "perturbation=[clean,fgsm_linf]")))
     doc = json.loads((tmp_path / "flags.json").read_text())
     assert doc["run_id"] == outcome.plan.run_id and isinstance(doc["flags"], list)

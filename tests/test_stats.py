@@ -9,10 +9,9 @@ import pyarrow as pa
 import pytest
 from scipy import stats as sps
 
-from engine.aggregate import accuracy_area, accuracy_table, worst_case
-from engine.compare import paired_comparison, render_paired, sentence
-from engine.sinks.parquet import SCHEMA
-from engine.stats import (
+from engine.stats.aggregate import accuracy_area, accuracy_table, worst_case
+from engine.stats.compare import paired_comparison, render_paired, sentence
+from engine.stats.intervals import (
     PairedCounts,
     clopper_pearson_interval,
     holm_adjust,
@@ -21,6 +20,7 @@ from engine.stats import (
     trapezoid_area,
     wilson_interval,
 )
+from engine.store.parquet import SCHEMA
 
 CASES = [(0, 1), (1, 1), (0, 10), (3, 10), (10, 10), (45, 200), (199, 200), (4321, 5000), (9990, 10000)]
 
@@ -163,7 +163,8 @@ def test_statistics_and_comparison_import_neither_matplotlib_nor_wandb() -> None
 
     from tests.conftest import REPO
 
-    code = ("import sys, engine.stats, engine.aggregate, engine.compare, engine.rundir, engine.sinks.summary_doc, "
+    code = ("import sys, engine.stats.intervals, engine.stats.aggregate, engine.stats.compare, engine.store.rundir, "
+            "engine.sinks.summary_doc, "
             "engine.sinks.wandb_sink; bad = [m for m in ('matplotlib', 'wandb', 'ray') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
@@ -173,7 +174,7 @@ def test_statistics_and_comparison_import_neither_matplotlib_nor_wandb() -> None
 def test_disjoint_samples_give_an_empty_row_that_says_so() -> None:
     import json
 
-    from engine.compare import json_safe
+    from engine.stats.compare import json_safe
 
     recs = [("a", "pgd", "attack", 0.1, i, True) for i in range(5)] + [
         ("b", "pgd", "attack", 0.1, i, False) for i in range(5, 9)]

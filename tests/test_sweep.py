@@ -11,7 +11,7 @@ import torch
 from engine.errors import ConfigError, ModelOutputError
 from engine.models.checkpoint import save_checkpoint
 from engine.models.cnn import SmallCNN
-from engine.sinks.parquet import SCHEMA
+from engine.store.parquet import SCHEMA
 from engine.sweep import run_sweep
 from tests.conftest import compose_dict, tiny_overrides
 
@@ -93,7 +93,7 @@ def test_sharding_aligned_with_batches_gives_the_same_rows(tiny_checkpoint: Path
 
 
 def test_task_ids_ignore_run_order_and_unrelated_sweep_members(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    from engine.plan import make_plan
+    from engine.planning.plan import make_plan
 
     def ids(*extra: str) -> dict[str, str]:
         plan = make_plan(compose_dict(tiny_overrides(tiny_checkpoint, tmp_path, *extra)), lambda _: False)

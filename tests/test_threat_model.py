@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from engine.compose.threat_model import canonical_tags, describe, parse_tags
 from engine.errors import ConfigError
-from engine.threat_model import canonical_tags, describe, parse_tags
 
 
 def test_list_form_translates_to_the_structure() -> None:
@@ -44,8 +44,8 @@ def test_mistakes_are_config_errors(tags: object, needle: str) -> None:
 
 
 def test_every_shipped_perturbation_config_has_a_valid_threat_model() -> None:
-    from engine.config import CONFIG_DIR, compose_sweep
-    from engine.resources import build_perturbation
+    from engine.compose.config import CONFIG_DIR, compose_sweep
+    from engine.evaluation.resources import build_perturbation
 
     names = [p.stem for p in Path(CONFIG_DIR, "perturbation").glob("*.yaml")]
     cfg = compose_sweep([f"perturbation=[{','.join(sorted(names))}]"])
@@ -55,8 +55,8 @@ def test_every_shipped_perturbation_config_has_a_valid_threat_model() -> None:
 
 
 def test_a_config_with_an_unknown_atlas_id_fails_when_built() -> None:
-    from engine.config import compose_sweep
-    from engine.resources import build_perturbation
+    from engine.compose.config import compose_sweep
+    from engine.evaluation.resources import build_perturbation
 
     pcfg = compose_sweep(["perturbation=[pgd_linf]"])["perturbation"]["pgd_linf"]
     with pytest.raises(ConfigError, match=r"unknown MITRE ATLAS id 'AML\.T9999'"):

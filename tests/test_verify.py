@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from engine.errors import ModelOutputError, ThreatModelViolation
+from engine.evaluation.checks import check_logits, verify_batch
 from engine.perturbations.attacks import FGSM
 from engine.perturbations.base import BatchContext, LevelOutput, zero_cost
 from engine.perturbations.clean import Clean
 from engine.perturbations.corruptions import Contrast
-from engine.verify import check_logits, verify_batch
 
 
 @dataclass(frozen=True)

@@ -113,7 +113,7 @@ def test_offline_run_is_logged_inside_the_run_folder_and_reads_back(tiny_checkpo
 @pytest.mark.slow
 def test_disabled_never_imports_wandb(tiny_checkpoint: Path, tmp_path: Path) -> None:
     code = (
-        "import sys, json; from engine.config import compose_sweep; from engine.sweep import run_sweep; "
+        "import sys, json; from engine.compose.config import compose_sweep; from engine.sweep import run_sweep; "
         "run_sweep(compose_sweep(tuple(json.loads(sys.argv[1])))); print('wandb' in sys.modules)"
     )
     for extra, env in ((["wandb=disabled"], {}), (["wandb=offline"], {"WANDB_MODE": "disabled"})):

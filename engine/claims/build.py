@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from engine.claims.schema import ClaimFile
-from engine.config import ModelConfig, compose_sweep
+from engine.compose.config import ModelConfig, compose_sweep
 from engine.errors import ConfigError
 
 BASE_SUITE = "autoattack_standard_{norm}"

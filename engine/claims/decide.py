@@ -10,7 +10,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from engine.aggregate import wilson_interval
+from engine.stats.aggregate import wilson_interval
 
 Z95 = 1.959963984540054
 MAX_SAMPLES = 1_000_000

@@ -56,7 +56,7 @@ class Indicator:
     count: int
     n: int
     message: str
-    source: str = "pintor"  # pintor | sanity (engine/sanity.py flags) | margin
+    source: str = "pintor"  # pintor | sanity (engine/sanity/flags.py flags) | margin
     details: dict[str, Any] = field(default_factory=dict)
     cleared: bool | None = None  # set after escalation
     cleared_by: list[str] = field(default_factory=list)

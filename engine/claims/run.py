@@ -33,10 +33,10 @@ from engine.claims.schema import Claim, ClaimFile, load_claim_file
 from engine.claims.transfer import transfer_indicator
 from engine.claims.verdict import ClaimVerdict, clean_part, corruption_verdict, finish_verdict
 from engine.errors import ConfigError
+from engine.evaluation.resources import Resources, resolve_device
 from engine.perturbations.adaptive import GradientView
 from engine.perturbations.suite import AttackSuite
-from engine.resources import Resources, resolve_device
-from engine.sinks.parquet import ResultStore
+from engine.store.parquet import ResultStore
 from engine.sweep import SweepOutcome, run_sweep
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ def _randomised(model: torch.nn.Module, x: torch.Tensor) -> bool:
 
 
 def _sanity(outcome: SweepOutcome, model: str, base: str) -> list[Indicator]:
-    """engine/sanity.py's flags on this model (the probe's, and those on the base suite) as indicators."""
+    """engine/sanity/flags.py's flags on this model (the probe's, and those on the base suite) as indicators."""
     out = []
     for f in outcome.flags:
         if f.model == model and (f.perturbation is None or base in str(f.perturbation)):

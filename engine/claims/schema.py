@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from engine.config import CONFIG_DIR, group_options
+from engine.compose.config import CONFIG_DIR, group_options
 from engine.errors import ConfigError
 
 TOP_KEYS = ("model", "dataset", "n_examples", "subset", "claims", "defence", "resolution", "title", "source")
@@ -182,7 +182,7 @@ def _named_or_inline(path: str, key: str, value: Any, choices: Sequence[str]) ->
 
 
 def _inline_model(path: str, block: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    from engine.config import ModelConfig
+    from engine.compose.config import ModelConfig
 
     valid = ["name", *ModelConfig.__dataclass_fields__]
     _check_keys(f"{path}: model", block, valid)

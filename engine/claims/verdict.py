@@ -18,7 +18,7 @@ from typing import Any
 
 from engine.claims.decide import decide, estimate
 from engine.claims.schema import Claim
-from engine.threat_model import ThreatModel, describe, parse_tags
+from engine.compose.threat_model import ThreatModel, describe, parse_tags
 
 EXIT = {"CONSISTENT": 0, "REFUTED": 1, "INCONCLUSIVE": 3}  # 2: an error before or during the run
 SEVERITY = {"CONSISTENT": 0, "INCONCLUSIVE": 1, "REFUTED": 2}

@@ -10,10 +10,10 @@ from typing import ClassVar, Literal
 import torch
 from torch import nn
 
+from engine.compose.threat_model import ThreatModel, canonical_tags, parse_tags
 from engine.errors import ConfigError
 from engine.perturbations.norms import Norm, get_norm
 from engine.seeding import derive_seed
-from engine.threat_model import ThreatModel, canonical_tags, parse_tags
 
 Family = Literal["clean", "attack", "corruption"]
 
@@ -73,7 +73,7 @@ class Perturbation:
     tags: Sequence[str] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
-        # list or mapping form (engine/threat_model.py), kept as the list form; a bad ATLAS id fails here
+        # list or mapping form (engine/compose/threat_model.py), kept as the list form; a bad ATLAS id fails here
         object.__setattr__(self, "tags", canonical_tags(self.tags))
         parse_tags(f"perturbation {self.name!r}", self.tags, self.family)
         if self.norm is not None:

@@ -23,6 +23,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from engine.compose.threat_model import canonical_tags, parse_tags
 from engine.errors import ConfigError, ThreatModelViolation
 from engine.perturbations.base import (
     BatchContext,
@@ -34,7 +35,6 @@ from engine.perturbations.base import (
 )
 from engine.perturbations.norms import Norm
 from engine.seeding import derive_seed
-from engine.threat_model import canonical_tags, parse_tags
 
 WHITE_BOX = "white-box"
 BLACK_BOX = "black-box"

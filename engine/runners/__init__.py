@@ -1,1 +1,1 @@
-"""Runners execute tasks and yield their results; ``local`` is one backend, Ray comes next."""
+"""Runners execute tasks and yield their results (local, Ray), and the sweep's progress display."""

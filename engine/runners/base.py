@@ -8,14 +8,14 @@ from typing import Protocol
 
 import torch
 
-from engine.resources import Resources
-from engine.tasks import Task, TaskResult
+from engine.evaluation.resources import Resources
+from engine.evaluation.tasks import Task, TaskResult
 
 SamplesDone = Callable[[Task, int], None]
 
 
 class RunEvents:
-    """What a runner tells the driver besides results (no-ops here; ``engine.progress`` listens)."""
+    """What a runner tells the driver besides results (no-ops here; ``engine.runners.progress`` listens)."""
 
     def worker_ready(self, worker: str, device: str) -> None:
         """A worker (the local process, a Ray actor) is up on ``device``."""
@@ -40,7 +40,7 @@ class RunContext:
 class Runner(Protocol):
     """Any backend that can evaluate tasks (in this process, in Ray actors, ...).
 
-    Contract: every ``TaskResult`` a runner yields comes from ``engine.evaluate.evaluate``
+    Contract: every ``TaskResult`` a runner yields comes from ``engine.evaluation.evaluate.evaluate``
     (which verifies each perturbed batch against its threat model); a runner never builds
     rows itself, never writes files, and yields each task at most once.
     """

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 import torch
 
 from engine.errors import ConfigError, GauntletError
-from engine.evaluate import evaluate
-from engine.resources import Resources
+from engine.evaluation.evaluate import evaluate
+from engine.evaluation.resources import Resources
+from engine.evaluation.tasks import Task, TaskResult
 from engine.runners.base import RunContext, oom_message
-from engine.tasks import Task, TaskResult
 
 WORKER = "local"
 

@@ -24,11 +24,11 @@ import torch
 
 from engine.data import SampleSet
 from engine.errors import CheckpointError, ConfigError, GauntletError
-from engine.resources import Resources
+from engine.evaluation.resources import Resources
+from engine.evaluation.tasks import Task, TaskResult
 from engine.runners.base import RunContext, default_threads
 from engine.runners.ray_worker import Shipped, Worker
 from engine.seeding import stable_hash
-from engine.tasks import Task, TaskResult
 
 log = logging.getLogger(__name__)
 

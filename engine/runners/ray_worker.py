@@ -23,12 +23,12 @@ import torch
 
 from engine.data import Dataset, SampleSet
 from engine.errors import CheckpointError, GauntletError
-from engine.evaluate import evaluate
+from engine.evaluation.evaluate import evaluate
+from engine.evaluation.resources import Resources
+from engine.evaluation.tasks import Task, TaskResult
 from engine.models.loader import build_model
-from engine.resources import Resources
 from engine.runners.base import oom_message
 from engine.seeding import stable_hash
-from engine.tasks import Task, TaskResult
 
 log = logging.getLogger(__name__)
 

@@ -1,1 +1,1 @@
-"""Where results go: Parquet files (the record), the terminal summary, later wandb, plots and reports."""
+"""Where a finished sweep is shown: the terminal summary, plots, the HTML report, Weights & Biases."""

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from engine import corruption_metrics as cm
-from engine.aggregate import AccuracyRow
+from engine.stats import corruption as cm
+from engine.stats.aggregate import AccuracyRow
 
 
 def _errors(rows: Sequence[AccuracyRow], model: str) -> tuple[dict[str, np.ndarray], float | None]:

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from engine.aggregate import AccuracyRow
+from engine.stats.aggregate import AccuracyRow
 
 DPI = 110
 

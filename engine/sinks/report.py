@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.aggregate import AccuracyRow, accuracy_table
-from engine.compare import json_safe
 from engine.errors import GauntletError
-from engine.rundir import RunFolder, load_run
 from engine.sinks import plots
 from engine.sinks.summary_doc import build_summary, ordered_models, ordered_perturbations
+from engine.stats.aggregate import AccuracyRow, accuracy_table
+from engine.stats.compare import json_safe
+from engine.store.rundir import RunFolder, load_run
 
 log = logging.getLogger(__name__)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from engine.aggregate import AccuracyRow
-from engine.sanity import Flag
+from engine.sanity.flags import Flag
+from engine.stats.aggregate import AccuracyRow
 
 
 def _level(row: AccuracyRow, labels: Mapping[str, Mapping[float, str]] | None = None) -> str:

@@ -12,11 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from engine import corruption_metrics as cm
-from engine.aggregate import AccuracyRow, accuracy_area, accuracy_table, worst_case
-from engine.compare import PairedRow, paired_comparison
-from engine.rundir import RunFolder
-from engine.stats import clopper_pearson_interval
+from engine.stats import corruption as cm
+from engine.stats.aggregate import AccuracyRow, accuracy_area, accuracy_table, worst_case
+from engine.stats.compare import PairedRow, paired_comparison
+from engine.stats.intervals import clopper_pearson_interval
+from engine.store.rundir import RunFolder
 
 SUMMARY_SCHEMA_VERSION = "1"
 

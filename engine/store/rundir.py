@@ -16,10 +16,10 @@ from engine.errors import GauntletError
 def read_rows(out_dir: str | Path, task_ids: list[str] | None = None) -> pa.Table:
     """The verified result rows of ``out_dir`` (only ``task_ids``' when given) under the one schema.
 
-    The single place reports and comparisons read Parquet from: ``engine.results.read``,
+    The single place reports and comparisons read Parquet from: ``engine.store.results.read``,
     so a foreign, damaged or missing task file is an error here, never a wrong number.
     """
-    from engine.results import read
+    from engine.store.results import read
 
     return read(out_dir, task_ids=task_ids)
 

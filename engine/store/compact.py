@@ -16,9 +16,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from engine.errors import ConfigError
-from engine.outdir import OutDirLock
 from engine.seeding import stable_hash
-from engine.sinks.parquet import SCHEMA, SCHEMA_VERSION, ResultStore, content_problem, file_entries, write_atomic
+from engine.store.outdir import OutDirLock
+from engine.store.parquet import SCHEMA, SCHEMA_VERSION, ResultStore, content_problem, file_entries, write_atomic
 
 log = logging.getLogger(__name__)
 

@@ -24,9 +24,9 @@ from typing import IO
 
 from tqdm.auto import tqdm
 
+from engine.evaluation.tasks import Task, TaskResult
 from engine.perturbations.base import Perturbation
 from engine.runners.base import RunEvents
-from engine.tasks import Task, TaskResult
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from engine.errors import GauntletError
-from engine.stats import PairedCounts, format_p, holm_adjust, mcnemar_exact, newcombe_paired_interval
+from engine.stats.intervals import PairedCounts, format_p, holm_adjust, mcnemar_exact, newcombe_paired_interval
 
 ALPHA = 0.05
 
@@ -180,7 +180,7 @@ def merge_runs(out_dirs: Sequence[str | Path]) -> tuple[pa.Table, list[str]]:
 
     A model name already seen in an earlier run is relabelled ``name@<folder name>``.
     """
-    from engine.rundir import load_run
+    from engine.store.rundir import load_run
 
     runs = [load_run(d) for d in out_dirs]
     ref = _dataset_identity(runs[0])

@@ -1,12 +1,12 @@
 """Confirm before accusing: re-attack exactly the flagged samples with a strong white-box attack.
 
-A result check in :mod:`engine.sanity` that would accuse the *model* (a black-box
+A result check in :mod:`engine.sanity.flags` that would accuse the *model* (a black-box
 attack beat every white-box one, accuracy rose with ε, an unbounded ε stayed above
 chance) first asks :func:`confirm_white_box` whether a strong white-box attack breaks
 those samples: APGD-CE with restarts and APGD-T against the most likely other
 classes, 100 iterations each (Gauntlet's own AutoAttack members, with the restarts
 of AutoAttack's "plus" version). It runs through the real :class:`AttackSuite`, so
-every example is checked by the suite and then by :func:`engine.verify.verify_batch`
+every example is checked by the suite and then by :func:`engine.evaluation.checks.verify_batch`
 and re-classified before it counts. Samples it breaks mean the sweep's attack was
 weak; only samples that survive it can be evidence of masking.
 
@@ -23,10 +23,10 @@ from typing import Any
 import torch
 
 from engine.data import Dataset
+from engine.evaluation.checks import check_logits, verify_batch
 from engine.perturbations.autoattack import APGD
 from engine.perturbations.base import BatchContext
 from engine.perturbations.suite import AttackSuite
-from engine.verify import check_logits, verify_batch
 
 STRONG_N_ITER = 100  # iterations of each APGD run (the original AutoAttack's)
 STRONG_CE_RESTARTS = 5  # APGD-CE random restarts (AutoAttack "plus")

@@ -2,7 +2,7 @@
 
 A task file ``<task_id>.parquet`` carries, in its Parquet metadata, the task id, the
 schema version and a sha256 of its rows (``content_digest``). Compacted files
-(``compact-<hash>.parquet``, written by ``engine.compact``) hold several tasks, each
+(``compact-<hash>.parquet``, written by ``engine.store.compact``) hold several tasks, each
 with its own digest. A file is reused only when all of that verifies; anything else
 is moved aside to ``<out_dir>/quarantine/`` (never deleted) and the task recomputed.
 """
@@ -27,8 +27,8 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from engine.errors import GauntletError
-from engine.outdir import pid_alive
-from engine.tasks import TaskResult
+from engine.evaluation.tasks import TaskResult
+from engine.store.outdir import pid_alive
 
 log = logging.getLogger(__name__)
 

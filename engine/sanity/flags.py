@@ -10,7 +10,7 @@ Three kinds of check, all pure (no I/O):
   attack breaking samples that every white-box attack left intact. Each of these
   could mean "the attack was weak" or "the model defeats the attack"; before
   accusing the model, the flagged samples are re-attacked by a strong white-box
-  attack (``confirm``, see :mod:`engine.sanity_confirm`). Samples it breaks give a
+  attack (``confirm``, see :mod:`engine.sanity.confirm`). Samples it breaks give a
   weak-evaluation finding; only samples that survive it can give a masking one.
 * ``clean_accuracy_flags``: clean accuracy at or near chance (a broken set-up).
 
@@ -32,7 +32,7 @@ import torch
 from engine.perturbations.attacks import FGSM, PGD
 from engine.perturbations.base import Perturbation
 from engine.perturbations.suite import AttackSuite
-from engine.sanity_confirm import Confirmation, ConfirmFn
+from engine.sanity.confirm import Confirmation, ConfirmFn
 
 # L∞ radius at which any image can be turned into mid-grey: an attack there must reach chance level.
 UNBOUNDED_LINF = 0.5
@@ -150,7 +150,7 @@ def result_flags(table: pa.Table, perts: Mapping[str, Perturbation], confirm: Co
     """Flags computed from the per-sample rows of attack perturbations (``family == 'attack'``).
 
     ``perts`` (name → perturbation) says which attack in a row was white-box or
-    black-box. ``confirm`` (see :class:`engine.sanity_confirm.SweepConfirmer`)
+    black-box. ``confirm`` (see :class:`engine.sanity.confirm.SweepConfirmer`)
     re-attacks flagged samples with a strong white-box attack before a flag
     accuses the model; without it those findings are raised as ``*_unconfirmed``.
     """

@@ -8,10 +8,10 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from engine.evaluation.checks import check_logits, verify_batch
+from engine.evaluation.resources import Resources
+from engine.evaluation.tasks import Task, TaskResult
 from engine.perturbations.base import BatchContext, LevelOutput
-from engine.resources import Resources
-from engine.tasks import Task, TaskResult
-from engine.verify import check_logits, verify_batch
 
 ProgressFn = Callable[[int], None]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from engine.sinks.parquet import SCHEMA, ResultStore
+from engine.store.parquet import SCHEMA, ResultStore
 
 
 def read(out_dir: str | Path, run_id: str | None = None, seed: int | None = None,

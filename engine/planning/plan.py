@@ -8,15 +8,15 @@ from typing import Any
 
 import torch
 
-from engine.config import schema_problems
+from engine.compose.config import schema_problems
+from engine.compose.levels import Labels, check_units, normalize_levels
 from engine.errors import ConfigError
-from engine.levels import Labels, check_units, normalize_levels
+from engine.evaluation.resources import build_dataset, build_perturbation
+from engine.evaluation.tasks import Task
 from engine.models.fit import check_fits
 from engine.models.loader import ensure_checkpoint
-from engine.resources import build_dataset, build_perturbation
+from engine.planning.sweep_targets import check_sweep_targets
 from engine.seeding import stable_hash
-from engine.targets import check_sweep_targets
-from engine.tasks import Task
 
 DoneFn = Callable[[str], bool]
 ModelCheck = Callable[[str, Mapping[str, Any]], object]

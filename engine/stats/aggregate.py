@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from engine.stats import binomial_interval, trapezoid_area, wilson_interval
+from engine.stats.intervals import binomial_interval, trapezoid_area, wilson_interval
 
 __all__ = ["GROUP_KEYS", "AccuracyRow", "AreaRow", "WorstCaseRow", "accuracy_area", "accuracy_table",
            "wilson_interval", "worst_case"]

@@ -66,7 +66,7 @@ class SweepConfig:
     wandb: Any = None  # configs/wandb/: mode offline | online | disabled (engine/sinks/wandb_sink.py)
 
 
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
+CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
 
 
 def register_schemas() -> None:

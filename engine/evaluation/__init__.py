@@ -1,0 +1,1 @@
+"""Evaluate: tasks and their results, per-process resources, the one evaluation loop and its threat-model checks."""

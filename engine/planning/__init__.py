@@ -1,0 +1,1 @@
+"""Plan: validate a composed sweep and list its tasks with stable ids."""

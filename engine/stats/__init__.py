@@ -1,0 +1,1 @@
+"""Stats: pure statistics — intervals and tests, aggregation, corruption metrics, paired comparison."""

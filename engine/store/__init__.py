@@ -1,0 +1,1 @@
+"""Store: the run folder — out_dir and its lock, the Parquet result store, compaction, readers."""
