@@ -1,4 +1,4 @@
-"""Pure statistics for the results: binomial and paired-proportion intervals, McNemar, Holm (no I/O, no SciPy).
+"""Pure statistics for the results: binomial and paired intervals, McNemar, Holm, Bonferroni (no I/O, no SciPy).
 
 Everything here takes counts and returns numbers, so it can be checked against
 ``scipy.stats`` in the tests and by simulation, and used by the report, the
@@ -12,6 +12,25 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 Z95 = 1.959963984540054  # the standard normal's 97.5 % quantile
+
+
+def normal_quantile(q: float) -> float:
+    """The standard normal's ``q`` quantile (0 < q < 1), by bisection on ``erfc``: exact to double precision.
+
+    Used for the z of a (1 − α/m) interval, whose level no constant covers.
+    """
+    if not 0.0 < q < 1.0:
+        raise ValueError(f"quantile level must be in (0, 1), got {q}")
+    lo, hi = -40.0, 40.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if 0.5 * math.erfc(-mid / math.sqrt(2.0)) < q:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-15:
+            break
+    return 0.5 * (lo + hi)
 
 
 def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
@@ -160,6 +179,12 @@ def holm_adjust(pvalues: Sequence[float]) -> list[float]:
         running = max(running, min(1.0, (m - rank) * pvalues[i]))
         adjusted[i] = running
     return adjusted
+
+
+def bonferroni_adjust(pvalues: Sequence[float]) -> list[float]:
+    """Bonferroni-adjusted p-values ``min(1, m·p)``: the test that matches (1 − α/m) simultaneous intervals."""
+    m = len(pvalues)
+    return [min(1.0, m * p) for p in pvalues]
 
 
 def trapezoid_area(xs: Sequence[float], ys: Sequence[float]) -> float:
