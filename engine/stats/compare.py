@@ -1,10 +1,11 @@
-"""Paired comparison of checkpoints on the same samples: A − B per (perturbation, level), exact McNemar, Bonferroni.
+"""Paired comparison of checkpoints on the same samples: A − B per (perturbation, level), McNemar, Bonferroni.
 
 ``paired_comparison`` is pure (rows in, rows out); ``compare_runs`` loads run folders in the
 order given (optionally labelled ``LABEL=OUT_DIR``), refuses to pair different datasets, and
 ``render_paired`` prints the table of ``gauntlet compare``. One sign everywhere: A − B, A the
-first model or run given. Primary rows share a Bonferroni correction that covers both the
-p-value and the interval; secondary rows are unadjusted and descriptive (docs/results.md).
+first model or run given. Each interval (Tango's score interval) is the inversion of the test
+beside it (McNemar's score test), so the two never disagree; primary rows share a Bonferroni
+correction applied to both; secondary rows are unadjusted and descriptive (docs/results.md).
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ from engine.stats.intervals import (
     Z95,
     PairedCounts,
     format_p,
-    mcnemar_exact,
-    newcombe_paired_interval,
+    mcnemar_score,
     normal_quantile,
+    tango_paired_interval,
 )
 
 ALPHA = 0.05
@@ -45,8 +46,9 @@ class PairedRow:
 
     ``difference`` is accuracy A − accuracy B. A primary row is one of ``n_primary`` rows of the
     multiplicity family: its interval has level 1 − 0.05/m and ``p_adjusted = min(1, m·p)``
-    (Bonferroni), so interval and test answer at the same level. A secondary row has the
-    unadjusted 95 % interval, the unadjusted p and ``p_adjusted`` None.
+    (Bonferroni). The interval inverts the test, so it excludes 0 exactly when the p-value at
+    its level is below 0.05. A secondary row has the unadjusted 95 % interval, the unadjusted p
+    and ``p_adjusted`` None.
     """
 
     model_a: str
@@ -58,7 +60,7 @@ class PairedRow:
     ci_low: float
     ci_high: float
     ci_level: float
-    p_value: float  # exact McNemar, unadjusted
+    p_value: float  # McNemar score test, unadjusted
     p_adjusted: float | None
     primary: bool
     n_primary: int
@@ -83,20 +85,14 @@ class PairedRow:
 
     @property
     def decision(self) -> str:
-        """``a``/``b`` (more accurate, significantly), ``none``, ``disagree``, ``secondary`` or ``empty``.
-
-        Significant needs both: the adjusted exact test rejects and the interval at the same
-        level excludes 0. Newcombe's interval is not the inversion of McNemar's test, so at the
-        margin they can differ; that is said (``disagree``), never decided silently.
-        """
+        """``a``/``b`` (significantly more accurate), ``none``, ``secondary`` (no claim) or ``empty``."""
         if self.n == 0:
             return "empty"
         if not self.primary or self.p_adjusted is None:
             return "secondary"
-        rejects, excludes = self.p_adjusted < ALPHA, self.ci_low > 0 or self.ci_high < 0
-        if rejects and excludes:
+        if self.p_adjusted < ALPHA:  # then, by construction, the interval excludes 0 on the same side
             return "a" if self.difference > 0 else "b"
-        return "none" if not rejects and not excludes else "disagree"
+        return "none"
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -155,10 +151,7 @@ def sentence(row: PairedRow) -> str:
         win, lose = (a, b) if decision == "a" else (b, a)
         verb = "more accurate" if row.family == "clean" else "more robust"
         return f"{win} is {verb} than {lose} {where}: {diff}, {test}"
-    if decision == "none":
-        return f"no significant difference between {a} and {b} {where}: {diff}, {test}"
-    return (f"inconclusive between {a} and {b} {where}: {diff}, {test}; the exact test and the interval disagree "
-            "at this margin")
+    return f"no significant difference between {a} and {b} {where}: {diff}, {test}"
 
 
 def parse_endpoints(spec: str) -> list[Endpoint]:
@@ -210,9 +203,9 @@ def _counts(a: Mapping[tuple[str, int], bool], b: Mapping[tuple[str, int], bool]
 def _row(a: str, b: str, key: Key, counts: tuple[PairedCounts, int, int], primary: bool, m: int) -> PairedRow:
     table, only_a, only_b = counts
     level = 1 - ALPHA / m if primary else 1 - ALPHA
-    z = normal_quantile(1 - ALPHA / (2 * m)) if primary and m > 1 else Z95
-    lo, hi = newcombe_paired_interval(table, z)
-    p = mcnemar_exact(table.only_a, table.only_b)
+    z = -normal_quantile(ALPHA / (2 * m)) if primary and m > 1 else Z95
+    lo, hi = tango_paired_interval(table, z)
+    p = mcnemar_score(table.only_a, table.only_b)
     return PairedRow(a, b, key[0], key[1], key[2], table, lo, hi, level, p,
                      min(1.0, m * p) if primary else None, primary, m if primary else 0, only_a, only_b)
 
@@ -289,9 +282,11 @@ def explain(m: int) -> str:
                   "the primary rows)")
     else:
         family = "one primary row: 95 % interval and p, no adjustment needed" if m else "no primary row"
-    return ("CI: Newcombe's hybrid score interval for paired proportions; p: exact McNemar on the discordant pairs "
-            f"(A only = A right, B wrong). {family}. Secondary rows: unadjusted 95 % interval and p, descriptive "
-            "only. excluded = samples evaluated for only A + only B.")
+    return ("CI: Tango's score interval for paired proportions, the inversion of p: McNemar's score test on the "
+            "discordant pairs (A only = A right, B wrong), so a CI excludes 0 exactly when its row's p adj. (p for "
+            "a secondary row) is below 0.05. "
+            f"{family}. Secondary rows: unadjusted 95 % interval and p, descriptive only. excluded = samples "
+            "evaluated for only A + only B.")
 
 
 @dataclass(frozen=True)
@@ -445,8 +440,8 @@ def main(argv: Sequence[str]) -> int:
     """``gauntlet compare [LABEL=]OUT_A [[LABEL=]OUT_B …] [--label L …] [--baseline M] [--primary E] [--json F]``."""
     parser = argparse.ArgumentParser(prog="gauntlet compare", description=(
         "Compare checkpoints on the same samples (matched by dataset and sample_id): A − B per (perturbation, "
-        "level), A the first run or model given, with exact McNemar p-values. Primary rows (all, or --primary) "
-        "share a Bonferroni correction of both the interval and the p-value; the others are unadjusted."))
+        "level), A the first run or model given, with McNemar p-values and the score intervals that invert them. "
+        "Primary rows (all, or --primary) share a Bonferroni correction of both; the others are unadjusted."))
     parser.add_argument("runs", nargs="+", metavar="[LABEL=]OUT_DIR", help="run folders, A first")
     parser.add_argument("--label", action="append", help="a label per run, in order (instead of LABEL=OUT_DIR)")
     parser.add_argument("--baseline", help="compare every other model (A) against this one (B)")
