@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -26,8 +27,9 @@ class OutDirBusy(GauntletError):
 def check_out_dir(out_dir: str | Path, create: bool = True, given: str | None = None) -> Path:
     """``out_dir`` (``~`` expanded) is a folder that exists or can be created, and is writable; else ConfigError.
 
-    ``create=False`` checks without creating anything (the command-line check before Hydra);
-    ``given`` is what the user wrote when ``out_dir`` is its resolved value (an interpolation).
+    ``create=False`` (the command-line check before Hydra) leaves nothing behind: folders it had
+    to create for the write test are removed again. ``given`` is what the user wrote when
+    ``out_dir`` is its resolved value (an interpolation).
     """
     given = str(out_dir) if given is None else given
     shown = f"out_dir={given}" + ("" if given == str(out_dir) else f" (resolves to {str(out_dir)!r})")
@@ -38,11 +40,7 @@ def check_out_dir(out_dir: str | Path, create: bool = True, given: str | None = 
     for p in (path / "results", path, *path.parents):
         if p.exists() and not p.is_dir():
             raise ConfigError(f"{shown}: {p} is a file, not a folder; choose another out_dir=…")
-    if not create:
-        base = next(p for p in (path, *path.parents) if p.exists())
-        if not os.access(base, os.W_OK | os.X_OK):
-            raise ConfigError(f"{shown}: {base} is not writable; choose a writable out_dir=…")
-        return path
+    created = [p for p in (path, *path.parents) if not p.exists()]  # deepest first
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".gauntlet-write-test.{os.getpid()}"
@@ -51,6 +49,11 @@ def check_out_dir(out_dir: str | Path, create: bool = True, given: str | None = 
     except OSError as exc:
         why = "is on a read-only filesystem" if exc.errno == errno.EROFS else f"is not writable ({exc.strerror})"
         raise ConfigError(f"{shown}: {path} {why}; choose a writable out_dir=…") from None
+    finally:
+        if not create:
+            for p in created:
+                with contextlib.suppress(OSError):  # not there (mkdir failed) or no longer empty: leave it
+                    p.rmdir()
     return path
 
 
