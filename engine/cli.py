@@ -8,7 +8,6 @@ import io
 import logging
 import os
 import sys
-import time
 from pathlib import Path
 
 import hydra
@@ -90,8 +89,8 @@ def _hydra_args(argv: list[str]) -> argparse.Namespace | None:
         return None
 
 
-def _compose(args: argparse.Namespace, overrides: list[str], multirun: bool) -> DictConfig:
-    """The config Hydra will compose for ``overrides`` (same search path, ``--config-dir`` first)."""
+def _compose(args: argparse.Namespace, overrides: list[str]) -> DictConfig:
+    """The config Hydra will compose for one job's ``overrides`` (same search path, ``--config-dir`` first)."""
     from hydra._internal.hydra import Hydra
     from hydra._internal.utils import create_config_search_path
     from hydra.core.config_search_path import SearchPathQuery
@@ -104,8 +103,8 @@ def _compose(args: argparse.Namespace, overrides: list[str], multirun: bool) -> 
                             anchor=SearchPathQuery(provider="schema"))
     try:
         composer = Hydra.create_main_hydra2(task_name="gauntlet", config_search_path=search_path)
-        return composer.compose_config(args.config_name or "sweep", overrides, with_log_configuration=False,
-                                       run_mode=RunMode.MULTIRUN if multirun else RunMode.RUN)
+        return composer.compose_config(args.config_name or "sweep", overrides, run_mode=RunMode.RUN,
+                                       with_log_configuration=False)
     finally:
         GlobalHydra.instance().clear()
 
@@ -144,8 +143,8 @@ def _out_dir_check(argv: list[str]) -> tuple[list[str], list[str]]:
     given = next((a.partition("=")[2] for a in args.overrides if a.startswith("out_dir=")), "<config's out_dir>")
     try:
         jobs = _jobs(args.overrides) if args.multirun else [args.overrides]
-        configs = [_compose(args, job, multirun=False) for job in jobs]
-    except Exception:
+        configs = [_compose(args, job) for job in jobs]
+    except Exception:  # what does not compose here (a typo, a plugin's syntax), Hydra reports next in its words
         return [], []
     try:
         out_dirs = [_resolved_out_dir(cfg, given) for cfg in configs]
@@ -157,7 +156,7 @@ def _out_dir_check(argv: list[str]) -> tuple[list[str], list[str]]:
     if not args.multirun or any(o.startswith("hydra.sweep.dir=") for o in args.overrides) or \
             any(c in first for c in "'\\$"):
         return [], []
-    return [], [f"hydra.sweep.dir='{first}/hydra/multirun/{time.strftime('%Y-%m-%d_%H-%M-%S')}'"]
+    return [], [f"hydra.sweep.dir='{first}/hydra/multirun/${{now:%Y-%m-%d_%H-%M-%S}}'"]
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="sweep", version_base="1.3")
