@@ -32,6 +32,7 @@ from engine.sinks.wandb_sink import log_sweep, settings_of
 from engine.stats.aggregate import AccuracyRow, accuracy_table
 from engine.store.outdir import OutDirLock, check_out_dir
 from engine.store.parquet import ResultStore
+from engine.store.rundir import record_plan
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ def run_sweep(cfg: Mapping[str, Any]) -> SweepOutcome:
         store.report_foreign()
         resources = Resources(device)
         plan = make_plan(cfg, store.has, check_model=resources.model, progress=progress)
+        record_plan(out_dir, plan.run_id, cfg, _task_records(plan))  # a killed run can later say "N of M"
         if plan.done:
             log.info("%d of %d task(s) already have verified results in %s; reusing them",
                      len(plan.done), len(plan.tasks), store.dir)
@@ -178,6 +180,11 @@ def _execute(todo: tuple[Task, ...], runner: Runner, device: torch.device, resou
     return done
 
 
+def _task_records(plan: Plan) -> list[dict[str, Any]]:
+    return [{"task_id": t.task_id, "model": t.model_name, "perturbation": t.perturbation_name,
+             "rows": [t.start, t.stop], "checkpoint_sha256": t.checkpoint_sha256} for t in plan.tasks]
+
+
 def _write_sidecars(out_dir: Path, cfg: Mapping[str, Any], plan: Plan, summary: str, labels: Labels,
                     threat_models: Mapping[str, Any] | None = None) -> None:
     """``sweep.json`` (config, task ids, each perturbation's threat model) and ``summary.txt`` next to
@@ -190,11 +197,7 @@ def _write_sidecars(out_dir: Path, cfg: Mapping[str, Any], plan: Plan, summary: 
         "run_id": plan.run_id,
         "config": cfg,
         "level_labels": {p: {f"{k:g}": v for k, v in d.items()} for p, d in labels.items()},
-        "tasks": [
-            {"task_id": t.task_id, "model": t.model_name, "perturbation": t.perturbation_name,
-             "rows": [t.start, t.stop], "checkpoint_sha256": t.checkpoint_sha256}
-            for t in plan.tasks
-        ],
+        "tasks": _task_records(plan),
         "threat_models": dict(threat_models or {}),  # engine/compose/threat_model.py, docs/threat-model.md
     }
     _write_both(out_dir, plan.run_id, "sweep.json", json.dumps(meta, indent=2, default=str) + "\n")
