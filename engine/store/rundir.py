@@ -1,4 +1,5 @@
-"""Read a finished run folder for reports and comparisons: its rows, ``sweep.json``, flags, verdicts, command."""
+"""Read a finished run folder for reports and comparisons: its rows, ``sweep.json``, flags, verdicts, command,
+and the dataset identities it records."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from engine.errors import GauntletError
 
@@ -75,3 +77,30 @@ def load_run(out_dir: str | Path) -> RunFolder:
     verdicts = _json(verdict_path) if verdict_path.is_file() else None
     return RunFolder(root, str(meta.get("run_id", "")), dict(meta.get("config", {})), tasks, rows, flags,
                      verdicts, _command(root))
+
+
+def recorded_identities(out_dir: str | Path, task_files: list[Path] | None = None) -> list[dict[str, Any]]:
+    """Dataset identities ``out_dir`` records, newest first, one per digest: each ``sweep.json``'s (with the parts
+    that name files), then the digests in the footers of ``task_files`` (a killed run writes no ``sweep.json``).
+
+    Unreadable sidecars and footers are skipped: they only explain a recomputation, never decide one.
+    """
+    root = Path(out_dir).expanduser()
+    sweeps = [root / "sweep.json", *(root / "sweeps").glob("*/sweep.json")]
+    found: dict[str, dict[str, Any]] = {}
+    for path in sorted((p for p in sweeps if p.is_file()), key=lambda p: p.stat().st_mtime_ns, reverse=True):
+        try:
+            ident = json.loads(path.read_text()).get("dataset_identity")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(ident, dict) and isinstance(ident.get("digest"), str):
+            found.setdefault(ident["digest"], ident)
+    for path in task_files or []:
+        try:
+            task = json.loads((pq.read_schema(path).metadata or {}).get(b"gauntlet.task", b"{}"))
+        except (OSError, ValueError, pa.ArrowInvalid):
+            continue
+        digest = task.get("dataset_identity") if isinstance(task, dict) else None
+        if isinstance(digest, str) and digest:
+            found.setdefault(digest, {"digest": digest, "name": task.get("dataset_name", "")})
+    return list(found.values())
