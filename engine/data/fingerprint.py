@@ -12,6 +12,7 @@ not hide a rewrite either. In-memory sets hash their tensors; any other dataset 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -32,6 +33,10 @@ RACY_NS = 2_000_000_000  # a file changed this close to its hashing is hashed ag
 NAMED_FILES = 256  # up to this many files, the identity names each file's digest; above, each class folder's
 STALE_CACHE_S = 30 * 86400  # cache files of folders unused for this long are removed
 CHUNK_ROWS = 1024
+
+
+def _now_ns() -> int:
+    return time.time_ns()
 
 
 def default_cache_dir() -> Path:
@@ -57,9 +62,10 @@ class FileDigests:
     def _load(self) -> dict[str, list[Any]]:
         try:
             doc = json.loads(self.cache_file.read_text())
-            os.utime(self.cache_file)  # in use: not stale
         except (OSError, ValueError):
             return {}
+        with contextlib.suppress(OSError):
+            os.utime(self.cache_file)  # in use: not stale
         ok = isinstance(doc, dict) and doc.get("version") == IDENTITY_VERSION and doc.get("folder") == str(self.folder)
         return doc.get("entries", {}) if ok and isinstance(doc.get("entries"), dict) else {}
 
@@ -72,7 +78,8 @@ class FileDigests:
             tmp.replace(self.cache_file)
             self._prune()
         except OSError as exc:  # a read-only cache costs time on the next run, never a wrong digest
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
             log.debug("dataset fingerprint cache %s not written (%s)", self.cache_file, exc)
 
     def _prune(self) -> None:
@@ -102,7 +109,7 @@ class FileDigests:
             out.append(entry[5] if trusted and entry else None)
             fresh[rel] = entry if trusted and entry else stat
         todo = [i for i, d in enumerate(out) if d is None]
-        started = time.time_ns()  # before reading: a change during the read is not trusted later
+        started = _now_ns()  # before reading: a change during the read is not trusted later
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             for i, digest in zip(todo, pool.map(_sha256_file, [files[i] for i in todo]), strict=True):
                 out[i] = digest
@@ -183,11 +190,11 @@ def identity_of(data: Any, cache_dir: str | Path | None = None) -> dict[str, Any
 
 def describe_change(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
     """What differs between two identities of one dataset config, in a few words (files named)."""
+    before, after = old.get("parts"), new.get("parts") or {}
+    if not isinstance(before, Mapping):  # known only by its digest (a task file's footer)
+        return "content differs"
     if old.get("kind") != new.get("kind"):
         return f"now read as {new.get('kind')}, was {old.get('kind')}"
-    before, after = old.get("parts"), new.get("parts") or {}
-    if not isinstance(before, Mapping):
-        return "content differs"
     said = [f"{k}: new" for k in after if k not in before]
     said += [f"{k}: removed" for k in before if k not in after]
     for k in after:
