@@ -15,7 +15,7 @@ import torch
 from hydra.utils import instantiate
 
 from engine.compose.levels import Labels
-from engine.data.fingerprint import describe_change, identity_of
+from engine.data.fingerprint import describe_change
 from engine.errors import ConfigError, GauntletError
 from engine.evaluation.resources import Resources, _unwrap, resolve_device
 from engine.evaluation.tasks import Task
@@ -140,9 +140,9 @@ def recomputed_because_data_changed(plan: Plan, store: ResultStore) -> list[str]
 def _check_data_unchanged(plan: Plan, cfg: Mapping[str, Any], store: ResultStore, evaluated: int) -> None:
     """The files the tasks read must still be those planned: a change during the run would file rows of new
     data under the old data's task ids, so those rows are set aside and the run fails."""
-    if not evaluated or not callable(getattr(plan.data, "content_identity", None)):
+    if not evaluated or plan.source is None:
         return
-    after = identity_of(plan.data, cfg.get("cache_dir"))
+    after = plan.source.identity(cfg.get("cache_dir"))
     if after["digest"] == plan.identity["digest"]:
         return
     why = describe_change(plan.identity, after)

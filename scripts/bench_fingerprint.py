@@ -75,6 +75,10 @@ def main() -> None:
     ap.add_argument("--root", type=Path, default=Path(tempfile.gettempdir()) / "gauntlet_fp_bench")
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
+    import PIL
+
+    print(f"machine: {os.cpu_count()} CPUs; Python {sys.version.split()[0]}, Pillow {PIL.__version__}; "
+          f"load average at start {os.getloadavg()[0]:.1f}")
     t = time.perf_counter()
     make_folder(args.root, args.n)
     print(f"folder: {args.n} PNGs under {args.root} ({time.perf_counter() - t:.1f} s to write or check)")
@@ -97,6 +101,7 @@ def main() -> None:
             rows["one changed"].append(child(args.root, cache, "fingerprint")["step"])
             digests |= {cold["digest"], warm["digest"]}
     assert len(digests) == 1, "the fingerprint changed between runs of an unchanged folder"
+    print(f"load average at end {os.getloadavg()[0]:.1f}; one digest for every run: {digests.pop()[:16]}…")
     print(f"| step ({args.n:,} files) | median s | runs |")
     print("|---|---:|---|")
     for name, values in rows.items():

@@ -157,8 +157,12 @@ def test_palette_bilevel_and_low_bit_images_are_exact(tmp_path: Path) -> None:
 def test_digits_saved_as_16_bit_pngs_score_as_8_bit(tmp_path: Path, embedded_checkpoints) -> None:
     """The issue's probe: the digits test images as 16-bit PNGs scored 45.3 % (clipped) instead of 100 %."""
     from engine.data.digits import load_digits
+    from engine.models.loader import checkpoint_path
     from engine.sweep import run_sweep
     from tests.conftest import compose_dict
+
+    ckpt = checkpoint_path(compose_dict()["model"]["digits_cnn"], "digits_cnn")
+    own = [f"model.digits_cnn.checkpoint={ckpt}", f"cache_dir={tmp_path / 'cache'}"]  # fingerprints: not in ~/.cache
 
     digits = load_digits()
     x = (digits.images[:, 0].numpy() * 255).round().astype(np.uint8)[..., None]
@@ -169,10 +173,10 @@ def test_digits_saved_as_16_bit_pngs_score_as_8_bit(tmp_path: Path, embedded_che
         out = run_sweep(compose_dict(["model=[digits_cnn]", "dataset=image_folder", f"dataset.root={root}",
                                       f"dataset.name=digits{bits}", "dataset.channels=1", "perturbation=[clean]",
                                       f"n_examples={len(x)}", "batch_size=150", f"out_dir={tmp_path / f'o{bits}'}",
-                                      "progress=false"]))
+                                      "progress=false", *own]))
         acc[bits] = out.accuracy[0].accuracy
     reference = run_sweep(compose_dict(["model=[digits_cnn]", "perturbation=[clean]", f"n_examples={len(x)}",
-                                        "progress=false", f"out_dir={tmp_path / 'ref'}"])).accuracy[0].accuracy
+                                        "progress=false", f"out_dir={tmp_path / 'ref'}", *own])).accuracy[0].accuracy
     assert acc[16] == acc[8] and abs(acc[8] - reference) <= 0.01 and acc[8] > 0.9, (acc, reference)
 
 

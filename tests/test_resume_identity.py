@@ -208,7 +208,8 @@ def test_the_identity_is_the_same_in_another_process(tmp_path: Path) -> None:
 def _npz_sweep(ckpt: Path, out: Path, npz: Path, *extra: str):  # type: ignore[no-untyped-def]
     return run_sweep(compose_dict(tiny_overrides(ckpt, out, "dataset=npz", f"dataset.path={npz}",
                                                  "dataset.name=digits_npz", "dataset.num_classes=10",
-                                                 "perturbation=[clean]", "n_examples=20", *extra)))
+                                                 "perturbation=[clean]", "n_examples=20",
+                                                 f"cache_dir={out.parent / 'cache'}", *extra)))
 
 
 def _changed_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -328,7 +329,8 @@ def test_the_cli_names_the_changed_dataset(tiny_checkpoint: Path, tmp_path: Path
     root = fx.write_image_folder(tmp_path / "pets", fx.smooth_images(10, channels=1), np.arange(10),
                                  [f"c{i}" for i in range(10)])
     args = tiny_overrides(tiny_checkpoint, tmp_path / "out", "dataset=image_folder", f"dataset.root={root}",
-                          "dataset.name=pets", "dataset.channels=1", "perturbation=[clean]", "n_examples=10")
+                          "dataset.name=pets", "dataset.channels=1", "perturbation=[clean]", "n_examples=10",
+                          f"cache_dir={tmp_path / 'cache'}")
     first = run_cli(*args)
     assert first.returncode == 0, first.stderr[-2000:]
     _alter(root / "c3" / "00003.png")

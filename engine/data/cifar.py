@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from engine.data import LazyDataset, check_labels, fixed_dataset_name, required_path, subset_order
-from engine.data.fingerprint import files_identity
+from engine.data.fingerprint import FileSource
 from engine.data.restricted_pickle import restricted_load
 from engine.errors import ConfigError
 
@@ -62,12 +62,12 @@ class CifarSet(LazyDataset):
         super().__init__(name, num_classes, labels, order, (3, 32, 32))
         self._pixels, self._files, self._layout = pixels, list(files), layout
 
-    def content_identity(self, cache_dir: str | Path | None) -> dict[str, Any] | None:
-        """The sha256 of each file of the split (engine/data/fingerprint.py)."""
+    def content_source(self) -> FileSource | None:
+        """The split's batch files (engine/data/fingerprint.py)."""
         if not self._files:
             return None
-        return files_identity(f"CIFAR {self._layout} batches", self.name, self._files[0].parent, self._files, None,
-                              cache_dir, num_classes=self.num_classes)
+        return FileSource(f"CIFAR {self._layout} batches", self.name, self._files[0].parent, tuple(self._files),
+                          extra={"num_classes": self.num_classes})
 
     def decode(self, indices: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(self._pixels[indices]).float().div_(255.0)

@@ -1,7 +1,7 @@
 """A dataset's content identity: one digest of exactly what its rows are read from, with file digests cached by stat.
 
-A loader that reads files says which (``content_identity``): the sha256 of each file, joined with what
-the loader derives from the listing (relative path, label, class count, decoder version). File digests
+A loader that reads files says which (``content_source`` → :class:`FileSource`): the sha256 of each file,
+joined with what the loader derives from the listing (relative path, label, class count, decoder version). File digests
 are remembered in ``<cache_dir>/fingerprints/<hash of the folder>.json`` by (size, mtime_ns, ctime_ns,
 inode), so an unchanged 50,000-file folder costs one ``stat`` per file on the next run (figures:
 docs/BENCHMARKS.md). A remembered digest is trusted only for a file last changed well before it was hashed
@@ -20,6 +20,7 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +153,31 @@ def files_identity(kind: str, name: str, root: Path, files: Sequence[Path], labe
     return make_identity(kind, name, str(root), lines, parts, **extra)
 
 
+@dataclass(frozen=True)
+class FileSource:
+    """The files a dataset reads and what it derives from them: enough to compute (and re-check) its identity
+    without holding its pixels."""
+
+    kind: str
+    name: str
+    root: Path
+    files: tuple[Path, ...]
+    labels: tuple[int, ...] | None = None  # per file (an image folder), else None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    workers: int = 4
+
+    def identity(self, cache_dir: str | Path | None) -> dict[str, Any]:
+        return files_identity(self.kind, self.name, self.root, self.files, self.labels, cache_dir, self.workers,
+                              **self.extra)
+
+
+def source_of(data: Any) -> FileSource | None:
+    """The dataset's :class:`FileSource`, when it reads files and says which."""
+    hook = getattr(data, "content_source", None)
+    found = hook() if callable(hook) else None
+    return found if isinstance(found, FileSource) else None
+
+
 def _tensor_digest(*tensors: torch.Tensor) -> str:
     h = hashlib.sha256()
     for t in tensors:
@@ -178,11 +204,9 @@ def rows_identity(data: Any, kind: str) -> dict[str, Any]:
 
 def identity_of(data: Any, cache_dir: str | Path | None = None) -> dict[str, Any]:
     """The content identity of a built dataset (see the module docstring); JSON-serialisable."""
-    hook = getattr(data, "content_identity", None)
-    if callable(hook):
-        found = hook(cache_dir)
-        if found is not None:
-            return dict(found)
+    source = source_of(data)
+    if source is not None:
+        return source.identity(cache_dir)
     from engine.data import SampleSet
 
     return rows_identity(data, "tensors in memory" if isinstance(data, SampleSet) else "decoded rows")

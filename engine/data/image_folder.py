@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from engine.data import LazyDataset, check_labels, required_path, subset_order, user_dataset_name
-from engine.data.fingerprint import files_identity
+from engine.data.fingerprint import FileSource
 from engine.data.pixels import read16, sample_depth, to_channels
 from engine.errors import ConfigError
 
@@ -145,15 +145,16 @@ class ImageFolderSet(LazyDataset):
             img = _center_crop(img, self._crop, path)
         return img
 
-    def content_identity(self, cache_dir: str | Path | None) -> dict[str, Any] | None:
-        """Every listed file's path, label and sha256 (engine/data/fingerprint.py), with the decoder's version."""
+    def content_source(self) -> FileSource | None:
+        """Every listed file with its label (engine/data/fingerprint.py), and the decoder's version."""
         if self._root is None:
             return None
         import PIL
 
-        return files_identity("image folder", self.name, self._root, self._files, self._all_labels.tolist(),
-                              cache_dir, self._workers, num_classes=self.num_classes,
-                              decoder=f"pillow {PIL.__version__}; samples / 255 or / 65535 by bit depth")
+        decoder = f"pillow {PIL.__version__}; samples / 255 or / 65535 by bit depth"
+        return FileSource("image folder", self.name, self._root, tuple(self._files),
+                          tuple(self._all_labels.tolist()), {"num_classes": self.num_classes, "decoder": decoder},
+                          self._workers)
 
     def decode(self, indices: np.ndarray) -> torch.Tensor:
         paths = [self._files[int(i)] for i in indices]

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import zipfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from engine.data import LazyDataset, check_labels, required_path, subset_order, user_dataset_name
-from engine.data.fingerprint import files_identity
+from engine.data.fingerprint import FileSource
 from engine.errors import ConfigError
 
 LAYOUTS = ("auto", "nhwc", "nchw")
@@ -29,12 +28,12 @@ class ArraySet(LazyDataset):
         super().__init__(name, num_classes, labels, order, (int(x.shape[1]), int(x.shape[2]), int(x.shape[3])))
         self._x, self._path = x, path
 
-    def content_identity(self, cache_dir: str | Path | None) -> dict[str, Any] | None:
-        """The sha256 of the .npz file (engine/data/fingerprint.py)."""
+    def content_source(self) -> FileSource | None:
+        """The .npz file (engine/data/fingerprint.py)."""
         if self._path is None:
             return None
-        return files_identity("npz file", self.name, self._path.parent, [self._path], None, cache_dir,
-                              num_classes=self.num_classes)
+        return FileSource("npz file", self.name, self._path.parent, (self._path,),
+                          extra={"num_classes": self.num_classes})
 
     def decode(self, indices: np.ndarray) -> torch.Tensor:
         rows = np.ascontiguousarray(self._x[indices])

@@ -11,7 +11,7 @@ import torch
 
 from engine.compose.config import schema_problems
 from engine.compose.levels import Labels, check_units, normalize_levels
-from engine.data.fingerprint import identity_of
+from engine.data.fingerprint import FileSource, identity_of, source_of
 from engine.errors import ConfigError
 from engine.evaluation.resources import build_dataset, build_perturbation
 from engine.evaluation.tasks import Task
@@ -38,7 +38,7 @@ class Plan:
     todo: tuple[Task, ...]
     identity: Mapping[str, Any] = field(default_factory=dict, compare=False)
     keys: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, compare=False)
-    data: Any = field(default=None, compare=False, repr=False)  # the planner's dataset, for a re-check
+    source: FileSource | None = field(default=None, compare=False, repr=False)  # the files, for a re-check
 
     @property
     def done(self) -> tuple[Task, ...]:
@@ -171,5 +171,5 @@ def make_plan(
             if isinstance(model, torch.nn.Module):  # channels, image size, classes, float logits
                 check_fits(name, model, data.image_shape, data.num_classes, data.name,
                            next(model.buffers(), torch.empty(0)).device)
-    return Plan(run_id, tuple(tasks), todo, content, keys, data)
+    return Plan(run_id, tuple(tasks), todo, content, keys, source_of(data))
 
