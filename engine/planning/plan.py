@@ -136,7 +136,7 @@ def make_plan(
     cache_dir = cfg.get("cache_dir")
     shas = {name: ensure_checkpoint(name, mcfg, progress, cache_dir) for name, mcfg in cfg["model"].items()}
     seed = int(cfg["seed"])
-    content = identity_of(data, cfg.get("cache_dir"))
+    content = identity_of(data, cache_dir)
     tasks, keys = [], {}
     for model_name, model_cfg in cfg["model"].items():
         identity = {k: v for k, v in model_cfg.items()

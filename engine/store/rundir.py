@@ -81,14 +81,17 @@ def load_run(out_dir: str | Path) -> RunFolder:
 
 def recorded_identities(out_dir: str | Path, task_files: list[Path] | None = None) -> list[dict[str, Any]]:
     """Dataset identities ``out_dir`` records, newest first, one per digest: each ``sweep.json``'s (with the parts
-    that name files), then the digests in the footers of ``task_files`` (a killed run writes no ``sweep.json``).
+    that name files), then the digests in the footers of those ``task_files`` written after the newest
+    ``sweep.json`` (a killed run never writes its sidecars; finished runs' tasks are in their ``sweep.json``).
 
     Unreadable sidecars and footers are skipped: they only explain a recomputation, never decide one.
     """
     root = Path(out_dir).expanduser()
-    sweeps = [root / "sweep.json", *(root / "sweeps").glob("*/sweep.json")]
+    sweeps = sorted((p for p in [root / "sweep.json", *(root / "sweeps").glob("*/sweep.json")] if p.is_file()),
+                    key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    newest = sweeps[0].stat().st_mtime_ns if sweeps else -1
     found: dict[str, dict[str, Any]] = {}
-    for path in sorted((p for p in sweeps if p.is_file()), key=lambda p: p.stat().st_mtime_ns, reverse=True):
+    for path in sweeps:
         try:
             ident = json.loads(path.read_text()).get("dataset_identity")
         except (OSError, ValueError, AttributeError):
@@ -97,6 +100,8 @@ def recorded_identities(out_dir: str | Path, task_files: list[Path] | None = Non
             found.setdefault(ident["digest"], ident)
     for path in task_files or []:
         try:
+            if path.stat().st_mtime_ns <= newest:
+                continue
             task = json.loads((pq.read_schema(path).metadata or {}).get(b"gauntlet.task", b"{}"))
         except (OSError, ValueError, pa.ArrowInvalid):
             continue
