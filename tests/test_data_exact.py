@@ -66,6 +66,18 @@ def test_16_bit_alpha_is_dropped_like_torchvisions_convert(tmp_path: Path, kind:
     assert np.array_equal(got, colour.astype(np.float32) / np.float32(65535))
 
 
+def test_a_16_bit_decode_that_disagrees_with_pillow_is_refused(tmp_path: Path, monkeypatch) -> None:
+    """OpenCV's samples are checked against Pillow's high bytes: a misread layout is refused, never used."""
+    import cv2
+
+    (tmp_path / "a").mkdir()
+    fx.write_png(tmp_path / "a" / "x.png", np.random.default_rng(2).integers(0, 65536, (4, 4, 3), dtype=np.uint16))
+    real = cv2.imdecode
+    monkeypatch.setattr(cv2, "imdecode", lambda buf, flags: real(buf, flags).byteswap())  # a wrong byte order
+    with pytest.raises(ConfigError, match=r"x\.png: OpenCV and Pillow disagree on its 16-bit samples"):
+        _load(tmp_path)
+
+
 def test_16_bit_pgm_is_scaled_by_its_maxval(tmp_path: Path) -> None:
     (tmp_path / "a").mkdir()
     values = np.array([[0, 1, 512, 1023]], dtype=">u2")
@@ -118,10 +130,18 @@ def _signed_tiff(folder: Path) -> Path:
     return folder / "s.tif"
 
 
+def _planar_tiff16(folder: Path) -> Path:
+    tifffile = pytest.importorskip("tifffile")
+    tifffile.imwrite(folder / "p.tif", np.arange(48, dtype=np.uint16).reshape(3, 4, 4), photometric="rgb",
+                     planarconfig="separate")
+    return folder / "p.tif"
+
+
 @pytest.mark.parametrize(
     ("write", "match"),
     [
         (_float_tiff, r"Pillow mode F \(32-bit float samples"),
+        (_planar_tiff16, r"a planar 16-bit colour TIFF"),
         (_int32_tiff, r"Pillow mode I \(32-bit integer samples"),
         (_cmyk_jpeg, r"Pillow mode CMYK \(CMYK colour, which needs the file's colour profile"),
         (_colour_ppm16, r"a colour PPM of more than 8 bits"),

@@ -56,6 +56,9 @@ def _tiff_depth(img: Any, path: Path) -> int:
         kind = {2: "signed integer", 3: "floating-point"}.get(next((f for f in fmt if f != 1), 1), "unsigned integer")
         raise ConfigError(f"image {path} is a TIFF of {'/'.join(map(str, bits))}-bit {kind} samples, which Gauntlet "
                           f"cannot map to [0, 1] exactly; {ADVICE}")
+    if bits[0] == 16 and len(bits) > 1 and tags.get(284, 1) == 2:
+        raise ConfigError(f"image {path} is a planar 16-bit colour TIFF (PlanarConfiguration=2), which neither "
+                          f"Pillow nor OpenCV reads exactly; {ADVICE}")
     return 16 if bits[0] == 16 else 8
 
 
@@ -75,24 +78,34 @@ def sample_depth(img: Any, path: Path) -> int:
         return 16
     if mode in GRAY16 or ";16" in raw:
         return 16
-    if fmt == "PPM" and mode == "RGB" and isinstance(img.tile[0][3], tuple) and int(img.tile[0][3][-1]) > 255:
+    tile = getattr(img, "tile", None) or []
+    if fmt == "PPM" and mode == "RGB" and tile and isinstance(tile[0][3], tuple) and int(tile[0][3][-1]) > 255:
         raise ConfigError(f"image {path} is a colour PPM of more than 8 bits, which Pillow reads only to 8 bits; "
                           f"{ADVICE}")
     return 8
 
 
-def _colour16(path: Path, size: tuple[int, int]) -> np.ndarray:
-    """H×W×C uint16 samples of a 16-bit colour PNG/TIFF, in RGB(A) order, straight from libpng/libtiff."""
+def _colour16(img: Any, path: Path) -> np.ndarray:
+    """H×W×C uint16 samples of a 16-bit colour PNG/TIFF in RGB order, from libpng/libtiff through OpenCV.
+
+    Checked against Pillow, which keeps each sample's high byte: a layout one of them misreads (a planar
+    16-bit TIFF fools OpenCV) makes them disagree, and the file is refused instead of read wrongly.
+    """
     import cv2
 
     arr = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-    if arr is None or arr.dtype != np.uint16 or arr.shape[1::-1] != size:
+    if arr is None or arr.dtype != np.uint16 or arr.shape[1::-1] != img.size:
         got = "nothing" if arr is None else f"{arr.dtype} {arr.shape}"
         raise ConfigError(f"image {path}: its 16-bit samples cannot be decoded exactly (OpenCV gave {got} for a "
-                          f"{size[0]}×{size[1]} image); {ADVICE}")
+                          f"{img.size[0]}×{img.size[1]} image); {ADVICE}")
     if arr.ndim == 2:
-        return arr[:, :, None]
-    return arr[:, :, 2::-1] if arr.shape[2] >= 3 else arr[:, :, :1]  # BGR(A) → RGB; gray+alpha → gray
+        arr = arr[:, :, None]
+    rgb = arr[:, :, 2::-1] if arr.shape[2] >= 3 else arr[:, :, :1]  # BGR(A) → RGB; gray+alpha → gray
+    high = np.asarray(img.convert("RGB"))[:, :, : rgb.shape[2]]
+    if not np.array_equal(rgb >> 8, high):
+        raise ConfigError(f"image {path}: OpenCV and Pillow disagree on its 16-bit samples (a layout one of them "
+                          f"misreads, such as a planar TIFF), so it cannot be read exactly; {ADVICE}")
+    return rgb
 
 
 def read16(img: Any, path: Path) -> np.ndarray:
@@ -103,7 +116,7 @@ def read16(img: Any, path: Path) -> np.ndarray:
             raise ConfigError(f"image {path}: 16-bit samples outside 0-65535; {ADVICE}")
         arr = arr[:, :, None]
     else:
-        arr = _colour16(path, img.size)
+        arr = _colour16(img, path)
     return arr.astype(np.float32) / np.float32(65535)
 
 
