@@ -93,7 +93,7 @@ def _colour16(img: Any, path: Path) -> np.ndarray:
     """
     import cv2
 
-    arr = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    arr: np.ndarray | None = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if arr is None or arr.dtype != np.uint16 or arr.shape[1::-1] != img.size:
         got = "nothing" if arr is None else f"{arr.dtype} {arr.shape}"
         raise ConfigError(f"image {path}: its 16-bit samples cannot be decoded exactly (OpenCV gave {got} for a "
@@ -102,7 +102,7 @@ def _colour16(img: Any, path: Path) -> np.ndarray:
         arr = arr[:, :, None]
     rgb = arr[:, :, 2::-1] if arr.shape[2] >= 3 else arr[:, :, :1]  # BGR(A) → RGB; gray+alpha → gray
     high = np.asarray(img.convert("RGB"))[:, :, : rgb.shape[2]]
-    if not np.array_equal(rgb >> 8, high):
+    if not np.array_equal(np.right_shift(rgb, 8), high):
         raise ConfigError(f"image {path}: OpenCV and Pillow disagree on its 16-bit samples (a layout one of them "
                           f"misreads, such as a planar TIFF), so it cannot be read exactly; {ADVICE}")
     return rgb
