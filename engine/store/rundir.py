@@ -3,7 +3,8 @@
 A sweep records its plan (``plan.json``: the tasks it will produce and the command that
 resumes it) before any compute and ``sweep.json`` when it has finished; ``load_run``
 compares the latest plan with the verified task files, so a killed or failed run is read
-as what it is: unfinished, N of M tasks, with the command that completes it.
+as what it is: unfinished, N of M tasks, with the command that completes it. It also reads the dataset
+identities a run folder records (why a re-run recomputed).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from engine.errors import GauntletError
 
@@ -183,3 +185,35 @@ def read_rows(out_dir: str | Path, task_ids: list[str] | None = None) -> pa.Tabl
     from engine.store.results import read
 
     return read(out_dir, task_ids=task_ids)
+
+
+def recorded_identities(out_dir: str | Path, task_files: list[Path] | None = None) -> list[dict[str, Any]]:
+    """Dataset identities ``out_dir`` records, newest first, one per digest: each ``sweep.json``'s (with the parts
+    that name files), then the digests in the footers of those ``task_files`` written after the newest
+    ``sweep.json`` (a killed run never writes its sidecars; finished runs' tasks are in their ``sweep.json``).
+
+    Unreadable sidecars and footers are skipped: they only explain a recomputation, never decide one.
+    """
+    root = Path(out_dir).expanduser()
+    sweeps = sorted((p for p in [root / "sweep.json", *(root / "sweeps").glob("*/sweep.json")] if p.is_file()),
+                    key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    newest = sweeps[0].stat().st_mtime_ns if sweeps else -1
+    found: dict[str, dict[str, Any]] = {}
+    for path in sweeps:
+        try:
+            ident = json.loads(path.read_text()).get("dataset_identity")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(ident, dict) and isinstance(ident.get("digest"), str):
+            found.setdefault(ident["digest"], ident)
+    for path in task_files or []:
+        try:
+            if path.stat().st_mtime_ns <= newest:
+                continue
+            task = json.loads((pq.read_schema(path).metadata or {}).get(b"gauntlet.task", b"{}"))
+        except (OSError, ValueError, pa.ArrowInvalid):
+            continue
+        digest = task.get("dataset_identity") if isinstance(task, dict) else None
+        if isinstance(digest, str) and digest:
+            found.setdefault(digest, {"digest": digest, "name": task.get("dataset_name", "")})
+    return list(found.values())
