@@ -177,3 +177,17 @@ def test_labels_paths_and_other_data_refused_or_read_as_meant(runs: dict[str, Pa
     proc = run_cli("compare", a, str(other))  # through the console entry point: exit 2, no traceback
     assert proc.returncode == 2 and "cannot pair runs over different datasets" in proc.stderr
     assert str(copy) in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_same_dataset_config_over_changed_data_is_refused(runs: dict[str, Path], tmp_path: Path) -> None:
+    """A file regenerated at the same path between two runs: same config, other samples — never paired."""
+    data = tmp_path / "data" / "test.npz"
+    data.parent.mkdir()
+    shutil.copy(runs["data"], data)
+    _sweep(tmp_path / "before", runs["root"] / "ck0.safetensors", data, fgsm=False)
+    images = fx.smooth_images(N, seed=8, channels=1)  # other pixels, same shape, same path
+    fx.write_npz(data, images, np.zeros(N, dtype=np.int64))
+    _sweep(tmp_path / "after", runs["root"] / "ck1.safetensors", data, fgsm=False)
+    proc = run_cli("compare", str(tmp_path / "before"), str(tmp_path / "after"))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "its content differs" in proc.stderr and "Traceback" not in proc.stderr

@@ -397,6 +397,27 @@ def _dataset_identity(run: Any) -> tuple[tuple[str, ...], str]:
     return names, json.dumps(run.config.get("dataset"), sort_keys=True, default=str)
 
 
+def _content_digest(run: Any) -> str | None:
+    """The dataset content digest ``sweep.json`` records (engine/data/fingerprint.py); None for older runs."""
+    try:
+        ident = json.loads((run.out_dir / "sweep.json").read_text()).get("dataset_identity")
+    except (OSError, ValueError, AttributeError):
+        return None
+    digest = ident.get("digest") if isinstance(ident, dict) else None
+    return digest if isinstance(digest, str) and digest else None
+
+
+def _same_content(runs: Sequence[Any]) -> None:
+    """Same dataset config is not enough: a file regenerated at the same path gives other samples."""
+    digests = [(r.out_dir, d) for r in runs if (d := _content_digest(r)) is not None]
+    for out_dir, digest in digests[1:]:
+        if digest != digests[0][1]:
+            raise GauntletError(
+                f"cannot pair runs over different data: {digests[0][0]} and {out_dir} name the same dataset config, "
+                f"but its content differs (dataset digest {digests[0][1][:12]} vs {digest[:12]}: a file was changed "
+                "between the runs); re-run both on the current data")
+
+
 def load_runs(specs: Sequence[RunSpec]) -> tuple[list[Any], list[str]]:
     """The runs, refusing empty ones and different datasets, and notes on unfinished or repeated ones."""
     from engine.store.rundir import load_run
@@ -414,6 +435,7 @@ def load_runs(specs: Sequence[RunSpec]) -> tuple[list[Any], list[str]]:
                 f"cannot pair runs over different datasets: {runs[0].out_dir} has {', '.join(ref[0])} ({ref[1]}), "
                 f"{run.out_dir} has {', '.join(other[0])} ({other[1]}); a paired comparison needs the same samples "
                 "(matched by dataset and sample_id): run both models on one dataset config")
+    _same_content(runs)
     where = [r.out_dir.resolve() for r in runs]
     notes += [f"{runs[i].out_dir} is given more than once: its rows are compared with themselves (every difference "
               "is 0)" for i in range(len(runs)) if where.index(where[i]) == i and where.count(where[i]) > 1]
