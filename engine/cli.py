@@ -9,8 +9,16 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from engine.compose.config import CONFIG_DIR, config_dirs_from_argv, package_problems, register_schemas, unknown_choices
-from engine.errors import GauntletError
+from engine.compose.config import (
+    CONFIG_DIR,
+    config_dirs_from_argv,
+    package_problems,
+    register_schemas,
+    unknown_choices,
+    yaml_problems,
+)
+from engine.compose.targets import config_dir_problems, opt_ins_from_files, opted_in_on_command_line
+from engine.errors import ConfigError, GauntletError
 
 log = logging.getLogger("gauntlet")
 
@@ -33,9 +41,14 @@ def _fail(problems: list[str]) -> None:
 
 
 def _precheck(argv: list[str]) -> list[str]:
-    """What can be checked before Hydra: group choices, ``# @package`` headers, the output folder."""
+    """What can be checked before Hydra: duplicate keys, group choices, ``# @package`` headers, the output folder."""
     dirs = [Path(CONFIG_DIR), *config_dirs_from_argv(argv)]
+    problems = yaml_problems(dirs)
+    if problems:
+        return problems  # a file that does not parse as written: the other checks would read it wrongly
     problems = unknown_choices(argv, [Path(CONFIG_DIR)]) + package_problems(dirs)
+    if not opted_in_on_command_line(argv):  # the user's folders may not grant themselves the opt-ins
+        problems += config_dir_problems(config_dirs_from_argv(argv))
     if "-m" in argv or "--multirun" in argv:
         return problems
     for arg in argv:
@@ -80,7 +93,11 @@ def hydra_main(cfg: DictConfig) -> None:
     try:
         container = OmegaConf.to_container(cfg, resolve=True)
         assert isinstance(container, dict)
-        outcome = run_sweep({str(k): v for k, v in container.items()})
+        composed = {str(k): v for k, v in container.items()}
+        problems = opt_ins_from_files(composed, sys.argv[1:])
+        if problems:
+            raise ConfigError("; ".join(problems))
+        outcome = run_sweep(composed)
     except GauntletError as exc:
         log.error("%s", exc)
         sys.exit(2)
