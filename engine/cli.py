@@ -14,7 +14,15 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from engine.compose.config import CONFIG_DIR, config_dirs_from_argv, package_problems, register_schemas, unknown_choices
+from engine.compose.config import (
+    CONFIG_DIR,
+    config_dirs_from_argv,
+    package_problems,
+    register_schemas,
+    unknown_choices,
+    yaml_problems,
+)
+from engine.compose.targets import config_dir_problems, opt_ins_from_files, opted_in_on_command_line
 from engine.errors import ConfigError, GauntletError
 from engine.store.outdir import check_out_dir
 
@@ -42,10 +50,15 @@ def _fail(problems: list[str]) -> None:
 
 
 def _precheck(argv: list[str]) -> tuple[list[str], list[str]]:
-    """What can be checked before Hydra (group choices, ``# @package`` headers, the output folder), and
+    """What can be checked before Hydra (duplicate keys, group choices, ``# @package`` headers, out_dir), and
     the overrides that keep Hydra's own files inside ``out_dir``."""
     dirs = [Path(CONFIG_DIR), *config_dirs_from_argv(argv)]
+    problems = yaml_problems(dirs)
+    if problems:
+        return problems, []  # a file that does not parse as written: the other checks would read it wrongly
     problems = unknown_choices(argv, [Path(CONFIG_DIR)]) + package_problems(dirs)
+    if not opted_in_on_command_line(argv):  # the user's folders may not grant themselves the opt-ins
+        problems += config_dir_problems(config_dirs_from_argv(argv))
     if problems:
         return problems, []
     return _out_dir_check(argv)
@@ -166,7 +179,11 @@ def hydra_main(cfg: DictConfig) -> None:
     try:
         container = OmegaConf.to_container(cfg, resolve=True)
         assert isinstance(container, dict)
-        outcome = run_sweep({str(k): v for k, v in container.items()})
+        composed = {str(k): v for k, v in container.items()}
+        problems = opt_ins_from_files(composed, sys.argv[1:])
+        if problems:
+            raise ConfigError("; ".join(problems))
+        outcome = run_sweep(composed)
     except GauntletError as exc:
         log.error("%s", exc)
         sys.exit(2)

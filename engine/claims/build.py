@@ -20,6 +20,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from engine.claims.schema import ClaimFile
 from engine.compose.config import ModelConfig, compose_sweep
+from engine.compose.targets import TargetPolicy, opt_ins_from_files
 from engine.errors import ConfigError
 
 BASE_SUITE = "autoattack_standard_{norm}"
@@ -67,6 +68,24 @@ def _inline_model(cfg: dict[str, Any], block: dict[str, Any]) -> dict[str, Any]:
     return {str(k): v for k, v in model.items()}
 
 
+def _check_inline_targets(cf: ClaimFile, cfg: dict[str, Any]) -> None:
+    """The claim file's inline blocks under the same ``_target_`` policy as any config, before anything is built.
+
+    The policy is the user's: ``target_packages`` / ``allow_any_target`` given on the ``gauntlet verify``
+    command line (a claim file cannot set them, engine.claims.schema).
+    """
+    inline = {**({"model": cfg["model"]} if not isinstance(cf.model, str) else {}),
+              **({"dataset": cfg["dataset"]} if not isinstance(cf.dataset, str) else {})}
+    if not inline:
+        return
+    from engine.planning.sweep_targets import check_targets  # torch and the components: only when needed
+
+    try:
+        check_targets(inline, TargetPolicy.of(cfg))
+    except ConfigError as exc:
+        raise ConfigError(f"{cf.path}: {exc}") from None
+
+
 def suite_members(suite: str) -> list[str]:
     """The perturbation keys a corruption suite (or single corruption) config adds to a sweep."""
     return list(compose([f"perturbation=[{suite}]"])["perturbation"])
@@ -86,10 +105,14 @@ def base_config(cf: ClaimFile, hydra_overrides: Sequence[str], n_examples: int |
         *hydra_overrides,
     ]
     cfg = compose(overrides)
+    problems = opt_ins_from_files(cfg, hydra_overrides)  # only the user's command line may widen the policy
+    if problems:
+        raise ConfigError("; ".join(problems))
     if not isinstance(cf.model, str):
         cfg["model"] = {cf.model_name: _inline_model(cfg, copy.deepcopy(cf.model))}
     if not isinstance(cf.dataset, str):
         cfg["dataset"] = copy.deepcopy(cf.dataset)
+    _check_inline_targets(cf, cfg)
     for norm in norms:
         eps = sorted({float(c.eps) for c in cf.claims if c.norm == norm and c.eps is not None})
         cfg["perturbation"][BASE_SUITE.format(norm=norm)]["eps"] = eps
