@@ -85,6 +85,17 @@ def apply_locations(cfg: dict[str, Any], model_name: str, claim_over: dict[str, 
             cfg["model"][model_name]["checkpoint"] = value
 
 
+def _check_locations(cfg: dict[str, Any], model_name: str) -> None:
+    """A dataset or checkpoint location left at ``???`` in its config: one message saying which override sets it."""
+    for key in ("root", "path"):
+        if str(cfg["dataset"].get(key)) == "???":
+            raise ConfigError(f"the claim's dataset needs its location: add dataset.{key}=/path/to/data after the "
+                              f"claim file (see configs/dataset/ and docs/models-and-data.md)")
+    if str(cfg["model"][model_name].get("checkpoint")) == "???":
+        raise ConfigError(f"the claim's model {model_name!r} needs its weights: add model.checkpoint=/path/to/weights "
+                          "(.safetensors, or .pt read with weights_only) after the claim file")
+
+
 def scale_budget(block: dict[str, Any], budget: float) -> dict[str, Any]:
     """A copy of a suite (or member) config with every iteration and query count times ``budget`` (≥ 1 each);
     wrapped members (BPDA, transfer) too. EOT counts and restarts are kept."""
@@ -141,6 +152,7 @@ def base_config(cf: ClaimFile, hydra_overrides: Sequence[str], n_examples: int |
     if not isinstance(cf.dataset, str):
         cfg["dataset"] = copy.deepcopy(cf.dataset)
     apply_locations(cfg, cf.model_name, {k: v for k, v in (locations or {}).items() if "." in k})
+    _check_locations(cfg, cf.model_name)
     for norm in norms:
         eps = sorted({float(c.eps) for c in cf.claims if c.norm == norm and c.eps is not None})
         name = BASE_SUITE.format(norm=norm)

@@ -65,7 +65,7 @@ def subset_positions(base: Dataset, mode: str = "random", n: int | None = None, 
         return np.asarray([pos[int(s)] for s in ids], dtype=np.int64)
     if n is None or isinstance(n, bool) or n < 1 or n > len(base):
         raise ConfigError(f"subset: n={n!r} must be between 1 and the split's size ({len(base)} in "
-                          f"dataset {base.name!r})")
+                          f"dataset {base.name!r}); n_examples=N after the claim file checks fewer samples")
     if mode == "first":
         return np.arange(n, dtype=np.int64)
     if mode == "random":
