@@ -433,6 +433,7 @@ def test_bad_locations_and_budgets_are_one_clear_message(tmp_path: Path) -> None
         (("dataset.root=/nowhere",), "the claim's model 'preact_resnet18' needs its weights: add model.checkpoint="),
         (("dataset.layout=binary",), "only where they live may be overridden"),
         (("model.other.checkpoint=x.safetensors",), "the claim's model is 'preact_resnet18'"),
+        (("dataset.path=/data/x.npz",), "has no 'path'; its location is dataset.root"),
         (("budget=0",), "budget='0' must be a fraction in (0, 1]"),
         (("budget=two",), "budget='two' must be a fraction"),
     ]:

@@ -76,7 +76,13 @@ def apply_locations(cfg: dict[str, Any], model_name: str, claim_over: dict[str, 
     """Point the composed config's dataset and model at the locations given on the command line."""
     for key, value in claim_over.items():
         if key.startswith("dataset."):
-            cfg["dataset"][key.split(".", 1)[1]] = value
+            field = key.split(".", 1)[1]
+            if field not in cfg["dataset"]:
+                where = [k for k in ("root", "path") if k in cfg["dataset"]]
+                raise ConfigError(f"override {key}={value}: the claim's dataset ({cfg['dataset'].get('_target_')}) "
+                                  f"has no {field!r}; its location is {' / '.join(f'dataset.{k}' for k in where)}"
+                                  if where else f"override {key}={value}: the claim's dataset has no location key")
+            cfg["dataset"][field] = value
         elif key.startswith("model."):
             name = key.split(".")[1] if key.count(".") == 2 else model_name
             if name != model_name:

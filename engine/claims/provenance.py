@@ -42,7 +42,7 @@ def model_record(cfg: Mapping[str, Any], name: str, checkpoint_sha256: str | Non
     m = cfg["model"][name]
     arch = m.get("arch") or {}
     return {"name": name, "arch": arch.get("_target_") if isinstance(arch, Mapping) else str(arch),
-            "checkpoint": str(m.get("checkpoint")), "checkpoint_sha256": checkpoint_sha256,
+            "checkpoint": str(Path(str(m.get("checkpoint"))).expanduser()), "checkpoint_sha256": checkpoint_sha256,
             "mean": m.get("mean"), "std": m.get("std")}
 
 
