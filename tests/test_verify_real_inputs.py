@@ -208,7 +208,8 @@ def test_verify_runs_on_every_layout(fixture: dict[str, Any], tmp_path: Path, la
     assert doc["samples"]["count"] == 24 and len(doc["samples"]["sample_ids"]) == 24
     location = "path" if layout == "npz" else "root"
     assert doc["dataset"]["identity"][location]["files"] >= 1
-    recorded = {json.loads(p.read_text())["dataset_identity"]["digest"] for p in (tmp_path / "out").glob("sweeps/*/sweep.json")}
+    recorded = {json.loads(p.read_text())["dataset_identity"]["digest"]
+                for p in (tmp_path / "out").glob("sweeps/*/sweep.json")}
     assert doc["dataset"]["content"]["digest"] in recorded  # the content the base sweep's task ids carry
     assert "REFUTED" in text and "ids sha256" in text
 
