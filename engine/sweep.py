@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -156,17 +159,51 @@ def _check_data_unchanged(plan: Plan, cfg: Mapping[str, Any], store: ResultStore
     )
 
 
+class Interrupted(GauntletError):
+    """SIGINT or SIGTERM while a sweep runs: the rows written so far stay; the CLI exits 128 + the signal."""
+
+    def __init__(self, signum: int, message: str = "") -> None:
+        self.signum, self.exit_code = signum, 128 + signum
+        super().__init__(message or f"interrupted by {signal.Signals(signum).name}")
+
+
+@contextmanager
+def _interruptible() -> Iterator[None]:
+    """In the main thread, SIGINT and SIGTERM raise ``Interrupted`` once (repeats while it unwinds are
+    ignored), so a runner shuts down its workers and the driver says what it kept: no traceback or stack dump."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    fired: list[int] = []
+
+    def handler(signum: int, frame: object) -> None:
+        if not fired:
+            fired.append(signum)
+            raise Interrupted(signum)
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in before:
+        signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, h in before.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
+
+
 def _execute_keeping_finished(plan: Plan, runner: Runner, device: torch.device, resources: Resources,
                               store: ResultStore, progress: bool) -> int:
-    """``_execute``, and on an error say how many tasks finished: their rows stay, a re-run resumes."""
-    try:
-        return _execute(plan.todo, runner, device, resources, store, progress)
-    except GauntletError as exc:
-        kept = sum(store.verify(t.task_id) for t in plan.todo) + len(plan.done)
-        raise type(exc)(
-            f"{exc}\n{kept} of {len(plan.tasks)} task(s) of this sweep have verified results in {store.dir} "
-            "(kept); re-running the same command resumes from them and recomputes only the rest."
-        ) from None
+    """``_execute``, and on an error or a signal say how many tasks finished: their rows stay, a re-run resumes."""
+    with _interruptible():
+        try:
+            return _execute(plan.todo, runner, device, resources, store, progress)
+        except GauntletError as exc:
+            kept = sum(store.verify(t.task_id) for t in plan.todo) + len(plan.done)
+            saved = f"{kept} of {len(plan.tasks)} task(s) of this sweep have verified results in {store.dir} (kept)"
+            if isinstance(exc, Interrupted):  # one line: what is saved, how to resume
+                raise Interrupted(exc.signum, f"{exc}: {saved}; re-run the same command to resume") from None
+            raise type(exc)(f"{exc}\n{saved}; re-running the same command resumes from them and recomputes "
+                            "only the rest.") from None
 
 
 PROBE_SAMPLES = 64  # clean samples each model's gradient / output / randomness probe looks at
@@ -216,13 +253,15 @@ def _execute(todo: tuple[Task, ...], runner: Runner, device: torch.device, resou
     tracker = SweepProgress(todo, work, live=progress and sys.stderr.isatty())
     ctx = RunContext(device, tracker.samples, resources, events=tracker)
     done = 0
+    results = runner.run(todo, ctx)
     try:
-        for result in runner.run(todo, ctx):
+        for result in results:
             path = store.write(result)
             done += 1
             tracker.finished(result)
             log.debug("wrote %s (%.1f s)", path, result.seconds)
     finally:
+        getattr(results, "close", lambda: None)()  # on an error or a signal: the runner stops its workers now
         tracker.close()
     return done
 

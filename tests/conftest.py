@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,11 @@ os.environ.setdefault("NUMBA_CACHE_DIR", str(Path(os.environ["GAUNTLET_CACHE_DIR
 # Sweeps in tests skip W&B (the sink never imports wandb then); tests/test_wandb_sink.py turns it on
 # in its own subprocesses with a private HOME.
 os.environ["WANDB_MODE"] = "disabled"
+# numba's OpenMP pool shares the OpenMP runtime with torch and, when it starts (the first corruption kernel),
+# sets it to NUMBA_NUM_THREADS threads: without this, `make test`'s one thread per process (OMP_NUM_THREADS=1)
+# became two after the first corruption test, on two pytest workers sharing two cores.
+if os.environ.get("OMP_NUM_THREADS"):
+    os.environ.setdefault("NUMBA_NUM_THREADS", os.environ["OMP_NUM_THREADS"])
 
 from engine.compose.config import compose_sweep, register_schemas
 from engine.models.checkpoint import save_checkpoint
@@ -49,6 +54,32 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
     save_checkpoint(SmallCNN().state_dict(), path, {"model": "tiny"})
     return path
+
+
+@pytest.fixture(scope="session")
+def user_package_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A user's own model package (tests/scenario_fixtures.py) in a folder on sys.path and PYTHONPATH.
+
+    Session-scoped and set up before the Ray instance below, so that Ray's workers import it too: they
+    take the driver's sys.path and environment as they were at ``ray.init``, as a user's would.
+    """
+    from tests.scenario_fixtures import write_user_package
+
+    root = write_user_package(tmp_path_factory.mktemp("user_pkg"))
+    sys.path.insert(0, str(root))
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH")) if p)
+    return root
+
+
+@pytest.fixture(scope="session")
+def ray_instance(user_package_root: Path) -> Iterator[Any]:
+    """The one in-process Ray instance of a pytest worker: explicit, small, loopback only, never a stray cluster."""
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # before ray is imported: stay on 127.0.0.1
+    ray = pytest.importorskip("ray")
+    ray.init(address="local", num_cpus=2, object_store_memory=100 * 2**20, include_dashboard=False,
+             log_to_driver=False)
+    yield ray
+    ray.shutdown()
 
 
 def tiny_overrides(ckpt: Path, out_dir: Path, *extra: str) -> list[str]:

@@ -1,8 +1,8 @@
 """runner=ray in-process, on ONE session-scoped private Ray instance: same rows as local, retries, fail-fast.
 
-The instance is explicit (2 CPUs, 100 MiB object store, no dashboard, loopback only) and every test has a
-timeout. Tests that need their own Ray (the CLI, a simulated multi-node cluster) run in subprocesses:
-tests/test_ray_cli.py and tests/test_ray_cluster.py.
+The instance (``ray_instance`` in tests/conftest.py, shared with tests/test_scenarios.py) is explicit (2 CPUs,
+100 MiB object store, no dashboard, loopback only) and every test has a timeout. Tests that need their own Ray
+(the CLI, a simulated multi-node cluster) run in subprocesses: tests/test_ray_cli.py and tests/test_ray_cluster.py.
 """
 
 from __future__ import annotations
@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
-from collections.abc import Callable, Iterator
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,18 +33,10 @@ from engine.runners.local import LocalRunner
 from engine.runners.progress import SweepProgress, work_per_sample
 from engine.runners.ray import RayRunner
 from engine.store.parquet import ResultStore
-from tests.conftest import compose_dict, tiny_overrides
+from tests.conftest import REPO, compose_dict, tiny_overrides
 
 ray = pytest.importorskip("ray")
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="session")
-def ray_instance() -> Iterator[Any]:
-    ray.init(address="local", num_cpus=2, object_store_memory=100 * 2**20, include_dashboard=False,
-             log_to_driver=False)
-    yield ray
-    ray.shutdown()
 
 
 def _plan(ckpt: Path, out: Path, *extra: str) -> tuple[Plan, ResultStore, Resources]:
@@ -85,20 +79,24 @@ def _assert_exactly_once(store: ResultStore, plan: Plan, res: Resources) -> None
 
 
 @pytest.mark.timeout(240)
-def test_ray_gives_the_local_rows_column_by_column(ray_instance: Any, tiny_checkpoint: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("threads", [1, 2])
+def test_ray_gives_the_local_rows_column_by_column(ray_instance: Any, tiny_checkpoint: Path, tmp_path: Path,
+                                                   threads: int) -> None:
     extra = ("perturbation=[clean,fgsm_linf,gaussian_noise]", "shard_size=10")
     plan, store_r, res = _plan(tiny_checkpoint, tmp_path / "ray", *extra)
-    runner = RayRunner(threads=1)  # one single-thread actor per CPU: 2 here
+    runner = RayRunner(threads=threads)  # 1: one single-thread actor per CPU (2 here); 2: one actor of 2 threads
     results = _run(runner, plan.todo, store_r, res)
     plan_l, store_l, res_l = _plan(tiny_checkpoint, tmp_path / "local", *extra)
-    _run(LocalRunner(threads=1), plan_l.todo, store_l, res_l)
+    _run(LocalRunner(threads=threads), plan_l.todo, store_l, res_l)
     a, b = _sorted(store_r.read()), _sorted(store_l.read())
     assert a.num_rows == b.num_rows == 20 * (1 + 7 + 5)
     for name in a.column_names:
         assert a[name].equals(b[name]), f"column {name} differs between runner=ray and runner=local"
     assert {r.worker for r in results} <= {"ray-0", "ray-1"} and {r.device for r in results} == {"cpu"}
     info = runner.worker_info
-    assert len(info) == 2 and all(i["threads"] == 1 and i["numba_threads"] == "1" for i in info)
+    assert len(info) == 2 // threads
+    assert all(i["threads"] == threads and i["numba_threads"] == str(threads) for i in info)
+    assert all(i["nice"] == os.nice(0) for i in info)  # not Ray's +15: a busy machine must not starve the sweep
     assert all(n == 1 for i in info for n in i["loads"].values())  # each actor loaded the model once
     assert sum(len(i["runs"]) for i in info) == len(plan.todo)  # each task ran once
 
@@ -178,3 +176,32 @@ def test_default_cpu_actors_use_the_local_runners_thread_count(ray_instance: Any
     assert RayRunner()._actor_count(ray_instance, 10) == 1  # one 2-thread actor fills this 2-CPU instance
     assert RayRunner(threads=1)._shape(ray_instance) == (0.0, 1.0, 1)
     assert RayRunner(cpus_per_actor=2, threads=1)._shape(ray_instance) == (0.0, 2.0, 1)
+
+
+THREADS_SCRIPT = """
+import sys, torch
+from pathlib import Path
+import engine.runners.local as local
+from engine.sweep import run_sweep
+from tests.conftest import compose_dict, tiny_overrides
+
+seen = []
+evaluate = local.evaluate
+local.evaluate = lambda *a, **k: (evaluate(*a, **k), seen.append(torch.get_num_threads()))[0]
+run_sweep(compose_dict(tiny_overrides(Path(sys.argv[1]), Path(sys.argv[2]), "perturbation=[gaussian_noise,clean]",
+                                      "wandb=disabled")))
+print(seen, torch.get_num_threads())
+"""
+
+
+@pytest.mark.timeout(300)
+def test_runner_local_holds_its_thread_count_when_numba_starts_its_pool(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """numba's OpenMP pool, started by the first corruption kernel, sets the OpenMP runtime it shares with torch
+    to NUMBA_NUM_THREADS (every core by default). runner=local keeps torch at its own count through that, as
+    Ray's actors do (their NUMBA_NUM_THREADS is their thread count): same rows, no 2-thread teams in a
+    process set to one thread (docs/BENCHMARKS.md, "Ray under contention"). A fresh process: the pool starts once."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "2"}
+    proc = subprocess.run([sys.executable, "-c", THREADS_SCRIPT, str(tiny_checkpoint), str(tmp_path / "out")],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=280)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[1, 1] 1"  # after the noise task, after clean, at the end

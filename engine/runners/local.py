@@ -19,18 +19,26 @@ WORKER = "local"
 
 
 def set_threads(n: int) -> int:
-    """Set torch's (and, when loaded, numba's) CPU threads to ``n``; return torch's previous count."""
+    """Set (when loaded) numba's and then torch's CPU threads to ``n``; return torch's previous count.
+
+    numba's OpenMP layer shares the OpenMP runtime with torch, and launching its thread pool (its first
+    parallel kernel, or ``numba.set_num_threads``) sets the runtime's count to NUMBA_NUM_THREADS, every core
+    by default. Torch then ran 2-thread teams in a process set to 1 thread: rows of the tasks after the first
+    corruption came from another thread count, and a loaded machine made them ~25x slower
+    (docs/BENCHMARKS.md, "Ray under contention"). So numba's pool is launched first, then torch's count set.
+    """
     before = torch.get_num_threads()
-    torch.set_num_threads(n)
     numba = sys.modules.get("numba")
     if numba is not None:
         numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    torch.set_num_threads(n)
     return before
 
 
 @dataclass
 class LocalRunner:
-    """The in-process backend. ``threads``: torch/numba CPU threads while it runs (None: leave as is)."""
+    """The in-process backend. ``threads``: torch/numba CPU threads while it runs (None: torch's count as it is,
+    held there while the tasks run)."""
 
     threads: int | None = None
 
@@ -40,7 +48,7 @@ class LocalRunner:
 
     def run(self, tasks: Sequence[Task], ctx: RunContext) -> Iterator[TaskResult]:
         res = ctx.resources if ctx.resources is not None else Resources(ctx.device)
-        before = set_threads(self.threads) if self.threads is not None else None
+        before = set_threads(self.threads if self.threads is not None else torch.get_num_threads())
         try:
             ctx.events.worker_ready(WORKER, str(res.device))
             for task in tasks:
@@ -50,5 +58,4 @@ class LocalRunner:
                 except torch.OutOfMemoryError:
                     raise GauntletError(oom_message(task, str(res.device))) from None
         finally:
-            if before is not None:
-                set_threads(before)
+            set_threads(before)

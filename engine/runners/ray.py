@@ -13,9 +13,12 @@ import hashlib
 import logging
 import math
 import os
+import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +36,11 @@ from engine.seeding import stable_hash
 log = logging.getLogger(__name__)
 
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": a private instance binds to 127.0.0.1 only
+# Ray renices every worker process by +15 so that its own daemons stay responsive. On a busy machine
+# that starves the sweep: against 4 busy loops at nice 0 a nice-15 actor got ~3 % of a core and the
+# 64-sample default sweep ran for hours (docs/BENCHMARKS.md, "Ray under contention"). Our workers are
+# the work: they run at the raylet's priority (a private instance's is the driver's, as runner=local's).
+NICENESS_ENV = {"RAY_worker_niceness": "0"}  # an increment, read by each worker process at start-up
 TICK_S = 0.5  # how often the driver collects progress reports while it waits for results
 MiB = 1 << 20
 JOIN_ATTEMPTS = 3  # tries to join a cluster through Ray Client (ray://) before giving up
@@ -147,13 +155,15 @@ class RayRunner:
             return
         private = self.address in (None, "local")
         ray = _import_ray(private)
-        owned = self._connect(ray, private)
+        with _driver_signal_handlers():
+            owned = self._connect(ray, private)
         self._actors, self.attempts, self.worker_info = [], {}, []
         sink = None
         before: dict[str, float] = {}
         try:
             before = ray.available_resources()
-            sink = _sink_class(ray).options(scheduling_strategy=_on_driver_node(ray)).remote()
+            sink = _sink_class(ray).options(scheduling_strategy=_on_driver_node(ray),
+                                            runtime_env={"env_vars": dict(NICENESS_ENV)}).remote()
             shipped = self._ship(ray, tasks, ctx)
             self._warm = list({stable_hash([t.perturbation_name, t.perturbation]): (t.perturbation_name,
                                                                                   dict(t.perturbation))
@@ -314,7 +324,8 @@ class RayRunner:
         name = f"ray-{self._n_started}"
         self._n_started += 1
         threads = self._threads
-        env = {k: str(threads) for k in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+        env = {**{k: str(threads) for k in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")},
+               **NICENESS_ENV}
         handle = self._cls.options(
             num_cpus=self._cpa, num_gpus=self._gpa, max_restarts=0, max_task_retries=0,
             scheduling_strategy="SPREAD", runtime_env={"env_vars": env},
@@ -336,6 +347,7 @@ class RayRunner:
                sink: Any) -> Iterator[TaskResult]:
         lost = _retryable(ray)
         owner: dict[Any, _Actor] = {}
+        self._drain_ref: Any = None
         last_drain = time.monotonic()
         while len(queue) or any(a.inflight for a in self._actors):
             self._fill(queue, shipped, owner, ctx)
@@ -353,7 +365,6 @@ class RayRunner:
                     yield from self._on_result(ray, ref, owner, queue, ctx, lost)
                 else:
                     self._on_ready(ray, ref, queue, ctx, lost)
-        self._drain(ray, sink, ctx)
 
     def _fill(self, queue: TaskQueue, shipped: dict[str, Shipped], owner: dict[Any, _Actor],
               ctx: RunContext) -> None:
@@ -401,6 +412,11 @@ class RayRunner:
             return
         actor.ready, actor.device, actor.ready_at = True, str(info["device"]), time.monotonic()
         actor.info = dict(info)
+        if int(info.get("nice", 0)) > os.nice(0) and not any(a.info.get("nice") == info["nice"]
+                                                             for a in self._actors if a is not actor):
+            log.warning("runner=ray: actor %s runs at nice %s, this driver at %d: on a busy machine it gets only "
+                        "what the other processes leave (its raylet was started niced)", actor.name,
+                        info["nice"], os.nice(0))
         ctx.events.worker_ready(actor.name, actor.device)
 
     def _on_result(self, ray: Any, ref: Any, owner: dict[Any, _Actor], queue: TaskQueue, ctx: RunContext,
@@ -454,9 +470,17 @@ class RayRunner:
                 f"{self._gpa:g} GPU. Re-run the same command to resume once it has.")
 
     def _drain(self, ray: Any, sink: Any, ctx: RunContext) -> None:
-        """Collect the workers' batched progress reports (one round trip per tick, not per batch)."""
+        """Collect the workers' batched progress reports: one request at a time, picked up on a later tick
+        once answered, so a slow progress sink (a busy machine) never holds up results. Reports of tasks
+        that have finished meanwhile are void (the result counts them)."""
+        if self._drain_ref is None:
+            self._drain_ref = sink.drain.remote()
+        ready, _ = ray.wait([self._drain_ref], num_returns=1, timeout=0)
+        if not ready:
+            return
+        ref, self._drain_ref = self._drain_ref, None
         try:
-            reports = ray.get(sink.drain.remote(), timeout=30)
+            reports = ray.get(ref)
         except Exception as exc:  # progress only; results still arrive
             log.debug("progress reports unavailable: %s", exc)
             return
@@ -477,6 +501,23 @@ class RayRunner:
                 yield ray.get(ref)
             except Exception:  # failing anyway: only complete results are worth keeping
                 continue
+
+
+@contextmanager
+def _driver_signal_handlers() -> Iterator[None]:
+    """Keep the driver's SIGINT/SIGTERM handlers across ``ray.init``, which replaces SIGTERM's with its own
+    ``sys.exit(15)`` (and Ray's native handler would print a stack dump): the sweep driver decides what a
+    signal does (engine/sweep.py says what is saved and exits 130/143)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in before.items():
+            if h is not None:  # always: a native handler installed meanwhile is invisible to getsignal
+                signal.signal(s, h)
 
 
 def _await_release(ray: Any, before: dict[str, float], timeout_s: float = 15.0) -> None:

@@ -138,7 +138,7 @@ class Worker:
         return {"name": self.name, "device": self.device_name, "pid": os.getpid(), "host": socket.gethostname(),
                 "threads": torch.get_num_threads(), "numba_threads": os.environ.get("NUMBA_NUM_THREADS"),
                 "loads": dict(self.res.loads), "runs": list(self.runs), "gpu_ids": self.gpu_ids,
-                "cpu_s": time.process_time(), "warm_s": self.warm_s}
+                "cpu_s": time.process_time(), "warm_s": self.warm_s, "nice": os.nice(0)}
 
     def _local_task(self, task: Task, shipped: Shipped) -> Task:
         """``task`` with its model pointing at a verified local copy of the shipped checkpoint."""
