@@ -196,7 +196,7 @@ def _check(node: dict[str, Any], policy: TargetPolicy = DEFAULT, group: str = "m
     ({"_target_": "timm.layers.create_conv2d"}, "not a model builder of that library"),
     ({"_target_": "engine.models"}, "names a module, not a class or a function"),
     ({"_target_": "engine.perturbations.autoattack.dlr_loss"}, "returns a Tensor, not an nn.Module"),
-    ({"_target_": "engine.claims.subset.subset_of"}, "returns a SampleSet, not an nn.Module"),
+    ({"_target_": "engine.claims.subset.subset_of"}, "returns a Dataset, not an nn.Module"),
     ({"_target_": "engine.data.SampleSet"}, "is a SampleSet, not an nn.Module"),
     # arguments that load files, by name or by position
     ({"_target_": "timm.create_model", "model_name": "resnet18", "checkpoint_path": "x.pth"}, "checkpoint_path="),
