@@ -15,6 +15,7 @@ import torch
 from hydra.utils import instantiate
 
 from engine.compose.levels import Labels
+from engine.data.fingerprint import describe_change
 from engine.errors import ConfigError, GauntletError
 from engine.evaluation.resources import Resources, _unwrap, resolve_device
 from engine.evaluation.tasks import Task
@@ -33,6 +34,7 @@ from engine.sinks.wandb_sink import log_sweep, settings_of
 from engine.stats.aggregate import AccuracyRow, accuracy_table
 from engine.store.outdir import OutDirLock, check_out_dir
 from engine.store.parquet import ResultStore
+from engine.store.rundir import record_plan, recorded_identities
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +80,14 @@ def run_sweep(cfg: Mapping[str, Any]) -> SweepOutcome:
         store.report_foreign()
         resources = Resources(device)
         plan = make_plan(cfg, store.has, check_model=resources.model, progress=progress)
+        record_plan(out_dir, plan.run_id, cfg, _task_records(plan))  # a killed run can later say "N of M"
         if plan.done:
             log.info("%d of %d task(s) already have verified results in %s; reusing them",
                      len(plan.done), len(plan.tasks), store.dir)
+        for line in recomputed_because_data_changed(plan, store):
+            log.warning("%s", line)
         evaluated = _execute_keeping_finished(plan, runner, device, resources, store, progress)
+        _check_data_unchanged(plan, cfg, store, evaluated)
         table = store.read(t.task_id for t in plan.tasks)
         rows, summary, flags = _summarise(cfg, plan, table, resources, labels)
         threat_models = {n: resources.perturbation(n, p).threat_model.as_dict()
@@ -106,6 +112,49 @@ def _summarise(cfg: Mapping[str, Any], plan: Plan, table: Any, resources: Resour
     summary = (render_table(rows, models, perts, labels) + "".join(f"\n\n{b}" for b in blocks if b)
                + render_flags(flags))
     return rows, summary, flags
+
+
+def recomputed_because_data_changed(plan: Plan, store: ResultStore) -> list[str]:
+    """One line per earlier dataset identity whose rows ``store`` holds for tasks this plan must compute:
+    the same tasks, read from other data (or written before task ids named the data), so not reused."""
+    if not plan.todo or not plan.keys:
+        return []
+    mine = {t.task_id for t in plan.tasks}
+    others = [e.path for tid, e in store.index.items() if tid not in mine and not e.compacted]
+    name, lines = plan.identity.get("name", ""), []
+    for old in [*recorded_identities(store.out_dir, others), {"digest": None}]:
+        if old["digest"] == plan.identity.get("digest"):
+            continue
+        n = sum(plan.task_id_for(t.task_id, old["digest"]) in store.index for t in plan.todo)
+        if not n:
+            continue
+        if old["digest"] is None:
+            lines.append(f"{n} task(s) recomputed: the rows in {store.out_dir} were written by a Gauntlet whose task "
+                         f"ids did not name the dataset's content, so they cannot be shown to come from dataset "
+                         f"{name!r} as it is now (they stay in results/)")
+        else:
+            lines.append(f"dataset {name!r} changed since the rows in {store.out_dir} were written "
+                         f"({describe_change(old, plan.identity)}): {n} task(s) recomputed (the old rows stay in "
+                         "results/, under the old data's task ids)")
+    return lines
+
+
+def _check_data_unchanged(plan: Plan, cfg: Mapping[str, Any], store: ResultStore, evaluated: int) -> None:
+    """The files the tasks read must still be those planned: a change during the run would file rows of new
+    data under the old data's task ids, so those rows are set aside and the run fails."""
+    if not evaluated or plan.source is None:
+        return
+    after = plan.source.identity(cfg.get("cache_dir"))
+    if after["digest"] == plan.identity["digest"]:
+        return
+    why = describe_change(plan.identity, after)
+    moved = store.set_aside((t.task_id for t in plan.todo), f"dataset {after['name']!r} changed during the run ({why})")
+    raise ConfigError(
+        f"dataset {after['name']!r} changed while this sweep ran ({why}); the {moved} task file(s) computed in this "
+        f"run were moved to {store.quarantine_dir}, since their rows may mix the old and the new data. Leave the "
+        "data alone while a sweep reads it and re-run the same command: it computes the tasks on the data as it "
+        "is then."
+    )
 
 
 def _execute_keeping_finished(plan: Plan, runner: Runner, device: torch.device, resources: Resources,
@@ -183,6 +232,11 @@ def _execute(todo: tuple[Task, ...], runner: Runner, device: torch.device, resou
     return done
 
 
+def _task_records(plan: Plan) -> list[dict[str, Any]]:
+    return [{"task_id": t.task_id, "model": t.model_name, "perturbation": t.perturbation_name,
+             "rows": [t.start, t.stop], "checkpoint_sha256": t.checkpoint_sha256} for t in plan.tasks]
+
+
 def _write_sidecars(out_dir: Path, cfg: Mapping[str, Any], plan: Plan, summary: str, labels: Labels,
                     threat_models: Mapping[str, Any] | None = None) -> None:
     """``sweep.json`` (config, task ids, each perturbation's threat model) and ``summary.txt`` next to
@@ -195,12 +249,9 @@ def _write_sidecars(out_dir: Path, cfg: Mapping[str, Any], plan: Plan, summary: 
         "run_id": plan.run_id,
         "config": cfg,
         "level_labels": {p: {f"{k:g}": v for k, v in d.items()} for p, d in labels.items()},
-        "tasks": [
-            {"task_id": t.task_id, "model": t.model_name, "perturbation": t.perturbation_name,
-             "rows": [t.start, t.stop], "checkpoint_sha256": t.checkpoint_sha256}
-            for t in plan.tasks
-        ],
+        "tasks": _task_records(plan),
         "threat_models": dict(threat_models or {}),  # engine/compose/threat_model.py, docs/threat-model.md
+        "dataset_identity": dict(plan.identity),  # engine/data/fingerprint.py; its digest is in every task id
     }
     _write_both(out_dir, plan.run_id, "sweep.json", json.dumps(meta, indent=2, default=str) + "\n")
     _write_both(out_dir, plan.run_id, "summary.txt", summary + "\n")

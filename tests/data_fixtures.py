@@ -57,16 +57,62 @@ def write_cifar_binary(root: Path, images: np.ndarray, labels: np.ndarray) -> Pa
 
 
 def write_image_folder(root: Path, images: np.ndarray, labels: np.ndarray, classes: list[str],
-                       suffix: str = ".png") -> Path:
-    """``root/<class>/<i>.<suffix>`` for every image; returns ``root``."""
+                       suffix: str = ".png", bits: int = 8) -> Path:
+    """``root/<class>/<i>.<suffix>`` for every image; returns ``root``.
+
+    ``bits=16`` stores uint8 images as 16-bit samples ``v · 257`` (the same values: v·257/65535 = v/255),
+    or uint16 images as they are; ``.png`` by :func:`write_png`, ``.tif`` by OpenCV (libtiff).
+    """
     from PIL import Image
 
     for c in classes:
         (root / c).mkdir(parents=True, exist_ok=True)
     for i, (img, y) in enumerate(zip(images, labels, strict=True)):
         arr = img[..., 0] if img.shape[-1] == 1 else img
-        Image.fromarray(arr).save(root / classes[int(y)] / f"{i:05d}{suffix}", quality=95)
+        path = root / classes[int(y)] / f"{i:05d}{suffix}"
+        if bits == 8:
+            Image.fromarray(arr).save(path, quality=95)
+        else:
+            write16(path, arr.astype(np.uint16) * 257 if arr.dtype == np.uint8 else arr)
     return root
+
+
+def write_png(path: Path, arr: np.ndarray) -> Path:
+    """A PNG written by hand (IHDR, one zlib IDAT, IEND), independent of the readers under test.
+
+    ``arr``: uint8 or uint16, H×W (gray), H×W×2 (gray + alpha), ×3 (RGB) or ×4 (RGBA).
+    """
+    import struct
+    import zlib
+
+    arr = arr[:, :, None] if arr.ndim == 2 else arr
+    h, w, c = arr.shape
+    colour = {1: 0, 2: 4, 3: 2, 4: 6}[c]
+    depth = 16 if arr.dtype == np.uint16 else 8
+    rows = arr.astype(">u2" if depth == 16 else np.uint8).reshape(h, -1).view(np.uint8)
+    raw = np.concatenate([np.zeros((h, 1), np.uint8), rows], axis=1).tobytes()  # filter type 0 per row
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", w, h, depth, colour, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def write16(path: Path, arr: np.ndarray) -> Path:
+    """A 16-bit image: PNG by :func:`write_png`, TIFF by OpenCV (RGB given, BGR stored as OpenCV expects)."""
+    if path.suffix.lower() == ".png":
+        return write_png(path, arr)
+    import cv2
+
+    bgr = arr[:, :, ::-1] if arr.ndim == 3 and arr.shape[2] in (3, 4) else arr
+    if arr.ndim == 3 and arr.shape[2] == 4:
+        bgr = arr[:, :, [2, 1, 0, 3]]
+    if not cv2.imwrite(str(path), np.ascontiguousarray(bgr)):
+        raise OSError(f"OpenCV could not write {path}")
+    return path
 
 
 def write_npz(path: Path, images: np.ndarray, labels: np.ndarray) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 import pyarrow.dataset as ds
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import REPO, run_cli
 
 SUITE = ("perturbation.autoattack_standard_linf.attacks=[{_target_:engine.perturbations.autoattack.APGD,name:apgd-ce,"
          "n_iter:3,tags:[white-box]},{_target_:engine.perturbations.square.Square,name:square,n_queries:20,"
@@ -86,9 +87,9 @@ def test_summary_json_matches_the_parquet_rows(run_dir: Path) -> None:
     summary = _assert_matches_parquet(run_dir)
     assert [m["name"] for m in summary["models"]] == ["digits_cnn", "digits_cnn_at"]
     assert all(len(m["checkpoint_sha256"]) == 64 and m["clean"]["n"] == 16 for m in summary["models"])
-    assert summary["comparisons"] and all(c["model_a"] == "digits_cnn_at" for c in summary["comparisons"])
+    assert summary["comparisons"] and all(c["model_a"] == "digits_cnn" for c in summary["comparisons"])  # run order
     assert {w["level"] for w in summary["worst_case"]} == {0.1, 0.2}  # fgsm and the suite share both ε
-    assert summary["command"].startswith("gauntlet out_dir=")
+    assert summary["command"].startswith(f"cd {shlex.quote(str(REPO))} && gauntlet out_dir=")  # as launched
     assert {p["name"]: p["tags"] for p in summary["perturbations"]}["clean"] == ["baseline"]
     assert set(summary["figures"]) == {"eps_fgsm_linf", "eps_autoattack_standard_linf", "corruptions", "heatmap",
                                        "broken_by_autoattack_standard_linf"}
@@ -157,12 +158,18 @@ def test_compare_two_runs_of_different_models_and_refuse_other_data(run_dir: Pat
     proc = run_cli("compare", str(a), str(b))
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    assert "A − B pp [95% CI]" in out and "p (McNemar)" in out and "Holm-adjusted across the 2 rows" in out
-    assert "digits_cnn_at is more robust than digits_cnn under fgsm_linf at ε = 0.1" in out
-    # the same pairs as the two-model run computed, on the same 16 samples
+    assert "A − B pp [CI]" in out and "p (McNemar)" in out and "2 primary rows: Bonferroni" in out
+    assert "digits_cnn_at is more robust than digits_cnn under fgsm_linf at ε = 0.1: digits_cnn − digits_cnn_at = -" \
+        in out  # A is the first run given, and the sentence keeps the table's sign
+    # the same pair, in the same order, as the two-model run computed on the same 16 samples; the interval's
+    # level differs only with the number of primary rows, so name that one row primary in both
     summary = json.loads((run_dir / "report" / "summary.json").read_text())
     fgsm = next(c for c in summary["comparisons"] if c["perturbation"] == "fgsm_linf" and c["level"] == 0.1)
-    assert f"{100 * fgsm['difference']:+.1f} [{100 * fgsm['ci_low']:.1f}, {100 * fgsm['ci_high']:.1f}]" in out
+    assert (fgsm["model_a"], fgsm["model_b"]) == ("digits_cnn", "digits_cnn_at")
+    proc = run_cli("compare", str(a), str(b), "--primary", "fgsm_linf@0.1", "--json", str(tmp_path / "c.json"))
+    (row,) = [r for r in json.loads((tmp_path / "c.json").read_text()) if r["primary"]]
+    assert row["counts"] == fgsm["counts"] and row["difference"] == fgsm["difference"]
+    assert row["p_value"] == fgsm["p_value"] and row["ci_level"] == 0.95
     _sweep(other, "model=[digits_cnn]", "perturbation=[clean]", "dataset.split=train")
     proc = run_cli("compare", str(a), str(other))
     assert proc.returncode == 2
@@ -172,7 +179,7 @@ def test_compare_two_runs_of_different_models_and_refuse_other_data(run_dir: Pat
 def test_report_and_compare_refuse_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
     for cmd in ("report", "compare"):
         proc = run_cli(cmd, str(tmp_path))
-        assert proc.returncode == 2 and "is not a Gauntlet run folder (no sweep.json)" in proc.stderr
+        assert proc.returncode == 2 and "is not a Gauntlet run folder (no sweep.json or plan.json)" in proc.stderr
         assert "Traceback" not in proc.stderr
 
 
@@ -198,7 +205,8 @@ def test_default_sweep_then_report(default_run: Path) -> None:
     assert len(page.imgs) == len(summary["figures"]) == 5  # fgsm, pgd_linf, pgd_l2, corruptions, heat map
     assert page.urls == [] and page.tables >= 6
     pgd = next(c for c in summary["comparisons"] if c["perturbation"] == "pgd_linf" and c["level"] == 0.1)
-    assert pgd["sentence"].startswith("digits_cnn_at is more robust than digits_cnn under pgd_linf at ε = 0.1: +")
+    assert pgd["sentence"].startswith("digits_cnn_at is more robust than digits_cnn under pgd_linf at ε = 0.1: "
+                                      "digits_cnn − digits_cnn_at = -")
     assert len(list((default_run / "wandb" / "wandb").glob("offline-run-*"))) == 1  # W&B offline is the default
 
 

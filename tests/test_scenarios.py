@@ -14,8 +14,8 @@ So that no job works only on the embedded default again (issue 18, "Every job on
 The work is shared: one sweep per (layout, source) feeds its resume, report, compare and Ray cells; one
 Ray sweep per layout holds both of its models; one Ray instance (tests/conftest.py) serves them all.
 
-KNOWN_BROKEN lists the cells that fail on this branch and are fixed on another; each is a strict xfail,
-so the lead deletes its entry when that branch merges (a cell that starts passing fails the suite).
+KNOWN_BROKEN lists cells known to fail, each a strict xfail (a cell that starts passing fails the suite);
+it is empty.
 """
 
 from __future__ import annotations
@@ -49,17 +49,9 @@ LAYOUTS = ("digits", "cifar10_python", "cifar10_binary", "cifar100_python", "png
 SOURCES = ("embedded", "torchvision", "user_package")
 NON_DIGITS = LAYOUTS[1:]
 
-# (job, layout, source) → the branch whose fix makes the cell pass. Delete entries as branches merge.
-KNOWN_BROKEN: dict[tuple[str, str, str], str] = {
-    # verify's subset: wants the in-memory SampleSet only the digits loader returns ("subset_of: base must build
-    # a dataset (a SampleSet), got CifarSet")
-    **{("verify", lay, src): "fixed by i18-verify branch" for lay in NON_DIGITS for src in SOURCES[1:]},
-    # compare crashes when both runs hold the same model name (ArrowInvalid), and takes no labels
-    **{("compare", lay, src): "fixed by i18-compare branch" for lay in LAYOUTS for src in SOURCES},
-    # 16-bit PNG samples are clipped to 255, not scaled by their bit depth: predictions differ
-    ("sweep", "png16", "torchvision"): "fixed by i18-data branch",
-    ("sweep", "png16", "user_package"): "fixed by i18-data branch",
-}
+# (job, layout, source) → why the cell is expected to fail. Empty: every branch of issue 18 has merged; a cell
+# that breaks again fails the suite. (Kept as a table so a later, known break is recorded, not skipped.)
+KNOWN_BROKEN: dict[tuple[str, str, str], str] = {}
 
 MODEL_NAMES = {"embedded": "digits_cnn", "torchvision": "tv_vit", "user_package": "user_tinynet"}
 LABELS = ("first_ckpt", "second_ckpt")  # compare's run labels, as a user gives them (LABEL=OUT_DIR)

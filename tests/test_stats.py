@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -13,10 +14,15 @@ from engine.stats.aggregate import accuracy_area, accuracy_table, worst_case
 from engine.stats.compare import paired_comparison, render_paired, sentence
 from engine.stats.intervals import (
     PairedCounts,
+    bonferroni_adjust,
     clopper_pearson_interval,
     holm_adjust,
     mcnemar_exact,
+    mcnemar_score,
     newcombe_paired_interval,
+    normal_quantile,
+    tango_paired_interval,
+    tango_score,
     trapezoid_area,
     wilson_interval,
 )
@@ -100,6 +106,74 @@ def test_paired_interval_coverage_by_simulation(probs: tuple[float, float, float
     assert 0.93 <= hits / len(draws) <= 0.975, hits / len(draws)
 
 
+@pytest.mark.parametrize(("b", "c"), [(0, 0), (0, 1), (3, 10), (12, 2), (25, 25), (100, 140), (0, 66)])
+def test_mcnemar_score_matches_scipy_chi2(b: int, c: int) -> None:
+    expected = 1.0 if b + c == 0 else sps.chi2.sf((b - c) ** 2 / (b + c), 1)
+    assert mcnemar_score(b, c) == pytest.approx(expected, rel=1e-9, abs=1e-300)
+
+
+def test_normal_quantile_and_bonferroni() -> None:
+    for q in (1e-9, 1e-6, 0.025, 0.5, 0.975, 1 - 0.05 / 14):
+        assert normal_quantile(q) == pytest.approx(sps.norm.ppf(q), abs=1e-9)
+    assert bonferroni_adjust([0.01, 0.3, 0.02]) == pytest.approx([0.03, 0.9, 0.06])
+    with pytest.raises(ValueError):
+        normal_quantile(1.0)
+
+
+def _tango_by_hand(cells: tuple[int, int, int, int], z: float) -> tuple[float, float]:
+    """Tango's interval written out independently: the constrained MLE by numerical maximisation of the
+    profile likelihood, the bounds by Brent's method on the score statistic."""
+    from scipy.optimize import brentq, minimize_scalar
+
+    a, b, c, d = cells
+    n = a + b + c + d
+
+    def score(delta: float) -> float:
+        lo, hi = max(0.0, -delta) + 1e-13, (1 - delta) / 2 - 1e-13
+        def nll(x: float) -> float:
+            return -((a + d) * math.log(1 - delta - 2 * x) + (b * math.log(x + delta) if b else 0.0)
+                     + (c * math.log(x) if c else 0.0))
+        p21 = minimize_scalar(nll, bounds=(lo, hi), method="bounded", options={"xatol": 1e-13}).x
+        return (b - c - n * delta) / math.sqrt(n * (2 * p21 + delta * (1 - delta)))
+
+    est = (b - c) / n
+    return (brentq(lambda x: score(x) - z, -0.999999, est), brentq(lambda x: score(x) + z, est, 0.999999))
+
+
+@pytest.mark.parametrize("cells", [(36, 12, 2, 0), (263, 15, 3, 19), (1, 1, 7, 12), (59, 6, 16, 80),
+                                   (100, 30, 1, 34)])
+def test_tango_interval_by_hand(cells: tuple[int, int, int, int]) -> None:
+    t = PairedCounts(*cells)
+    for z in (sps.norm.ppf(0.975), sps.norm.ppf(1 - 0.05 / 12)):
+        assert tango_paired_interval(t, z) == pytest.approx(_tango_by_hand(cells, z), abs=1e-6)
+
+
+def test_tango_interval_is_the_inversion_of_mcnemars_score_test() -> None:
+    """On every table of a grid and at 95 % and Bonferroni levels: the interval excludes 0 exactly when the
+    test rejects, contains the estimate, stays in [−1, 1], and the statistic decreases in δ."""
+    rng = np.random.default_rng(3)
+    for _ in range(600):
+        t = PairedCounts(*(int(x) for x in rng.integers(0, 30, 4)))
+        if t.n == 0:
+            continue
+        scores = [tango_score(t, x) for x in np.linspace(-1, 1, 41)]
+        assert all(s1 >= s2 - 1e-9 for s1, s2 in itertools.pairwise(scores))
+        for alpha in (0.05, 0.05 / 6, 0.05 / 28):
+            lo, hi = tango_paired_interval(t, normal_quantile(1 - alpha / 2))
+            assert -1 <= lo <= t.difference <= hi <= 1
+            assert (lo > 0 or hi < 0) == (mcnemar_score(t.only_a, t.only_b) < alpha), (t, alpha)
+
+
+@pytest.mark.parametrize("probs", [(0.6, 0.2, 0.1, 0.1), (0.85, 0.05, 0.02, 0.08), (0.3, 0.3, 0.05, 0.35)])
+def test_tango_interval_coverage_by_simulation(probs: tuple[float, float, float, float]) -> None:
+    rng = np.random.default_rng(4)
+    true = probs[1] - probs[2]
+    draws = rng.multinomial(200, probs, size=2000)
+    hits = sum(lo <= true <= hi for lo, hi in (tango_paired_interval(PairedCounts(*(int(x) for x in cells)))
+                                               for cells in draws))
+    assert 0.93 <= hits / len(draws) <= 0.975, hits / len(draws)
+
+
 def test_holm_by_hand() -> None:
     assert holm_adjust([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
     assert holm_adjust([0.5, 0.9]) == pytest.approx([1.0, 1.0])
@@ -148,13 +222,15 @@ def test_paired_comparison_counts_exclusions_and_words() -> None:
     by = {r.perturbation: r for r in rows}
     pgd = by["pgd"]
     assert (pgd.n, pgd.counts.only_a, pgd.counts.only_b, pgd.only_in_a, pgd.only_in_b) == (55, 45, 0, 5, 1)
-    assert pgd.p_value == pytest.approx(sps.binomtest(0, 45, 0.5).pvalue)
-    assert pgd.p_holm == pytest.approx(min(1.0, 2 * pgd.p_value))
-    assert sentence(pgd).startswith("a is more robust than b under pgd at ε = 0.1: +81.8 pp [")
-    assert sentence(pgd).endswith("p < 1e-6 (Holm)")
-    assert sentence(by["clean"]).startswith("no significant difference between a and b on clean inputs: +5.0 pp")
+    assert pgd.p_value == pytest.approx(sps.chi2.sf(45.0, 1))  # McNemar's score test: (b − c)² / (b + c)
+    assert pgd.p_adjusted == pytest.approx(min(1.0, 2 * pgd.p_value))  # Bonferroni over the 2 rows
+    assert pgd.ci_level == pytest.approx(0.975) and pgd.decision == "a"
+    assert sentence(pgd).startswith("a is more robust than b under pgd at ε = 0.1: a − b = +81.8 pp [")
+    assert sentence(pgd).endswith("(97.5 % CI), p < 1e-6 (Bonferroni over 2 primary rows)")
+    assert sentence(by["clean"]).startswith("no significant difference between a and b on clean inputs: a − b = "
+                                            "+5.0 pp")
     table = render_paired(rows)
-    assert "5+1" in table and "Holm-adjusted across the 2 rows" in table
+    assert "5+1" in table and "2 primary rows: Bonferroni" in table
 
 
 def test_statistics_and_comparison_import_neither_matplotlib_nor_wandb() -> None:

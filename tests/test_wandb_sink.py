@@ -67,8 +67,8 @@ def test_offline_run_is_logged_inside_the_run_folder_and_reads_back(tiny_checkpo
     assert _files(home) == [] and _files(tmp_path / "tmpdir") == []
     run_id = json.loads((out / "sweep.json").read_text())["run_id"]
     (run_dir,) = (out / "wandb" / "wandb").glob(f"offline-run-*-gauntlet-{run_id}")
-    assert {p.name for p in out.iterdir()} <= {"results", "report", "wandb", "hydra", "sweep.json", "summary.txt",
-                                               "flags.json", "sweeps"}
+    assert {p.name for p in out.iterdir()} <= {"results", "report", "wandb", "hydra", "plan.json", "sweep.json",
+                                               "summary.txt", "flags.json", "sweeps"}
     history, summary, config, artifacts = _records(next(run_dir.glob("run-*.wandb")))
 
     rows = ds.dataset(out / "results", format="parquet").to_table().to_pylist()

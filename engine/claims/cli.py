@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shlex
 import sys
 from collections.abc import Sequence
 
@@ -14,8 +15,10 @@ Check a vendor's robustness claims (docs/claims.md): AutoAttack standard per nor
 indicators of attack failure, escalation (plus, EOT, BPDA, transfer, Square) where needed, and a verdict per
 claim, printed and written to OUT_DIR/verdict.json.
 
-Overrides after the file: n_examples=N, resolution=0.1, and sweep keys such as out_dir=…, device=…,
-batch_size=…, seed=…, progress=false (default out_dir: runs/verify/<claim file name>).
+Overrides after the file: n_examples=N (a subset's n too), resolution=0.1, budget=F (a fraction of every
+attack's iterations and queries for a quick look: such a run can refute a claim, never confirm it), where the
+data and weights live (dataset.root=…, dataset.path=…, model.checkpoint=…), and sweep keys such as out_dir=…,
+device=…, batch_size=…, seed=…, progress=false (default out_dir: runs/verify/<claim file name>).
 
 Exit codes: 0 every claim CONSISTENT, 1 some claim REFUTED, 3 none refuted but some INCONCLUSIVE,
 2 an error (bad claim file or override, unknown model, ε in the wrong units, …) before or during the run."""
@@ -36,7 +39,7 @@ def main(argv: Sequence[str]) -> int:
         from engine.claims.run import verify
         from engine.claims.verdict import exit_code, render, write_verdicts
 
-        verdicts, out_dir = verify(argv[0], argv[1:])
+        report = verify(argv[0], argv[1:], command=" ".join(["gauntlet", "verify", *map(shlex.quote, argv)]))
     except GauntletError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -44,7 +47,9 @@ def main(argv: Sequence[str]) -> int:
         logging.getLogger("gauntlet.verify").exception("verify failed")
         print("error: verify failed unexpectedly (traceback above); no verdict was written", file=sys.stderr)
         return 2
-    path = write_verdicts(out_dir, verdicts, argv[0])
-    print(render(verdicts))
-    print(f"\nVerdict: {path}  (results: {out_dir / 'results'}, escalations: {out_dir / 'escalations'})")
-    return exit_code(verdicts)
+    path = write_verdicts(report)
+    print(render(report))
+    out_dir = report.out_dir
+    print(f"\nVerdict: {path} and verdict.txt  (results: {out_dir / 'results'}, escalations: "
+          f"{out_dir / 'escalations'})")
+    return exit_code(report.verdicts)

@@ -98,8 +98,8 @@ def decide(est: Estimate, claim: float, resolution: float, uncleared: Sequence[s
                         f"{'below' if claim < est.ci_low else 'within'} the interval")
     need = samples_needed(est, claim, resolution, sd)
     more = f"about {need} samples would decide it" if need else "no feasible sample count decides it"
-    return Decision("INCONCLUSIVE", f"measured {pct}: the interval (±{est.half_width:.1%}) is wider than the "
-                    f"resolution ±{resolution:.0%} and contains the claimed {claim:.1%}; {more}", need)
+    return Decision("INCONCLUSIVE", f"measured {pct}: the interval (±{100 * est.half_width:.1f} pp) is wider "
+                    f"than the resolution ±{100 * resolution:g} pp and contains the claimed {claim:.1%}; {more}", need)
 
 
 def thin_margin(est: Estimate, claim: float, drop: float) -> bool:

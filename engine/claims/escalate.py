@@ -12,7 +12,7 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.claims.build import compose
+from engine.claims.build import compose, scale_budget
 
 SQUARE_BUDGET = 4  # the escalated Square gets this many times the base suite's query budget
 EOT_SAMPLES = 20  # AutoAttack rand's EOT count, also used inside BPDA for a randomised model
@@ -79,15 +79,16 @@ def choose(fired: list[str], randomised: bool, at: str | None, gradients_alive: 
     return {k: out[k] for k in ORDER if k in out}
 
 
-def _apgd_members(base_suite: dict[str, Any]) -> list[dict[str, Any]]:
+def _apgd_members(base_suite: dict[str, Any], budget: float) -> list[dict[str, Any]]:
     apgd = [m for m in base_suite["attacks"] if str(m.get("_target_", "")).endswith(".APGD")]
-    return apgd or [{"_target_": "engine.perturbations.autoattack.APGD", "name": "apgd-ce", "loss": "ce",
-                     "n_iter": 100, "tags": ["white-box", "AML.T0043.000"]}]
+    return apgd or [scale_budget({"_target_": "engine.perturbations.autoattack.APGD", "name": "apgd-ce",
+                                  "loss": "ce", "n_iter": 100, "tags": ["white-box", "AML.T0043.000"]}, budget)]
 
 
-def _wrapped(base_suite: dict[str, Any], eps: list[float], at: str, mode: str, eot: int) -> dict[str, Any]:
+def _wrapped(base_suite: dict[str, Any], eps: list[float], at: str, mode: str, eot: int,
+             budget: float) -> dict[str, Any]:
     members = []
-    for m in _apgd_members(base_suite):
+    for m in _apgd_members(base_suite, budget):
         inner = copy.deepcopy(m)
         if eot > 1:
             inner["eot"] = eot
@@ -99,9 +100,10 @@ def _wrapped(base_suite: dict[str, Any], eps: list[float], at: str, mode: str, e
             "attacks": members, "tags": tags}
 
 
-def _plus(base_suite: dict[str, Any], norm: str, eps: list[float]) -> dict[str, Any]:
+def _plus(base_suite: dict[str, Any], norm: str, eps: list[float], budget: float) -> dict[str, Any]:
     """AutoAttack plus without the members the base run already ran with the same parameters."""
     plus = compose([f"perturbation=[autoattack_plus_{norm}]"])["perturbation"][f"autoattack_plus_{norm}"]
+    plus = scale_budget(plus, budget)  # as the base suite was, so identical members still compare equal
     plus["attacks"] = [m for m in plus["attacks"] if m not in base_suite["attacks"]]
     plus["eps"] = eps
     return dict(plus)
@@ -117,17 +119,19 @@ def _square(base_suite: dict[str, Any], norm: str, eps: list[float]) -> dict[str
 
 
 def build(kind: str, base_suite: dict[str, Any], norm: str, eps: list[float], at: str | None,
-          randomised: bool) -> Escalation:
-    """The perturbation config of escalation ``kind`` for ``norm`` at ``eps``."""
+          randomised: bool, budget: float = 1.0) -> Escalation:
+    """The perturbation config of escalation ``kind`` for ``norm`` at ``eps``; ``budget`` < 1 scales the
+    iterations and queries of the suites composed here (``base_suite`` is already scaled)."""
     name = f"escalation_{kind}_{norm}"
     if kind == "eot":
         cfg = compose([f"perturbation=[autoattack_rand_{norm}]"])["perturbation"][f"autoattack_rand_{norm}"]
+        cfg = scale_budget(cfg, budget)
         cfg["eps"] = eps
     elif kind in ("bpda", "transfer"):
         assert at is not None
-        cfg = _wrapped(base_suite, eps, at, kind, EOT_SAMPLES if randomised else 1)
+        cfg = _wrapped(base_suite, eps, at, kind, EOT_SAMPLES if randomised else 1, budget)
     elif kind == "plus":
-        cfg = _plus(base_suite, norm, eps)
+        cfg = _plus(base_suite, norm, eps, budget)
     elif kind == "square":
         cfg = _square(base_suite, norm, eps)
     else:

@@ -37,7 +37,7 @@ from torch import nn
 from engine.perturbations.adaptive import GradientView, arch_of
 from engine.perturbations.autoattack import APGD
 from engine.perturbations.norms import get_norm
-from engine.perturbations.suite import AttackSuite, MemberContext
+from engine.perturbations.suite import AttackSuite, MemberContext, input_gradient
 from engine.seeding import derive_seed
 
 TRACE_SAMPLES = 32
@@ -111,6 +111,10 @@ class Tracer(nn.Module):
 
             z = _Record.apply(z, sink)
         out: torch.Tensor = self.model(z)
+        if grad_pass:
+            # a path through _Record even where the model broke the autograd graph (pre-processing in PIL,
+            # numpy, no_grad): its backward then records the zero gradient the attack sees (0 · z adds nothing)
+            out = out + (0.0 * z.reshape(z.shape[0], -1)[:, :1]).to(out.dtype)
         with torch.no_grad():
             wrong = (out.argmax(1) != self.y[owner_dev]).cpu() & inside
             self.seen_wrong[owner[wrong]] = True
@@ -241,9 +245,7 @@ def alive(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> bool:
         logits = model(xg)
         true = logits.gather(1, y[:, None]).squeeze(1)
         margin = true - logits.scatter(1, y[:, None], float("-inf")).amax(1)
-        (g,) = torch.autograd.grad(margin.sum(), [xg], allow_unused=True)
-    if g is None:
-        return False
+        g = input_gradient(margin.sum(), xg)  # zeros when the forward pass breaks the autograd graph
     flat = g.reshape(len(x), -1)
     ok = torch.isfinite(flat).all(1) & (flat.abs().sum(1) > 0)
     return bool(ok.float().mean() >= 0.5)

@@ -3,7 +3,10 @@
 Every accuracy in a verdict is read back from the result store of sweeps run by
 engine.sweep.run_sweep; the indicators only decide which escalations run. The
 per-sample worst case over the base run and every escalation is the measured
-accuracy (a sample is robust only if no attack broke it).
+accuracy (a sample is robust only if no attack broke it). Indicators are measured
+and cleared at every claimed ε of every norm, so each verdict describes its own
+ball. Samples are read through the lazy dataset protocol (``slice``/``take``):
+only the rows a probe or trace needs are decoded, on every dataset layout.
 """
 
 from __future__ import annotations
@@ -29,9 +32,18 @@ from engine.claims.indicators import (
     trace_indicators,
     trace_member,
 )
+from engine.claims.provenance import attack_record, provenance
 from engine.claims.schema import Claim, ClaimFile, load_claim_file
 from engine.claims.transfer import transfer_indicator
-from engine.claims.verdict import ClaimVerdict, clean_part, corruption_verdict, finish_verdict
+from engine.claims.verdict import (
+    ClaimVerdict,
+    VerifyReport,
+    cap_reduced_budget,
+    clean_part,
+    corruption_verdict,
+    finish_verdict,
+)
+from engine.data import Dataset
 from engine.errors import ConfigError
 from engine.evaluation.resources import Resources, resolve_device
 from engine.perturbations.adaptive import GradientView
@@ -41,7 +53,7 @@ from engine.sweep import SweepOutcome, run_sweep
 
 log = logging.getLogger(__name__)
 
-THIN_MARGIN = 0.03  # a stronger attack taking 3 points off would refute the claim: escalate (docs/claims.md)
+THIN_MARGIN = 0.03  # a stronger attack taking 3 pp off would refute the claim: escalate (docs/claims.md)
 PROBE_SAMPLES = 64
 BOUNDARY = 1e-4  # |margin| below this: an adversarial example that may flip on another device or batch layout
 
@@ -60,13 +72,13 @@ class Outcome:
 
 @dataclass
 class NormCheck:
-    """What was found and run for the claims of one norm."""
+    """What was found and run for the claims of one norm; indicators are kept per claimed ε."""
 
     norm: str
     base: str
     eps: list[float]
     outcomes: dict[float, Outcome]
-    indicators: list[Indicator] = field(default_factory=list)
+    indicators: dict[float, list[Indicator]] = field(default_factory=dict)
     escalations: list[dict[str, Any]] = field(default_factory=list)
     ran: set[str] = field(default_factory=set)
     randomised: bool = False
@@ -74,6 +86,7 @@ class NormCheck:
     threat_model: Any = None
     gradients_alive: bool = True
     base_robust: dict[float, list[int]] = field(default_factory=dict)  # before any escalation
+    budget: float = 1.0
 
 
 def _rows(outcome: SweepOutcome, out_dir: str) -> list[dict[str, Any]]:
@@ -82,16 +95,26 @@ def _rows(outcome: SweepOutcome, out_dir: str) -> list[dict[str, Any]]:
     return table.select(cols).to_pylist()
 
 
+def _same(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=0, abs_tol=1e-12)
+
+
 def _outcome(rows: list[dict[str, Any]], model: str, pert: str, eps: float) -> Outcome:
     out = Outcome({}, {}, {})
     for r in rows:
-        same_level = math.isclose(r["level"], eps, rel_tol=0, abs_tol=1e-12)
-        if r["model"] == model and r["perturbation"] == pert and same_level:
+        if r["model"] == model and r["perturbation"] == pert and _same(r["level"], eps):
             sid = int(r["sample_id"])
             out.correct[sid] = bool(r["correct"])
             out.breaker[sid] = "" if r["correct"] else (r["broken_by"] or "clean")
             out.margin[sid] = float(r["margin"])
     return out
+
+
+def _rows_of(data: Dataset, ids: Sequence[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images and labels of the samples ``ids``: only those rows are decoded (any dataset layout)."""
+    pos = {int(s): i for i, s in enumerate(data.sample_ids.tolist())}
+    batch = data.take([pos[int(s)] for s in ids])
+    return batch.images.to(device), batch.labels.to(device)
 
 
 def _probe(res: Resources, cfg: dict[str, Any], model_name: str) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
@@ -106,45 +129,53 @@ def _randomised(model: torch.nn.Module, x: torch.Tensor) -> bool:
         return bool((model(x) - model(x)).abs().max() > 1e-5)
 
 
-def _sanity(outcome: SweepOutcome, model: str, base: str) -> list[Indicator]:
-    """engine/sanity/flags.py's flags on this model (the probe's, and those on the base suite) as indicators."""
+def _sanity(outcome: SweepOutcome, model: str, base: str, eps: float) -> list[Indicator]:
+    """engine/sanity/flags.py's flags on this model as indicators at ``eps``: the probe's (any ε) and those on
+    the base suite found at this ε (a flag that names its level counts only there)."""
     out = []
     for f in outcome.flags:
-        if f.model == model and (f.perturbation is None or base in str(f.perturbation)):
-            n = int(f.details.get("n", 0)) if isinstance(f.details, dict) else 0
-            out.append(Indicator(f.check, True, n, n, f.message, source="sanity", details=dict(f.details)))
+        if f.model != model or not (f.perturbation is None or base in str(f.perturbation)):
+            continue
+        details = dict(f.details) if isinstance(f.details, dict) else {}
+        level = details.get("level")
+        if level is not None and not _same(float(level), eps):
+            continue
+        n = int(details.get("n", 0))
+        out.append(Indicator(f.check, True, n, n, f.message, source="sanity", details={**details, "eps": eps}))
     return out
 
 
-def _traces(nc: NormCheck, model: torch.nn.Module, data: Any, suite: AttackSuite, seed: int,
-            device: torch.device) -> list[Indicator]:
-    """Trace-based indicators at each claimed ε, on up to TRACE_SAMPLES samples the base run left robust."""
-    member = trace_member(suite)
-    merged: dict[str, Indicator] = {}
-    pos = {int(s): i for i, s in enumerate(data.sample_ids.tolist())}
-    for eps in nc.eps:
-        ids = nc.outcomes[eps].robust_ids()[:TRACE_SAMPLES]
-        if not ids:
-            continue
-        index = torch.tensor([pos[s] for s in ids])
-        x, y = data.images[index].to(device), data.labels[index].to(device)
-        for ind in trace_indicators(run_trace(model, member, x, y, ids, nc.norm, eps, seed, data.num_classes)):
-            ind.details["eps"] = eps
-            old = merged.get(ind.check)
-            if old is None or (ind.fired and not old.fired) or (ind.fired == old.fired and ind.count > old.count):
-                merged[ind.check] = ind
-    return list(merged.values())
+def _untraced(eps: float) -> list[Indicator]:
+    """The trace indicators where the base run left no sample robust: nothing to trace, nothing overestimated."""
+    why = f"no sample was left robust at ε={eps:g}: nothing to trace (every sample is already broken)"
+    return [Indicator(c, False, 0, 0, why, details={"eps": eps})
+            for c in ("silent_success", "non_converging_loss", "zero_gradients_path", "bad_initialisation")]
+
+
+def _traces(nc: NormCheck, model: torch.nn.Module, data: Dataset, suite: AttackSuite, seed: int,
+            device: torch.device, eps: float) -> list[Indicator]:
+    """Trace-based indicators at ``eps``, on up to TRACE_SAMPLES samples the base run left robust there."""
+    ids = nc.outcomes[eps].robust_ids()[:TRACE_SAMPLES]
+    if not ids:
+        return _untraced(eps)
+    x, y = _rows_of(data, ids, device)
+    found = trace_indicators(run_trace(model, trace_member(suite), x, y, ids, nc.norm, eps, seed, data.num_classes))
+    for ind in found:
+        ind.details["eps"] = eps
+    return found
 
 
 def _escalate(nc: NormCheck, cfg: dict[str, Any], model_name: str, kinds: dict[str, list[str]],
-              base_suite: dict[str, Any]) -> None:
-    """Run the chosen escalations in order, each on the samples still robust at some claimed ε."""
+              base_suite: dict[str, Any], fired_at: dict[str, list[float]]) -> None:
+    """Run the chosen escalations in order at every claimed ε, each on the samples still robust at some ε."""
     root = Path(str(cfg["out_dir"])).expanduser() / "escalations"
     for kind, reasons in kinds.items():
         ids = sorted(set().union(*(set(o.robust_ids()) for o in nc.outcomes.values())))
-        esc = escalate.build(kind, base_suite, nc.norm, nc.eps, nc.at, nc.randomised)
-        record: dict[str, Any] = {"kind": kind, "perturbation": esc.perturbation, "reasons": reasons,
-                                  "samples": len(ids), "changed": {}}
+        esc = escalate.build(kind, base_suite, nc.norm, nc.eps, nc.at, nc.randomised, nc.budget)
+        record: dict[str, Any] = {
+            "kind": kind, "perturbation": esc.perturbation, "reasons": reasons,
+            "fired_at": {r: [f"{e:g}" for e in fired_at[r]] for r in reasons if r in fired_at},
+            "eps": list(nc.eps), "attack": attack_record(esc.config), "samples": len(ids), "changed": {}}
         nc.ran.add(kind)
         if not ids:
             record["changed"] = "nothing left to attack: every sample was already broken"
@@ -155,106 +186,142 @@ def _escalate(nc: NormCheck, cfg: dict[str, Any], model_name: str, kinds: dict[s
         ecfg = claim_build.escalation_config(cfg, {esc.perturbation: esc.config}, ids, out_dir)
         rows = _rows(run_sweep(ecfg), str(out_dir))
         for eps in nc.eps:
-            before = nc.outcomes[eps]
-            got = _outcome(rows, model_name, esc.perturbation, eps)
-            robust_before = len(before.robust_ids())
-            for sid, ok in got.correct.items():
-                if before.correct.get(sid) and not ok:
-                    before.correct[sid] = False
-                    before.breaker[sid] = f"{esc.perturbation}:{got.breaker[sid]}"
-                    before.margin[sid] = got.margin[sid]
-            n = len(before.correct)
-            record["changed"][f"{eps:g}"] = {
-                "robust_before": robust_before, "robust_after": len(before.robust_ids()), "n": n,
-                "broke": robust_before - len(before.robust_ids()),
-            }
+            record["changed"][f"{eps:g}"] = _merge(nc.outcomes[eps], _outcome(rows, model_name, esc.perturbation, eps),
+                                                   esc.perturbation)
         record["out_dir"] = str(out_dir)
         nc.escalations.append(record)
 
 
+def _merge(before: Outcome, got: Outcome, perturbation: str) -> dict[str, int]:
+    """Samples the escalation broke become broken (per-sample worst case); how many it changed."""
+    robust_before = len(before.robust_ids())
+    for sid, ok in got.correct.items():
+        if before.correct.get(sid) and not ok:
+            before.correct[sid] = False
+            before.breaker[sid] = f"{perturbation}:{got.breaker[sid]}"
+            before.margin[sid] = got.margin[sid]
+    after = len(before.robust_ids())
+    return {"robust_before": robust_before, "robust_after": after, "n": len(before.correct),
+            "broke": robust_before - after}
+
+
 def _clear(nc: NormCheck, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
-    """Mark each fired indicator cleared when the escalations that address it ran (and, for masking, BPDA
-    restored live gradients)."""
+    """Mark each fired indicator at each ε cleared when the escalations that address it ran (for masking: BPDA
+    restored live gradients), or when no sample is left robust at that ε."""
     bpda_alive = nc.at is not None and "bpda" in nc.ran and alive(GradientView(model, nc.at, "bpda"), x, y)
-    no_left = all(not o.robust_ids() for o in nc.outcomes.values())
-    for ind in nc.indicators:
-        if not ind.fired:
-            continue
-        if no_left:
-            ind.cleared, ind.cleared_by = True, ["every sample is broken: nothing left to overestimate"]
-            continue
-        if ind.check in escalate.MASKING and not (nc.gradients_alive and nc.at is None):
-            ind.cleared = bool(bpda_alive)
-            ind.cleared_by = ["bpda (gradients alive through the identity backward)"] if bpda_alive else []
-            continue
-        need = escalate.addressed_by(ind.check)
-        if ind.check in escalate.RANDOMNESS and nc.randomised:
-            need = ("eot",)
-        elif ind.check in escalate.MASKING:  # live gradients: a weak (or noisy) white-box attack
-            need = ("eot",) if nc.randomised else ("plus", "square")
-        ind.cleared = bool(need) and all(k in nc.ran for k in need)
-        ind.cleared_by = [k for k in need if k in nc.ran]
+    for eps, indicators in nc.indicators.items():
+        no_left = not nc.outcomes[eps].robust_ids()
+        for ind in indicators:
+            if ind.fired:
+                _clear_one(nc, ind, no_left, bpda_alive)
+
+
+def _clear_one(nc: NormCheck, ind: Indicator, no_left: bool, bpda_alive: bool) -> None:
+    if no_left:
+        ind.cleared, ind.cleared_by = True, ["every sample is broken at this ε: nothing left to overestimate"]
+        return
+    if ind.check in escalate.MASKING and not (nc.gradients_alive and nc.at is None):
+        ind.cleared = bool(bpda_alive)
+        ind.cleared_by = ["bpda (gradients alive through the identity backward)"] if bpda_alive else []
+        return
+    need = escalate.addressed_by(ind.check)
+    if ind.check in escalate.RANDOMNESS and nc.randomised:
+        need = ("eot",)
+    elif ind.check in escalate.MASKING:  # live gradients: a weak (or noisy) white-box attack
+        need = ("eot",) if nc.randomised else ("plus", "square")
+    ind.cleared = bool(need) and all(k in nc.ran for k in need)
+    ind.cleared_by = [k for k in need if k in nc.ran]
+
+
+def _fired(nc: NormCheck, claims: Sequence[Claim]) -> dict[str, list[float]]:
+    """Each fired check → the claimed ε where it fired (thin margin: where a claim's margin is thin)."""
+    fired: dict[str, list[float]] = {}
+    for eps, indicators in nc.indicators.items():
+        for i in indicators:
+            if i.fired:
+                fired.setdefault(i.check, []).append(eps)
+    for c in claims:
+        eps = float(c.eps)  # type: ignore[arg-type]
+        est = estimate([1.0 if ok else 0.0 for ok in nc.outcomes[eps].correct.values()])
+        if thin_margin(est, c.claimed_accuracy, THIN_MARGIN) and eps not in fired.get("thin_margin", []):
+            fired.setdefault("thin_margin", []).append(eps)
+    return fired
 
 
 def check_norm(cf: ClaimFile, cfg: dict[str, Any], outcome: SweepOutcome, rows: list[dict[str, Any]],
-               res: Resources, norm: str, claims: Sequence[Claim], resolution: float) -> NormCheck:
-    """Indicators, escalations and clearing for the adversarial claims of one norm."""
+               res: Resources, norm: str, claims: Sequence[Claim], budget: float = 1.0) -> NormCheck:
+    """Indicators (at every claimed ε), escalations and clearing for the adversarial claims of one norm."""
     base = claim_build.BASE_SUITE.format(norm=norm)
-    eps = sorted({float(c.eps) for c in claims if c.eps is not None})
-    nc = NormCheck(norm, base, eps, {e: _outcome(rows, cf.model_name, base, e) for e in eps})
+    eps_list = sorted({float(c.eps) for c in claims if c.eps is not None})
+    nc = NormCheck(norm, base, eps_list, {e: _outcome(rows, cf.model_name, base, e) for e in eps_list},
+                   budget=budget)
     suite = res.perturbation(base, cfg["perturbation"][base])
     assert isinstance(suite, AttackSuite)
     nc.threat_model = suite.threat_model
     model, x, y = _probe(res, cfg, cf.model_name)
     nc.randomised = cf.randomised or _randomised(model, x)
-    nc.indicators = _sanity(outcome, cf.model_name, base)
-    nc.indicators += _traces(nc, model, res.dataset(cfg["dataset"]), suite, int(cfg["seed"]), res.device)
-    fired = [i.check for i in nc.indicators if i.fired]
-    for c in claims:
-        est = estimate([1.0 if ok else 0.0 for ok in nc.outcomes[float(c.eps)].correct.values()])  # type: ignore[arg-type]
-        if thin_margin(est, c.claimed_accuracy, THIN_MARGIN):
-            fired.append("thin_margin")
-    masked = any(i.fired and i.check in escalate.MASKING for i in nc.indicators)
+    data = res.dataset(cfg["dataset"])
+    for eps in eps_list:
+        nc.indicators[eps] = _sanity(outcome, cf.model_name, base, eps)
+        nc.indicators[eps] += _traces(nc, model, data, suite, int(cfg["seed"]), res.device, eps)
+    fired = _fired(nc, claims)
+    masked = any(check in escalate.MASKING for check in fired)
     nc.at = cf.non_differentiable or (locate_nondifferentiable(model, x, y) if masked else None)
     nc.gradients_alive = alive(model, x, y)
-    kinds = escalate.choose(list(dict.fromkeys(fired)), nc.randomised, nc.at, nc.gradients_alive)
+    kinds = escalate.choose(list(fired), nc.randomised, nc.at, nc.gradients_alive)
     nc.base_robust = {e: o.robust_ids() for e, o in nc.outcomes.items()}
-    _escalate(nc, cfg, cf.model_name, kinds, cfg["perturbation"][base])
+    _escalate(nc, cfg, cf.model_name, kinds, cfg["perturbation"][base], fired)
     if "transfer" in nc.ran and nc.at is not None:
-        nc.indicators.append(transfer_indicator(nc, model, res.dataset(cfg["dataset"]), suite, res.device))
+        for eps in eps_list:
+            nc.indicators[eps].append(transfer_indicator(nc, model, data, suite, res.device, eps))
     _clear(nc, model, x, y)
     return nc
 
 
-def verify(path: str, args: Sequence[str]) -> tuple[list[ClaimVerdict], Path]:
-    """Validate the claim file and overrides (ConfigError before any compute), run everything, return verdicts."""
+def verify(path: str, args: Sequence[str], command: str | None = None) -> VerifyReport:
+    """Validate the claim file and overrides (ConfigError before any compute), run everything, return the
+    verdicts with what they were computed on."""
     cf = load_claim_file(path)
     claim_over, hydra_over = claim_build.split_overrides(args)
     n = _int_override(claim_over.get("n_examples"))
     resolution = _float_override(claim_over.get("resolution"), cf.resolution)
-    cfg = claim_build.base_config(cf, hydra_over, n)
+    budget = _budget_override(claim_over.get("budget"))
+    cfg = claim_build.base_config(cf, hydra_over, n, claim_over, budget)
     outcome = run_sweep(cfg)
     out_dir = str(cfg["out_dir"])
     rows = _rows(outcome, out_dir)
     res = Resources(resolve_device(str(cfg["device"])))
-    verdicts: list[ClaimVerdict] = []
     checks: dict[str, NormCheck] = {}
     for norm in dict.fromkeys(c.norm for c in cf.claims if c.norm):
         assert norm is not None
         checks[norm] = check_norm(cf, cfg, outcome, rows, res, norm, [c for c in cf.claims if c.norm == norm],
-                                  resolution)
+                                  budget)
+    verdicts = _verdicts(cf, checks, rows, resolution, budget)
+    data = res.dataset(cfg["dataset"])
+    n_eval = min(len(data), int(cfg["n_examples"]))
+    sha = next((t.checkpoint_sha256 for t in outcome.plan.tasks if t.model_name == cf.model_name), None)
+    prov = provenance(cf, cfg, sha, data.name, data.num_classes, data.sample_ids[:n_eval].tolist(), budget, command,
+                      outcome.plan.identity)
+    return VerifyReport(verdicts, Path(out_dir).expanduser(), prov)
+
+
+def _verdicts(cf: ClaimFile, checks: dict[str, NormCheck], rows: list[dict[str, Any]], resolution: float,
+              budget: float) -> list[ClaimVerdict]:
     clean = _outcome(rows, cf.model_name, "clean", 0.0)
+    verdicts: list[ClaimVerdict] = []
     for c in cf.claims:
         if c.norm:
             nc = checks[c.norm]
-            v = finish_verdict(c, nc, nc.outcomes[float(c.eps)], resolution, BOUNDARY)  # type: ignore[arg-type]
+            eps = float(c.eps)  # type: ignore[arg-type]
+            v = finish_verdict(c, nc, nc.outcomes[eps], nc.indicators[eps], resolution, BOUNDARY)
+            cap_reduced_budget(v, budget)
         else:
             members = claim_build.suite_members(str(c.corruptions))
             v = corruption_verdict(c, rows, cf.model_name, members, resolution)
         if c.clean_accuracy is not None:
             clean_part(v, c.clean_accuracy, clean, resolution)
         verdicts.append(v)
-    return verdicts, Path(out_dir).expanduser()
+    return verdicts
 
 
 def _int_override(value: str | None) -> int | None:
@@ -277,14 +344,27 @@ def _float_override(value: str | None, default: float) -> float:
     except ValueError:
         raise ConfigError(f"resolution={value!r} must be a fraction in (0, 1)") from None
     if not 0 < r < 1:
-        raise ConfigError(f"resolution={value!r} must be a fraction in (0, 1), e.g. 0.1 for 10 points")
+        raise ConfigError(f"resolution={value!r} must be a fraction in (0, 1), e.g. 0.1 for 10 pp")
     return r
+
+
+def _budget_override(value: str | None) -> float:
+    if value is None:
+        return 1.0
+    try:
+        b = float(value)
+    except ValueError:
+        b = float("nan")
+    if not 0 < b <= 1:
+        raise ConfigError(f"budget={value!r} must be a fraction in (0, 1] of every attack's iterations and "
+                          "queries (1 = the full AutoAttack budget; below 1 a verdict can refute, never confirm)")
+    return b
 
 
 def load_and_check(path: str, args: Sequence[str]) -> None:
     """Only the validation of ``verify`` (claim file, overrides, composed config): for ``--check`` and tests."""
     cf = load_claim_file(path)
     claim_over, hydra_over = claim_build.split_overrides(args)
-    _int_override(claim_over.get("n_examples"))
+    n = _int_override(claim_over.get("n_examples"))
     _float_override(claim_over.get("resolution"), cf.resolution)
-    claim_build.base_config(cf, hydra_over, None)
+    claim_build.base_config(cf, hydra_over, n, claim_over, _budget_override(claim_over.get("budget")))

@@ -18,7 +18,9 @@ from typing import Any
 
 import yaml
 
+from engine.compose import strict_yaml
 from engine.compose.config import CONFIG_DIR, group_options
+from engine.compose.targets import DOTTED_NAME, POLICY_KEYS, iter_targets
 from engine.errors import ConfigError
 
 TOP_KEYS = ("model", "dataset", "n_examples", "subset", "claims", "defence", "resolution", "title", "source")
@@ -29,6 +31,8 @@ DEFENCE_KEYS = ("non_differentiable", "randomised")
 NORMS = {"linf": "linf", "l_inf": "linf", "inf": "linf", "l∞": "linf", "l2": "l2", "l_2": "l2"}
 MAX_L2_EPS = 16.0  # an L2 radius above this in [0, 1] pixels is almost surely in 0-255 units
 DEFAULT_RESOLUTION = 0.10
+INTERPOLATION = re.compile(r"\$\{([^}]*)\}")
+CLAIM_INTERPOLATIONS = ("cache_dir",)  # the only ${…} an inline block may use
 
 
 @dataclass(frozen=True)
@@ -181,6 +185,40 @@ def _named_or_inline(path: str, key: str, value: Any, choices: Sequence[str]) ->
     raise ConfigError(f"{path}: {key} must be a config name ({', '.join(choices)}) or an inline block")
 
 
+def _check_inline(path: str, key: str, block: Any) -> None:
+    """An inline block names its code by dotted ``_target_`` strings and interpolates only ``${cache_dir}``.
+
+    Whether those targets may be called is decided with the user's policy when the sweep is composed
+    (engine.claims.build → engine.planning.sweep_targets), before anything is built.
+    """
+    for where, node in iter_targets(block, key):
+        target = node["_target_"]
+        if not isinstance(target, str) or not DOTTED_NAME.fullmatch(target):
+            raise ConfigError(f"{path}: {where}._target_={target!r} must be a dotted Python name "
+                              "(e.g. engine.models.cnn.SmallCNN)")
+    stack: list[tuple[str, Any]] = [(key, block)]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, Mapping):
+            for k, v in value.items():
+                if str(k) in POLICY_KEYS:
+                    raise _policy_key(path, f"{where}.{k}")
+                stack.append((f"{where}.{k}", v))
+        elif isinstance(value, list):
+            stack.extend((f"{where}[{i}]", v) for i, v in enumerate(value))
+        elif isinstance(value, str):
+            for name in INTERPOLATION.findall(value):
+                if name.strip() not in CLAIM_INTERPOLATIONS:
+                    raise ConfigError(f"{path}: {where}={value!r}: a claim file may interpolate only "
+                                      f"${{cache_dir}}, not ${{{name}}}")
+
+
+def _policy_key(path: str, where: str) -> ConfigError:
+    return ConfigError(f"{path}: {where}: a claim file cannot widen the _target_ policy; only you can, on the "
+                       "command line (gauntlet verify FILE target_packages=[pkg], or allow_any_target=true "
+                       "to let it call any importable callable) — docs/claims.md")
+
+
 def _inline_model(path: str, block: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     from engine.compose.config import ModelConfig
 
@@ -194,6 +232,7 @@ def _inline_model(path: str, block: dict[str, Any]) -> tuple[str, dict[str, Any]
             raise ConfigError(f"{path}: the inline model block needs {key!r} (see configs/model/*.yaml)")
     if not isinstance(block["arch"], Mapping) or "_target_" not in block["arch"]:
         raise ConfigError(f"{path}: model.arch must be a mapping with a _target_ (the architecture's constructor)")
+    _check_inline(path, "model", block)
     return name, block
 
 
@@ -239,6 +278,9 @@ def parse_claim_file(path: str, doc: Any, config_dir: str = CONFIG_DIR) -> Claim
     """Validate a loaded claim document; ``ConfigError`` names the first mistake and its fix."""
     if not isinstance(doc, Mapping):
         raise ConfigError(f"{path}: a claim file is a mapping with keys model, dataset, claims (docs/claims.md)")
+    for key in POLICY_KEYS:
+        if key in doc:
+            raise _policy_key(path, key)
     _check_keys(path, doc, TOP_KEYS)
     for key in ("model", "dataset", "claims"):
         if key not in doc:
@@ -250,8 +292,10 @@ def parse_claim_file(path: str, doc: Any, config_dir: str = CONFIG_DIR) -> Claim
     else:
         model_name = model
     dataset = _named_or_inline(path, "dataset", doc["dataset"], options.get("dataset", []))
-    if isinstance(dataset, dict) and "_target_" not in dataset:
-        raise ConfigError(f"{path}: the inline dataset block needs a _target_ (see configs/dataset/*.yaml)")
+    if isinstance(dataset, dict):
+        if "_target_" not in dataset:
+            raise ConfigError(f"{path}: the inline dataset block needs a _target_ (see configs/dataset/*.yaml)")
+        _check_inline(path, "dataset", dataset)
     n, subset = _sample_count(path, doc)
     raw_claims = doc["claims"]
     if not isinstance(raw_claims, Sequence) or isinstance(raw_claims, str) or not raw_claims:
@@ -268,12 +312,6 @@ def parse_claim_file(path: str, doc: Any, config_dir: str = CONFIG_DIR) -> Claim
 
 
 def load_claim_file(path: str | Path, config_dir: str = CONFIG_DIR) -> ClaimFile:
-    """Read ``path`` (YAML, safe loader: no code runs) and validate it."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"claim file {str(p)!r} does not exist")
-    try:
-        doc = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    return parse_claim_file(str(p), doc, config_dir)
+    """Read ``path`` strictly (engine.compose.strict_yaml: bounded, no duplicate keys, no code) and validate it."""
+    doc = strict_yaml.load_file(path, what="claim file")
+    return parse_claim_file(str(Path(path)), doc, config_dir)

@@ -1,5 +1,5 @@
 """The transfer-failure indicator (Pintor et al.): do examples crafted on the differentiable surrogate fool the
-real model? Measured on the samples the base run left robust, at the largest claimed ε.
+real model? Measured on the samples the base run left robust, at each claimed ε.
 
 The surrogate is the model with its non-differentiable pre-processing bypassed
 (engine.perturbations.adaptive, ``mode: transfer``). When it is fooled on many
@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from engine.claims.indicators import TRACE_SAMPLES, Indicator, trace_member
+from engine.data import Dataset
 from engine.perturbations.adaptive import GradientView
 from engine.perturbations.norms import get_norm
 from engine.perturbations.suite import AttackSuite, MemberContext
@@ -23,16 +24,18 @@ MIN_SURROGATE = 2  # fire only when the surrogate itself was fooled on at least 
 MIN_RATE = 0.5  # ... and fewer than this share of its examples fool the real model
 
 
-def transfer_indicator(nc: Any, model: torch.nn.Module, data: Any, suite: AttackSuite,
-                       device: torch.device) -> Indicator:
-    """Transfer rate of APGD-CE examples from the bypass surrogate to the real model (``nc``: a NormCheck)."""
-    eps = nc.eps[-1]
+def transfer_indicator(nc: Any, model: torch.nn.Module, data: Dataset, suite: AttackSuite,
+                       device: torch.device, eps: float | None = None) -> Indicator:
+    """Transfer rate of APGD-CE examples from the bypass surrogate to the real model at ``eps`` (default: the
+    largest claimed ε; ``nc``: a NormCheck); only the rows measured are decoded from ``data``."""
+    eps = float(nc.eps[-1] if eps is None else eps)
     ids = list(nc.base_robust[eps])[:TRACE_SAMPLES]
     if not ids:
-        return Indicator("transfer_failure", False, 0, 0, "no robust sample to measure transfer on")
+        return Indicator("transfer_failure", False, 0, 0, f"no robust sample at ε={eps:g} to measure transfer on",
+                         details={"eps": eps})
     pos = {int(s): i for i, s in enumerate(data.sample_ids.tolist())}
-    index = torch.tensor([pos[s] for s in ids])
-    x, y = data.images[index].to(device), data.labels[index].to(device)
+    batch = data.take([pos[int(s)] for s in ids])
+    x, y = batch.images.to(device), batch.labels.to(device)
     member = trace_member(suite)
     surrogate = GradientView(model, str(nc.at), "transfer")
     norm = get_norm(nc.norm)

@@ -193,6 +193,18 @@ def package_problems(config_dirs: list[Path]) -> list[str]:
     return problems
 
 
+def yaml_problems(config_dirs: list[Path]) -> list[str]:
+    """Duplicate keys and YAML syntax errors in the config files (``<dir>/*.yaml``, ``<dir>/<group>/*.yaml``).
+
+    OmegaConf refuses a duplicate key too, but with a traceback from inside Hydra; this names both
+    lines in one message before Hydra runs.
+    """
+    from engine.compose.strict_yaml import config_yaml_problems
+
+    files = [p for root in config_dirs if root.is_dir() for p in (*root.glob("*.yaml"), *root.glob("*/*.yaml"))]
+    return [msg for path in sorted(set(files)) for msg in config_yaml_problems(path)]
+
+
 def schema_problems(cfg: dict[str, Any]) -> list[str]:
     """Keys added with ``+key=value`` that no part of Gauntlet reads (top level and model entries)."""
     from dataclasses import fields

@@ -16,6 +16,7 @@ converted to float only when a task asks for them. ``sample_id`` = row index in 
 from __future__ import annotations
 
 import pickle
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 
 from engine.data import LazyDataset, check_labels, fixed_dataset_name, required_path, subset_order
+from engine.data.fingerprint import FileSource
 from engine.data.restricted_pickle import restricted_load
 from engine.errors import ConfigError
 
@@ -56,9 +58,16 @@ class CifarSet(LazyDataset):
     """A CIFAR split held as uint8 N×3×32×32; float rows are made per slice."""
 
     def __init__(self, name: str, num_classes: int, pixels: np.ndarray, labels: np.ndarray,
-                 order: np.ndarray) -> None:
+                 order: np.ndarray, files: Sequence[Path] = (), layout: str = "") -> None:
         super().__init__(name, num_classes, labels, order, (3, 32, 32))
-        self._pixels = pixels
+        self._pixels, self._files, self._layout = pixels, list(files), layout
+
+    def content_source(self) -> FileSource | None:
+        """The split's batch files (engine/data/fingerprint.py)."""
+        if not self._files:
+            return None
+        return FileSource(f"CIFAR {self._layout} batches", self.name, self._files[0].parent, tuple(self._files),
+                          extra={"num_classes": self.num_classes})
 
     def decode(self, indices: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(self._pixels[indices]).float().div_(255.0)
@@ -92,7 +101,8 @@ def _find(spec: _Spec, root: Path, split: str, layout: str) -> tuple[str, list[P
 def _read_python(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
     try:
         batch: Any = restricted_load(path)
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as exc:
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, MemoryError,
+            OverflowError) as exc:
         raise ConfigError(
             f"{path}: not a readable CIFAR python batch ({exc}); expected a pickled dict with "
             "'data' (N×3072 uint8) and labels. Only plain data is unpickled, never code."
@@ -102,14 +112,31 @@ def _read_python(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
     batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
     if "data" not in batch or label_key not in batch:
         raise ConfigError(f"{path}: keys {sorted(map(str, batch))}; expected 'data' and {label_key!r}")
-    data = np.asarray(batch["data"])
-    labels = np.asarray(batch[label_key])
-    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != PIXELS or len(labels) != len(data):
-        raise ConfigError(
-            f"{path}: 'data' is {data.dtype} {data.shape} with {len(labels)} labels; "
-            f"expected uint8 N×{PIXELS} and N labels"
-        )
-    return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
+    data = batch["data"]
+    labels = _integer_labels(batch[label_key], path, label_key)
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != PIXELS \
+            or len(labels) != len(data):
+        what = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else f"a {type(data).__name__}"
+        raise ConfigError(f"{path}: 'data' is {what} with {len(labels)} labels; expected uint8 N×{PIXELS} and N labels")
+    return data.reshape(-1, 3, 32, 32), labels
+
+
+def _integer_labels(raw: Any, path: Path, key: str) -> np.ndarray:
+    """The batch's labels as int64; text, fractions, booleans and out-of-int64 values are named, never cast."""
+    items = raw.tolist() if isinstance(raw, np.ndarray) and raw.ndim == 1 else raw
+    if not isinstance(items, list | tuple):
+        shape = f" of shape {raw.shape}" if isinstance(raw, np.ndarray) else ""
+        raise ConfigError(f"{path}: {key!r} is a {type(raw).__name__}{shape}; expected a list of integer class indices")
+    for i, v in enumerate(items):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ConfigError(
+                f"{path}: {key!r} holds {v!r} ({type(v).__name__}) at index {i}; expected integer class indices "
+                "(a text or fractional label is refused, never cast)"
+            )
+        if not -(2**63) <= v < 2**63:
+            raise ConfigError(f"{path}: label {v} at index {i} of {key!r} is not a class index (beyond 64-bit "
+                              "integers); the batch is damaged or not a CIFAR batch")
+    return np.asarray(items, dtype=np.int64).reshape(-1)
 
 
 def _read_binary(path: Path, label_bytes: int, label_index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -133,8 +160,11 @@ def _load(spec: _Spec, root: str, split: str, layout: str, subset: str, subset_s
     parts = [_read_python(f, label_key) if kind == "python" else _read_binary(f, *bin_label) for f in files]
     pixels = np.ascontiguousarray(np.concatenate([p[0] for p in parts]))
     labels = np.concatenate([p[1] for p in parts])
+    if not len(labels):
+        raise ConfigError(f"{', '.join(map(str, files))}: the {split} split holds 0 images; the file is empty or "
+                          "was cut short; restore it from the release")
     check_labels(labels, num_classes, ", ".join(map(str, files)))
-    return CifarSet(name, num_classes, pixels, labels, subset_order(len(labels), subset, subset_seed))
+    return CifarSet(name, num_classes, pixels, labels, subset_order(len(labels), subset, subset_seed), files, kind)
 
 
 def load_cifar10(root: str, split: str = "test", layout: str = "auto", subset: str = "first",

@@ -14,11 +14,14 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from engine.data import LazyDataset, check_labels, required_path, subset_order, user_dataset_name
+from engine.data.fingerprint import FileSource
+from engine.data.pixels import read16, sample_depth, to_channels
 from engine.errors import ConfigError
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
@@ -68,41 +71,90 @@ def _listing(root: Path, extensions: Sequence[str]) -> tuple[list[str], list[Pat
                 files.append(f)
                 classes.append(name)
     if not files:
-        raise ConfigError(f"dataset.root={root}: no images with suffix {', '.join(exts)}; expected {LAYOUT}")
+        raise ConfigError(f"dataset.root={root}: its class folder(s) {_names(folders)} hold no images with suffix "
+                          f"{', '.join(exts)}; expected {LAYOUT}")
     return folders, files, classes
+
+
+def _names(folders: Sequence[str]) -> str:
+    shown = ", ".join(repr(f) for f in folders[:5])
+    return shown + (f" and {len(folders) - 5} more" if len(folders) > 5 else "")
+
+
+def _refuse_empty_classes(root: Path, folders: list[str], classes: list[str], extensions: Sequence[str]) -> None:
+    """Without a class index every sub-folder is a class: an empty one would take a class index and shift
+    the labels of every folder sorted after it, so it is named instead of counted."""
+    present = set(classes)
+    empty = [f for f in folders if f not in present]
+    if empty:
+        raise ConfigError(
+            f"dataset.root={root}: class folder(s) {_names(empty)} hold no images with suffix "
+            f"{', '.join(extensions)}; each sub-folder is a class (index = its sorted position), so an empty one "
+            "would shift the labels of the folders after it. Add its images, remove it, or give "
+            "dataset.class_index to fix the class indices"
+        )
 
 
 class ImageFolderSet(LazyDataset):
     """Files and labels listed up front; pixels decoded per slice by at most ``workers`` threads."""
 
     def __init__(self, name: str, num_classes: int, files: list[Path], labels: np.ndarray, order: np.ndarray,
-                 mode: str, resize: int | None, crop: int | None, workers: int) -> None:
+                 mode: str, resize: int | None, crop: int | None, workers: int, root: Path | None = None) -> None:
         self._files, self._mode, self._resize, self._crop, self._workers = files, mode, resize, crop, workers
+        self._root, self._all_labels = root, labels
         first = self._decode_one(files[int(order[0])] if len(order) else files[0])
         c, h, w = (int(v) for v in first.shape)
         super().__init__(name, num_classes, labels, order, (c, h, w))
 
     def _decode_one(self, path: Path) -> np.ndarray:
+        """C×H×W samples: uint8 (8-bit files) or float32 in [0, 1] (16-bit files, docs/models-and-data.md)."""
         from PIL import Image
 
         try:
             with Image.open(path) as opened:
-                img = opened.convert(self._mode)
-                if self._resize:
-                    w, h = img.size
-                    short, long = (w, h) if w <= h else (h, w)
-                    new_long = int(self._resize * long / short)
-                    size = (self._resize, new_long) if w <= h else (new_long, self._resize)
-                    img = img.resize(size, Image.Resampling.BILINEAR)
-                if self._crop:
-                    img = _center_crop(img, self._crop, path)
+                if sample_depth(opened, path) == 16:
+                    return self._decode16(opened, path)
+                img = self._resize_crop(opened.convert(self._mode), path)
                 arr = np.asarray(img, dtype=np.uint8)
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
             raise ConfigError(
                 f"image {path} cannot be decoded ({exc}); it is corrupt, truncated or not an image"
             ) from None
         arr = arr[:, :, None] if arr.ndim == 2 else arr
-        return arr.transpose(2, 0, 1)
+        return arr.transpose(2, 0, 1).copy()  # Pillow's buffer is read-only; torch wants its own
+
+    def _decode16(self, opened: Any, path: Path) -> np.ndarray:
+        """A 16-bit file: samples / 65535 as float32, then the same resize and crop, per channel in mode F."""
+        from PIL import Image
+
+        arr = to_channels(read16(opened, path), 3 if self._mode == "RGB" else 1)
+        planes = [np.asarray(self._resize_crop(Image.fromarray(np.ascontiguousarray(arr[:, :, c]), mode="F"), path))
+                  for c in range(arr.shape[2])]
+        return np.clip(np.stack(planes), 0.0, 1.0).astype(np.float32)  # clip: float rounding of the filter only
+
+    def _resize_crop(self, img: Any, path: Path) -> Any:
+        from PIL import Image
+
+        if self._resize:
+            w, h = img.size
+            short, long = (w, h) if w <= h else (h, w)
+            new_long = int(self._resize * long / short)
+            size = (self._resize, new_long) if w <= h else (new_long, self._resize)
+            img = img.resize(size, Image.Resampling.BILINEAR)
+        if self._crop:
+            img = _center_crop(img, self._crop, path)
+        return img
+
+    def content_source(self) -> FileSource | None:
+        """Every listed file with its label (engine/data/fingerprint.py), and the decoder's version."""
+        if self._root is None:
+            return None
+        import PIL
+
+        decoder = f"pillow {PIL.__version__}; samples / 255 or / 65535 by bit depth"
+        return FileSource("image folder", self.name, self._root, tuple(self._files),
+                          tuple(self._all_labels.tolist()), {"num_classes": self.num_classes, "decoder": decoder},
+                          self._workers)
 
     def decode(self, indices: np.ndarray) -> torch.Tensor:
         paths = [self._files[int(i)] for i in indices]
@@ -115,8 +167,11 @@ class ImageFolderSet(LazyDataset):
                     f"{self.image_shape[2]}×{self.image_shape[1]}; set dataset.crop (and dataset.resize) "
                     "so every image comes out the same size"
                 )
-        batch = np.stack(arrays) if arrays else np.zeros((0, *self.image_shape), dtype=np.uint8)
-        return torch.from_numpy(batch).float().div_(255.0)
+        if not arrays:
+            return torch.zeros((0, *self.image_shape))
+        # 8-bit rows as torch divides them, 16-bit rows already divided by 65535: one float32 batch either way
+        return torch.stack([torch.from_numpy(a).float().div_(255.0) if a.dtype == np.uint8 else torch.from_numpy(a)
+                            for a in arrays])
 
 
 def _center_crop(img, size: int, path: Path):  # type: ignore[no-untyped-def]
@@ -154,15 +209,18 @@ def _check_headers(files: list[Path], workers: int) -> None:
     def check(path: Path) -> str | None:
         try:
             with Image.open(path) as img:
+                sample_depth(img, path)  # a mode with no exact [0, 1] map fails here, before any compute
                 img.verify()
+        except ConfigError as exc:
+            return str(exc)
         except Exception as exc:
-            return f"image {path} is not a readable image ({exc or type(exc).__name__})"
+            return f"image {path} is not a readable image ({exc or type(exc).__name__}); remove or replace it"
         return None
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for problem in pool.map(check, files):
             if problem:
-                raise ConfigError(problem + "; remove or replace it")
+                raise ConfigError(problem)
     _CHECKED.add(stamp)
 
 
@@ -183,6 +241,8 @@ def load_image_folder(
         raise ConfigError(f"dataset.check={check!r} is not one of {', '.join(CHECKS)}")
     base = Path(required_path(root, "root", LAYOUT)).expanduser()
     folders, files, classes = _listing(base, extensions)
+    if class_index is None:
+        _refuse_empty_classes(base, folders, classes, extensions)
     mapping, num_classes = _class_index(base, folders, class_index)
     labels = np.array([mapping[c] for c in classes], dtype=np.int64)
     check_labels(labels, num_classes, f"dataset.class_index={class_index}")
@@ -190,4 +250,4 @@ def load_image_folder(
         _check_headers(files, min(workers, os.cpu_count() or 1))
     order = subset_order(len(files), subset, subset_seed)
     return ImageFolderSet(user_dataset_name(name, "image_folder"), num_classes, files, labels, order,
-                          "RGB" if channels == 3 else "L", resize, crop, workers)
+                          "RGB" if channels == 3 else "L", resize, crop, workers, base)

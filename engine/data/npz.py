@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from engine.data import LazyDataset, check_labels, required_path, subset_order, user_dataset_name
+from engine.data.fingerprint import FileSource
 from engine.errors import ConfigError
 
 LAYOUTS = ("auto", "nhwc", "nchw")
@@ -22,9 +23,17 @@ EXPECTED = "x: N×H×W×C uint8 (0-255) or N×C×H×W float in [0, 1], y: N inte
 class ArraySet(LazyDataset):
     """Images kept as stored (uint8 or float, N×C×H×W view); float32 rows made per slice."""
 
-    def __init__(self, name: str, num_classes: int, x: np.ndarray, labels: np.ndarray, order: np.ndarray) -> None:
+    def __init__(self, name: str, num_classes: int, x: np.ndarray, labels: np.ndarray, order: np.ndarray,
+                 path: Path | None = None) -> None:
         super().__init__(name, num_classes, labels, order, (int(x.shape[1]), int(x.shape[2]), int(x.shape[3])))
-        self._x = x
+        self._x, self._path = x, path
+
+    def content_source(self) -> FileSource | None:
+        """The .npz file (engine/data/fingerprint.py)."""
+        if self._path is None:
+            return None
+        return FileSource("npz file", self.name, self._path.parent, (self._path,),
+                          extra={"num_classes": self.num_classes})
 
     def decode(self, indices: np.ndarray) -> torch.Tensor:
         rows = np.ascontiguousarray(self._x[indices])
@@ -35,6 +44,8 @@ class ArraySet(LazyDataset):
 def _read(path: Path, x_key: str, y_key: str) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
         raise ConfigError(f"dataset.path={path} is not a file; expected an .npz with {EXPECTED}")
+    if path.stat().st_size == 0:
+        raise ConfigError(f"{path}: the file is empty (0 bytes); write the arrays into it ({EXPECTED})")
     if not zipfile.is_zipfile(path):  # np.load would treat anything else as .npy or a pickle
         with path.open("rb") as f:
             head = f.read(8)
@@ -44,6 +55,8 @@ def _read(path: Path, x_key: str, y_key: str) -> tuple[np.ndarray, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as f:
             keys = list(f.keys())
+            if not keys:
+                raise ConfigError(f"{path}: an empty .npz (it holds no arrays); expected {EXPECTED}")
             if x_key not in keys or y_key not in keys:
                 raise ConfigError(f"{path}: arrays {keys}; expected {x_key!r} and {y_key!r} ({EXPECTED})")
             return f[x_key], f[y_key]
@@ -74,6 +87,27 @@ def _to_nchw(x: np.ndarray, layout: str, path: Path) -> np.ndarray:
     return x
 
 
+MAX_INFERRED_CLASSES = 100_000  # ImageNet-21k has 21,841 classes; a larger max(y) + 1 is a stray label
+
+
+def _inferred_classes(labels: np.ndarray, path: str) -> int:
+    """``max(y) + 1``, unless the largest label stands far from the rest (a stray value such as 255 or 10⁹):
+    then the label is named, not turned into a class count the model could never match."""
+    top = int(labels.max())
+    rest = labels[labels != top]
+    second = int(rest.max()) if rest.size else -1
+    stray = top >= MAX_INFERRED_CLASSES or (second >= 0 and top >= 16 and top > 2 * second + 1)
+    if stray:
+        at = int(np.flatnonzero(labels == top)[0])
+        others = f"the other labels are ≤ {second}" if second >= 0 else "it is the only label"
+        raise ConfigError(
+            f"{path} (y): label {top} at index {at} would make {top + 1:,} classes (dataset.num_classes is inferred "
+            f"as max(y) + 1) but {others}; a stray label? Fix that label, or set dataset.num_classes to the "
+            "model's class count (labels outside it are then named)"
+        )
+    return top + 1
+
+
 def load_npz(path: str, name: str = "npz", x_key: str = "x", y_key: str = "y", num_classes: int | None = None,
              layout: str = "auto", subset: str = "first", subset_seed: int = 0) -> ArraySet:
     """``x`` / ``y`` of ``path``; ``num_classes`` defaults to ``max(y) + 1``."""
@@ -93,7 +127,13 @@ def load_npz(path: str, name: str = "npz", x_key: str = "x", y_key: str = "y", n
     x = _to_nchw(x, layout, file)
     if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
         raise ConfigError(f"{path}: y is {y.dtype} {y.shape} for {len(x)} images; expected {len(x)} integer labels")
+    if not len(x):
+        raise ConfigError(f"{path}: x and y hold 0 images; the dataset is empty — write the images "
+                          f"into it ({EXPECTED})")
+    if y.dtype.kind == "u" and int(y.max()) >= 2**63:
+        raise ConfigError(f"{path} (y): label {int(y.max())} is beyond 64-bit class indices; fix that label")
     labels = y.astype(np.int64)
-    k = int(num_classes) if num_classes is not None else (int(labels.max()) + 1 if labels.size else 0)
+    k = int(num_classes) if num_classes is not None else _inferred_classes(labels, path)
     check_labels(labels, k, f"{path} (y)")
-    return ArraySet(user_dataset_name(name, "npz"), k, x, labels, subset_order(len(labels), subset, subset_seed))
+    return ArraySet(user_dataset_name(name, "npz"), k, x, labels, subset_order(len(labels), subset, subset_seed),
+                    file)

@@ -13,8 +13,8 @@ class Task:
     """One model × one perturbation × one contiguous range of dataset rows.
 
     ``task_id`` hashes everything that changes the rows (resolved configs,
-    checkpoint sha256, sample range, seed, and batch layout for perturbations
-    whose random draws are per batch) and nothing else, so it is stable across
+    checkpoint sha256, the dataset's content identity, sample range, seed, and batch
+    layout for perturbations whose random draws are per batch) and nothing else, so it is stable across
     runs, run order and sweeps that share the task.
     """
 
@@ -31,6 +31,7 @@ class Task:
     stop: int
     seed: int
     batch_size: int
+    dataset_identity: str = ""  # sha256 of the dataset's content (engine/data/fingerprint.py), part of task_id
 
     @property
     def n_samples(self) -> int:

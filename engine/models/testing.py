@@ -1,5 +1,6 @@
-"""Deliberately flawed defences for tests and demos: input quantisation (masks gradients), input noise (randomised)
-and an input ripple (rugged, noisy gradients).
+"""Deliberately flawed defences for tests and demos: input quantisation (masks gradients), input noise (randomised),
+an input ripple (rugged, noisy gradients), and front ends that break the autograd graph (JPEG through PIL,
+bit-depth reduction under ``torch.no_grad()``), the commonest way published defences masked gradients.
 
 Each wraps any architecture (``net``) and loads that architecture's checkpoint
 unchanged (``load_state_dict`` is delegated), so a claim file can put one in
@@ -23,9 +24,11 @@ Athalye et al. (2018): they are not robust, they make gradient attacks fail.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -93,3 +96,44 @@ class InputRipple(_PixelFrontEnd):
 
     def pre(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.amplitude * torch.sin(self.frequency * x)
+
+
+class NoGradBitDepth(_PixelFrontEnd):
+    """Reduces every pixel to ``bits`` bits under ``torch.no_grad()``: the logits have no gradient path to the
+    input at all (no ``grad_fn``), as in a defence that computes its pre-processing outside autograd."""
+
+    def __init__(self, net: nn.Module, bits: int = 3, mean: Sequence[float] = (0.0,),
+                 std: Sequence[float] = (1.0,)) -> None:
+        super().__init__(net, mean, std)
+        if not 1 <= bits <= 8:
+            raise ValueError(f"bits must be in 1…8, got {bits}")
+        self.bits = int(bits)
+
+    def pre(self, x: torch.Tensor) -> torch.Tensor:
+        k = 2 ** self.bits - 1
+        with torch.no_grad():
+            return torch.round(x.clamp(0.0, 1.0) * k) / k
+
+
+class PilJpeg(_PixelFrontEnd):
+    """JPEG-compresses and decodes every image through PIL (``quality``), in numpy: the graph breaks there, so
+    the logits carry no gradient to the input. Deterministic (libjpeg), shape-preserving: BPDA at ``net`` works."""
+
+    def __init__(self, net: nn.Module, quality: int = 75, mean: Sequence[float] = (0.0,),
+                 std: Sequence[float] = (1.0,)) -> None:
+        super().__init__(net, mean, std)
+        if not 1 <= quality <= 95:
+            raise ValueError(f"quality must be in 1…95, got {quality}")
+        self.quality = int(quality)
+
+    def pre(self, x: torch.Tensor) -> torch.Tensor:
+        from PIL import Image
+
+        pixels = (x.detach().clamp(0.0, 1.0) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        decoded = []
+        for img in pixels:
+            buf = io.BytesIO()
+            Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(buf, format="JPEG", quality=self.quality)
+            out = np.asarray(Image.open(io.BytesIO(buf.getvalue())), dtype=np.float32) / 255.0
+            decoded.append(out[..., None] if out.ndim == 2 else out)
+        return torch.from_numpy(np.stack(decoded)).permute(0, 3, 1, 2).to(device=x.device, dtype=x.dtype)

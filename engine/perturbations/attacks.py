@@ -1,4 +1,9 @@
-"""Gradient attacks from torchattacks (FGSM, PGD in L∞ and L2) at a list of ε in pixel units."""
+"""Gradient attacks from torchattacks (FGSM, PGD in L∞ and L2) at a list of ε in pixel units.
+
+torchattacks differentiates the model itself; it gets the model through
+:class:`engine.perturbations.suite.GradientPath`, so a model that breaks the autograd
+graph gives zero gradients (the attack runs and fails) instead of a RuntimeError.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ from engine.perturbations.base import (
     check_eps_list,
     zero_cost,
 )
+from engine.perturbations.suite import GradientPath
 
 
 @dataclass(frozen=True)
@@ -81,7 +87,7 @@ class GradientAttack(Perturbation):
         n = x.shape[0]
         if level == 0.0:
             return LevelOutput(level, x, zero_cost(n), zero_cost(n))
-        attack = self.build(ctx.model, level)
+        attack = self.build(GradientPath(ctx.model), level)
         # torchattacks draws random starts from the global RNG: fork it and seed
         # it from (seed, these samples, attack, ε) so runs are reproducible and
         # the caller's RNG state is untouched.
@@ -162,7 +168,7 @@ class PGD(GradientAttack):
         if self.restarts == 1 or level == 0.0:
             return out
         x_adv, grads, queries = out.x.clone(), out.grad_evals.clone(), out.queries.clone()
-        attack = self.build(ctx.model, level)
+        attack = self.build(GradientPath(ctx.model), level)
         devices = [x.device] if x.device.type == "cuda" else []
         for restart in range(1, self.restarts):
             with torch.no_grad():

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.errors import ConfigError
-from engine.perturbations.suite import MemberContext, MemberResult, SuiteMember
+from engine.perturbations.suite import MemberContext, MemberResult, SuiteMember, input_gradient
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 
@@ -194,7 +194,7 @@ class APGD(SuiteMember):
             with torch.enable_grad():
                 logits = ctx.model(xg)
                 loss_indiv = loss_fn(logits, y, target)
-                (g,) = torch.autograd.grad(loss_indiv.sum(), [xg])
+                g = input_gradient(loss_indiv.sum(), xg)  # zeros when the model broke the graph
             grad += g.detach()
         return grad / float(self.eot), logits.detach(), loss_indiv.detach()
 

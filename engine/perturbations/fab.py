@@ -18,7 +18,7 @@ import torch
 from torchattacks.attacks.fab import projection_l2, projection_linf
 
 from engine.perturbations.autoattack import expand_targets, lp_norm, random_start, target_chunks
-from engine.perturbations.suite import MemberContext, MemberResult, SuiteMember
+from engine.perturbations.suite import MemberContext, MemberResult, SuiteMember, input_gradient
 
 
 @dataclass(frozen=True)
@@ -177,7 +177,7 @@ class FABTargeted(_FABBase):
         with torch.enable_grad():
             out = ctx.model(xg)
             diffy = -(out[u, ya] - out[u, ta])
-            (g,) = torch.autograd.grad(diffy.sum(), [xg])
+            g = input_gradient(diffy.sum(), xg)  # zeros when the model broke the graph
         return diffy.detach(), g.reshape(xa.shape[0], -1), 1
 
 
@@ -203,7 +203,7 @@ class FAB(_FABBase):
         with torch.enable_grad():
             out = ctx.model(xg)
             k = out.shape[1]
-            jac = torch.stack([torch.autograd.grad(out[:, c].sum(), [xg], retain_graph=c < k - 1)[0]
+            jac = torch.stack([input_gradient(out[:, c].sum(), xg, retain_graph=c < k - 1)
                                for c in range(k)], dim=1).reshape(bs, k, -1)
         out = out.detach()
         df = out - out[u, ya].unsqueeze(1)

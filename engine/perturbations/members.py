@@ -9,7 +9,7 @@ import torch
 import torchattacks
 from torch import nn
 
-from engine.perturbations.suite import MemberContext, MemberResult, SuiteMember
+from engine.perturbations.suite import GradientPath, MemberContext, MemberResult, SuiteMember
 from engine.seeding import derive_seed
 
 
@@ -47,7 +47,7 @@ class TorchattacksMember(SuiteMember):
         raise NotImplementedError
 
     def attack(self, x: torch.Tensor, y: torch.Tensor, ctx: MemberContext) -> MemberResult:
-        counted = CountingModel(ctx.model)
+        counted = CountingModel(GradientPath(ctx.model))  # zero gradients, not an error, on a broken graph
         atk = self.build(counted, ctx.eps)
         devices = [x.device] if x.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):

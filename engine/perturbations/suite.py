@@ -40,6 +40,31 @@ WHITE_BOX = "white-box"
 BLACK_BOX = "black-box"
 
 
+def input_gradient(value: torch.Tensor, x: torch.Tensor, retain_graph: bool = False) -> torch.Tensor:
+    """∂ ``value`` / ∂ ``x``; zeros where ``value`` has no gradient path to ``x`` (the model broke the graph:
+    such a forward pass is piecewise constant for an attacker, its input gradient is zero everywhere)."""
+    if not value.requires_grad:
+        return torch.zeros_like(x)
+    (g,) = torch.autograd.grad(value, [x], retain_graph=retain_graph, allow_unused=True)
+    return torch.zeros_like(x) if g is None else g
+
+
+class GradientPath(nn.Module):
+    """``model`` whose output keeps a gradient path to the input when the model broke it, for code that
+    differentiates on its own (torchattacks): the added path is ``0 · x``, so the forward values are
+    unchanged and the input gradient is exactly zero."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.model(x)
+        if torch.is_grad_enabled() and x.requires_grad and not out.requires_grad:
+            out = out + (0.0 * x.reshape(x.shape[0], -1)[:, :1]).to(out.dtype)
+        return out
+
+
 @dataclass(frozen=True)
 class MemberContext:
     """What one member attack gets for one ε: the model, the norm, ε and its seeds."""

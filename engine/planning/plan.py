@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from engine.compose.config import schema_problems
 from engine.compose.levels import Labels, check_units, normalize_levels
+from engine.data.fingerprint import FileSource, identity_of, source_of
 from engine.errors import ConfigError
 from engine.evaluation.resources import build_dataset, build_perturbation
 from engine.evaluation.tasks import Task
@@ -24,16 +26,39 @@ ModelCheck = Callable[[str, Mapping[str, Any]], object]
 
 @dataclass(frozen=True)
 class Plan:
-    """All tasks of the sweep, split into those still to run and those whose results exist."""
+    """All tasks of the sweep, split into those still to run and those whose results exist.
+
+    ``identity`` is the dataset's content identity (engine/data/fingerprint.py); its digest is part of
+    every task id. ``keys`` holds each task's id key without it, so :meth:`task_id_for` can tell which
+    ids the same tasks had on other data (a changed dataset, or rows written before identities).
+    """
 
     run_id: str
     tasks: tuple[Task, ...]
     todo: tuple[Task, ...]
+    identity: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    keys: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, compare=False)
+    source: FileSource | None = field(default=None, compare=False, repr=False)  # the files, for a re-check
 
     @property
     def done(self) -> tuple[Task, ...]:
         todo = {t.task_id for t in self.todo}
         return tuple(t for t in self.tasks if t.task_id not in todo)
+
+    def task_id_for(self, task_id: str, data_digest: str | None) -> str:
+        """The id task ``task_id`` has when the data's digest is ``data_digest`` (None: an id without one)."""
+        return task_id_of(self.keys[task_id], data_digest)
+
+
+def task_id_of(key: Mapping[str, Any], data_digest: str | None) -> str:
+    """A task's id: its key (model, dataset config, perturbation, rows, seed) joined with the data's digest."""
+    return stable_hash(dict(key) if data_digest is None else {**key, "data": data_digest}, 20)
+
+
+def dataset_identity(dataset_cfg: Mapping[str, Any], cache_dir: str | Path | None = None) -> dict[str, Any]:
+    """The content identity of the dataset ``dataset_cfg`` builds (name, kind, source, sha256 ``digest``,
+    the parts that explain a change); what task ids, ``sweep.json`` and verdicts name."""
+    return identity_of(build_dataset(dict(dataset_cfg)), cache_dir)
 
 
 def _positive(cfg: Mapping[str, Any], key: str) -> int:
@@ -111,7 +136,8 @@ def make_plan(
     cache_dir = cfg.get("cache_dir")
     shas = {name: ensure_checkpoint(name, mcfg, progress, cache_dir) for name, mcfg in cfg["model"].items()}
     seed = int(cfg["seed"])
-    tasks = []
+    content = identity_of(data, cache_dir)
+    tasks, keys = [], {}
     for model_name, model_cfg in cfg["model"].items():
         identity = {k: v for k, v in model_cfg.items()
                     if k not in ("checkpoint", "sha256", "train", "train_if_missing")}
@@ -125,12 +151,15 @@ def make_plan(
                     "rows": [start, stop],
                     "seed": seed,
                 }
+                task_id = task_id_of(key, content["digest"])
+                keys[task_id] = key
                 tasks.append(
                     Task(
-                        task_id=stable_hash(key, 20), run_id="", model_name=model_name,
+                        task_id=task_id, run_id="", model_name=model_name,
                         model=dict(model_cfg), checkpoint_sha256=shas[model_name],
                         dataset_name=data.name, dataset=dataset_cfg, perturbation_name=pert_name,
                         perturbation=pert_cfg, start=start, stop=stop, seed=seed, batch_size=batch_size,
+                        dataset_identity=content["digest"],
                     )
                 )
     run_id = stable_hash(sorted(t.task_id for t in tasks), 12)
@@ -142,5 +171,5 @@ def make_plan(
             if isinstance(model, torch.nn.Module):  # channels, image size, classes, float logits
                 check_fits(name, model, data.image_shape, data.num_classes, data.name,
                            next(model.buffers(), torch.empty(0)).device)
-    return Plan(run_id, tuple(tasks), todo)
+    return Plan(run_id, tuple(tasks), todo, content, keys, source_of(data))
 

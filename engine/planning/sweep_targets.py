@@ -1,8 +1,9 @@
-"""The sweep's ``_target_`` checks before anything is built: every target allow-listed, top-level ones kind-checked.
+"""The sweep's ``_target_`` checks before anything is built: every target resolved and checked at its place.
 
-The policy itself (allow-list, kind check) lives in ``engine.compose.targets``; the kinds it is
-checked against (``nn.Module``, ``Perturbation``) are component classes, so the sweep-wide check
-sits here, above the components, and the compose stage stays below them.
+The policy itself (resolution, allowed modules, known loaders, arguments) lives in
+``engine.compose.targets``; the kinds it checks against (``nn.Module``, ``Perturbation``, a suite
+member, a dataset, a runner) are component classes, so the sweep-wide check sits here, above the
+components, and the compose stage stays below them.
 """
 
 from __future__ import annotations
@@ -12,24 +13,53 @@ from typing import Any
 
 from torch import nn
 
-from engine.compose.targets import check_allowed, check_kind, iter_targets
+from engine.compose.targets import Kind, TargetPolicy, check_target, iter_targets
+from engine.data import LazyDataset, SampleSet
 from engine.perturbations.base import Perturbation
+from engine.perturbations.suite import SuiteMember
+
+
+def _is_dataset(cls: type) -> bool:
+    """engine.data.Dataset is a protocol with properties (no issubclass): its bases, or its methods."""
+    if issubclass(cls, (SampleSet, LazyDataset)):
+        return True
+    return all(callable(getattr(cls, m, None)) for m in ("slice", "take", "__len__"))
+
+
+def _is_runner(cls: type) -> bool:
+    """engine.runners.base.Runner is a protocol with one method: ``run``."""
+    return callable(getattr(cls, "run", None))
+
+
+MODEL = Kind("an nn.Module", lambda c: issubclass(c, nn.Module), models=True)
+PERTURBATION = Kind("a Perturbation", lambda c: issubclass(c, Perturbation))
+DATASET = Kind("a dataset (engine.data.Dataset)", _is_dataset)
+RUNNER = Kind("a runner", _is_runner)
+ANY = Kind("a model, dataset, perturbation, suite member or runner",
+           lambda c: any(k.accepts(c) for k in (MODEL, PERTURBATION, DATASET, RUNNER))
+           or issubclass(c, SuiteMember), models=True)
+
+
+def _kind_at(key: str, cfg: Mapping[str, Any]) -> Kind:
+    """The kind a ``_target_`` at ``key`` must build: top-level places by name, nested ones any component."""
+    parts = key.split(".")
+    if len(parts) == 3 and parts[0] == "model" and parts[2] == "arch" and parts[1] in (cfg.get("model") or {}):
+        return MODEL
+    if len(parts) == 2 and parts[0] == "perturbation":
+        return PERTURBATION
+    if key == "dataset":
+        return DATASET
+    if key == "runner":
+        return RUNNER
+    return ANY
+
+
+def check_targets(cfg: Mapping[str, Any], policy: TargetPolicy) -> None:
+    """Check every ``_target_`` inside ``cfg`` (a sweep config, or part of one shaped like it) at its place."""
+    for key, node in iter_targets({k: v for k, v in cfg.items() if k != "hydra"}, ""):
+        check_target(node, key, policy, _kind_at(key, cfg))
 
 
 def check_sweep_targets(cfg: Mapping[str, Any]) -> None:
-    """Allow-list every ``_target_`` of the sweep, and check the kind of each top-level one."""
-    packages = [str(p) for p in cfg.get("target_packages") or ()]
-    allow_any = bool(cfg.get("allow_any_target", False))
-    for key, target in iter_targets({k: v for k, v in cfg.items() if k != "hydra"}, ""):
-        check_allowed(target, key, packages, allow_any)
-    for name, mcfg in (cfg.get("model") or {}).items():
-        arch = (mcfg or {}).get("arch") or {}
-        if isinstance(arch, Mapping) and "_target_" in arch:
-            check_kind(str(arch["_target_"]), f"model.{name}.arch", nn.Module, "an nn.Module")
-    for name, pcfg in (cfg.get("perturbation") or {}).items():
-        if isinstance(pcfg, Mapping) and "_target_" in pcfg:
-            check_kind(str(pcfg["_target_"]), f"perturbation.{name}", Perturbation, "a Perturbation")
-    for key in ("dataset", "runner"):
-        node = cfg.get(key)
-        if isinstance(node, Mapping) and "_target_" in node:
-            check_kind(str(node["_target_"]), key, object, f"a {key}")
+    """Check every ``_target_`` of the sweep against the user's policy, each at its place."""
+    check_targets(cfg, TargetPolicy.of(cfg))

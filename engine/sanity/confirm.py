@@ -177,18 +177,25 @@ class SweepConfirmer:
         model = self.model_for(model_name)
         suite = strong_suite(norm, eps, eot=self.eot if self.eot > 1 and _randomised(model, x) else 1,
                              **self.strength)
-        try:
-            result = confirm_white_box(model, x, y, ids, norm=norm, eps=eps, seed=self.seed,
-                                       suite=suite, batch_size=self.batch_size)
-        except RuntimeError as exc:
-            if "does not require grad" not in str(exc):
-                raise
-            # no gradient path from the input to the logits at all: no gradient attack can break anything
+        if graph_broken(model, x):
+            # no gradient path from the input to the logits: a gradient attack would only re-score its random
+            # starts, so it cannot confirm anything; every sample counts as surviving it (masking stays possible)
             result = Confirmation(describe(suite), norm, float(eps), tuple(ids), {}, tuple(ids),
                                   members=tuple(a.name for a in suite.attacks),
-                                  error=f"no input gradient: {str(exc).splitlines()[0]}")
+                                  error="no input gradient: the forward pass breaks the autograd graph "
+                                        "(pre-processing through PIL, numpy or torch.no_grad)")
+        else:
+            result = confirm_white_box(model, x, y, ids, norm=norm, eps=eps, seed=self.seed,
+                                       suite=suite, batch_size=self.batch_size)
         self.calls.append(result)
         return result
+
+
+def graph_broken(model: torch.nn.Module, x: torch.Tensor) -> bool:
+    """True when the logits on ``x`` have no autograd graph at all (the model computes them without
+    gradients), so every input gradient is zero."""
+    with torch.enable_grad():
+        return not model(x[:1].detach().clone().requires_grad_(True)).requires_grad
 
 
 def _randomised(model: torch.nn.Module, x: torch.Tensor) -> bool:

@@ -3,8 +3,8 @@
 Three kinds of check, all pure (no I/O):
 
 * ``probe_model`` looks at the model itself on a few clean samples: zero or NaN
-  input gradients, probabilities instead of logits, a randomised forward pass
-  attacked without EOT.
+  input gradients (zero too when the forward pass breaks the autograd graph),
+  probabilities instead of logits, a randomised forward pass attacked without EOT.
 * ``result_flags`` looks at the per-sample result table: accuracy that rises with
   ε, an unbounded ε that does not bring accuracy down to chance, a black-box
   attack breaking samples that every white-box attack left intact. Each of these
@@ -31,7 +31,7 @@ import torch
 
 from engine.perturbations.attacks import FGSM, PGD
 from engine.perturbations.base import Perturbation
-from engine.perturbations.suite import AttackSuite
+from engine.perturbations.suite import AttackSuite, input_gradient
 from engine.sanity.confirm import Confirmation, ConfirmFn
 
 # L∞ radius at which any image can be turned into mid-grey: an attack there must reach chance level.
@@ -83,20 +83,23 @@ def probe_model(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, model_
     xg = x.detach().clone().requires_grad_(True)
     with torch.enable_grad():
         logits = model(xg)
-        (grad,) = torch.autograd.grad(_margin(logits, y).sum(), [xg], allow_unused=True)
-    if grad is None:
-        grad = torch.zeros_like(x)
+        # a forward pass that breaks the autograd graph (PIL, numpy, no_grad pre-processing) has zero gradients
+        grad = input_gradient(_margin(logits, y).sum(), xg)
     flat = grad.reshape(len(x), -1)
     nan = int((~torch.isfinite(flat)).any(dim=1).sum())
     zero = int((flat.abs().sum(dim=1) == 0).sum())
+    broken = not logits.requires_grad
     if nan or zero:
+        how = ("its forward pass returns logits with no gradient path to the input at all (pre-processing "
+               "through PIL, numpy or torch.no_grad breaks the autograd graph)" if broken else
+               "it is non-differentiable or masks its gradients there")
         flags.append(Flag(
             "gradients", model_name, None,
             f"{zero} of {len(x)} samples have an all-zero and {nan} a NaN/inf input gradient (of the logit margin), "
-            "measured on the model itself: it is non-differentiable or masks its gradients there, so gradient "
-            "attacks cannot work on it and their accuracy overestimates robustness (the model defeats the "
-            "evaluation); use black-box or adaptive attacks (Square, BPDA through the non-differentiable part)",
-            {"zero": zero, "nan": nan, "n": len(x)}, MASKED,
+            f"measured on the model itself: {how}, so gradient attacks cannot work on it and their accuracy "
+            "overestimates robustness (the model defeats the evaluation); use black-box or adaptive attacks "
+            "(Square, BPDA through the non-differentiable part)",
+            {"zero": zero, "nan": nan, "n": len(x), "graph_broken": broken}, MASKED,
         ))
     with torch.no_grad():
         out = logits.detach()

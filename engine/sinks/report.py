@@ -1,7 +1,7 @@
 """``gauntlet report OUT_DIR``: one self-contained HTML page (images inlined as base64) plus summary.json.
 
-The page opens from a file with no network: verdicts of checked claims first (when
-``verdict.json`` exists), then the run's command and config, the models, the
+The page opens from a file with no network: an unfinished run's banner and the verdicts
+of checked claims first (when ``verdict.json`` exists), then the run's command and config, the models, the
 summary tables with intervals and n, the figures, the paired comparisons, the
 sanity flags and each perturbation's threat-model tags.
 """
@@ -23,7 +23,7 @@ from engine.errors import GauntletError
 from engine.sinks import plots
 from engine.sinks.summary_doc import build_summary, ordered_models, ordered_perturbations
 from engine.stats.aggregate import AccuracyRow, accuracy_table
-from engine.stats.compare import json_safe
+from engine.stats.compare import ci_percent, explain, json_safe
 from engine.store.rundir import RunFolder, load_run
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,8 @@ table{border-collapse:collapse;margin:.6em 0 1.4em;font-size:13px}th,td{border:1
 th{background:#f0f0f0}td.num{text-align:right;font-variant-numeric:tabular-nums}
 img{max-width:100%;border:1px solid #eee;margin:.4em 0}pre{background:#f7f7f7;padding:.8em;overflow:auto;font-size:12px}
 .REFUTED{background:#f8d7da}.CONSISTENT{background:#d4edda}.INCONCLUSIVE{background:#fff3cd}
-.flag{background:#fff3cd}.muted{color:#777}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}"""
+.flag{background:#fff3cd}.muted{color:#777}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
+.unfinished{background:#f8d7da;padding:.6em;border:1px solid #c66}"""
 
 
 @dataclass(frozen=True)
@@ -202,14 +203,14 @@ def _comparisons(summary: dict[str, Any]) -> str:
     body = [[r["model_a"], r["model_b"], r["perturbation"], _level(r["family"], r["level"]), r["n"],
              _pct(r["accuracy_a"]), _pct(r["accuracy_b"]),
              f"{100 * r['difference']:+.1f} [{100 * r['ci_low']:.1f}, {100 * r['ci_high']:.1f}]",
-             r["counts"]["only_a"], r["counts"]["only_b"], f"{r['p_value']:.3g}", f"{r['p_holm']:.3g}",
+             ci_percent(r["ci_level"]), r["counts"]["only_a"], r["counts"]["only_b"], f"{r['p_value']:.3g}",
+             "-" if r["p_adjusted"] is None else f"{r['p_adjusted']:.3g}",
              f"{r['only_in_a']}+{r['only_in_b']}"] for r in rows]
-    head = ["A", "B", "perturbation", "level", "n", "acc A %", "acc B %", "A − B pp [95% CI]", "A only",
-            "B only", "p McNemar", "p Holm", "excluded"]
-    note = ("<p class='muted'>Same samples for both models (matched by dataset and sample_id). A − B interval: "
-            "Newcombe's hybrid score interval for paired proportions; p: exact McNemar test on the discordant "
-            f"pairs; Holm-adjusted across the {len(rows)} rows shown; excluded: samples evaluated for only one "
-            "model.</p>")
+    head = ["A", "B", "perturbation", "level", "n", "acc A %", "acc B %", "A − B pp [CI]", "CI %", "A only",
+            "B only", "p McNemar", "p adj.", "excluded"]
+    family = max((r["n_primary"] for r in rows), default=0)
+    note = ("<p class='muted'>Same samples for both models (matched by dataset and sample_id); A − B = accuracy "
+            f"of A minus accuracy of B, A the model listed first in the run. {_e(explain(family))}</p>")
     sentences = "".join(f"<li>{_e(r['sentence'])}</li>" for r in rows)
     return f"<h2>Paired comparisons</h2>{note}{_table(head, body, 4)}<ul>{sentences}</ul>"
 
@@ -237,6 +238,15 @@ def _tags(summary: dict[str, Any], run: RunFolder) -> str:
         ["perturbation", "family", "norm", "tags", "members' tags"], body, 99)
 
 
+def _unfinished(summary: dict[str, Any]) -> str:
+    """The banner of a run that did not finish: N of M tasks, and the command that resumes it."""
+    if not summary.get("unfinished"):
+        return ""
+    t = summary["tasks"]
+    return (f"<p class='unfinished'><b>Unfinished run: {t['finished']} of {t['planned']} task(s) have results.</b> "
+            f"Every number below covers only those tasks. {_e(summary['unfinished'])}</p>")
+
+
 def render_html(summary: dict[str, Any], figures: Sequence[Figure], run: RunFolder) -> str:
     """The page; every image is a data: URI, nothing is fetched."""
     imgs = "".join(f"<figure><img alt='{_e(f.title)}' id='fig-{_e(f.slug)}' src='data:image/png;base64,"
@@ -246,7 +256,7 @@ def render_html(summary: dict[str, Any], figures: Sequence[Figure], run: RunFold
     return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>Gauntlet report {_e(run.run_id)}"
             f"</title><style>{CSS}</style></head><body><h1>Gauntlet report</h1>"
             f"<p>run <code>{_e(run.run_id)}</code> · {_e(', '.join(summary['datasets']))} · {summary['n_rows']} rows"
-            f" · <code>{_e(run.out_dir)}</code></p>{_verdicts(run.verdicts)}"
+            f" · <code>{_e(run.out_dir)}</code></p>{_unfinished(summary)}{_verdicts(run.verdicts)}"
             f"<h2>Command</h2><pre>{_e(run.command or '(not recorded: no hydra/*/.hydra/overrides.yaml)')}</pre>"
             f"{_models(summary)}{_accuracy(summary)}{_extras(summary)}<h2>Figures</h2>{imgs}"
             f"{_comparisons(summary)}{_flags(run.flags)}{_tags(summary, run)}"
@@ -259,13 +269,14 @@ class ReportFiles:
     html: Path
     summary: Path
     figures: dict[str, Path]
+    unfinished: str | None = None  # the run's status line when it did not finish
 
 
 def write_report(out_dir: str | Path, eps: float | None = None, severity: int = 3) -> ReportFiles:
     """Write ``report/index.html``, ``report/summary.json`` and the figures as PNG files next to them."""
     run = load_run(out_dir)
     if run.rows.num_rows == 0:
-        raise GauntletError(f"{run.out_dir} has no result rows yet; run the sweep first")
+        raise GauntletError(f"{run.out_dir} has no result rows yet; " + (run.status() or "run the sweep first"))
     summary = build_summary(run, eps, severity)
     rows = accuracy_table(run.rows)
     figures = make_figures(run, rows, summary["heatmap_level"]["eps"], severity)
@@ -278,7 +289,7 @@ def write_report(out_dir: str | Path, eps: float | None = None, severity: int = 
     summary["figures"] = {f.slug: f"figures/{f.slug}.png" for f in figures}
     _atomic(folder / "summary.json", json.dumps(json_safe(summary), indent=2, default=str, allow_nan=False) + "\n")
     _atomic(folder / "index.html", render_html(summary, figures, run))
-    return ReportFiles(folder / "index.html", folder / "summary.json", paths)
+    return ReportFiles(folder / "index.html", folder / "summary.json", paths, run.status())
 
 
 def _atomic(path: Path, text: str) -> None:
@@ -290,7 +301,8 @@ def _atomic(path: Path, text: str) -> None:
 def main(argv: Sequence[str]) -> int:
     """``gauntlet report OUT_DIR [--eps E] [--severity S]``; prints the page's path."""
     parser = argparse.ArgumentParser(prog="gauntlet report", description=(
-        "Write OUT_DIR/report/index.html (self-contained) and OUT_DIR/report/summary.json from a finished run."))
+        "Write OUT_DIR/report/index.html (self-contained) and OUT_DIR/report/summary.json from a run (an "
+        "unfinished run is reported as such: N of M tasks, and the command that resumes it)."))
     parser.add_argument("out_dir")
     parser.add_argument("--eps", type=float, help="ε of the heat map (default: the ε most attacks share)")
     parser.add_argument("--severity", type=int, default=3, choices=range(1, 6), help="severity of the heat map")
@@ -300,6 +312,8 @@ def main(argv: Sequence[str]) -> int:
     except GauntletError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if files.unfinished:
+        print(f"warning: {files.unfinished}", file=sys.stderr)
     print(f"Report: {files.html.resolve()}")
     print(f"Summary (JSON): {files.summary.resolve()}")
     return 0

@@ -18,7 +18,7 @@ from engine.stats.compare import PairedRow, paired_comparison
 from engine.stats.intervals import clopper_pearson_interval
 from engine.store.rundir import RunFolder
 
-SUMMARY_SCHEMA_VERSION = "1"
+SUMMARY_SCHEMA_VERSION = "2"  # 2: comparisons A = earlier model, Bonferroni fields; unfinished
 
 
 def ordered_models(run: RunFolder) -> list[str]:
@@ -112,8 +112,8 @@ def _metric(fn: Any, *args: Any) -> float | None:
 
 
 def comparisons(run: RunFolder, models: Sequence[str]) -> list[PairedRow]:
-    """Every later model against every earlier one (A = later), Holm across all rows."""
-    pairs = [(models[j], models[i]) for i in range(len(models)) for j in range(i + 1, len(models))]
+    """Every pair of models in the run's order (A = the earlier, difference A − B), every row primary."""
+    pairs = [(models[i], models[j]) for i in range(len(models)) for j in range(i + 1, len(models))]
     return paired_comparison(run.rows, pairs) if pairs else []
 
 
@@ -128,6 +128,8 @@ def build_summary(run: RunFolder, eps: float | None = None, severity: int = 3) -
         "run_id": run.run_id,
         "out_dir": str(run.out_dir),
         "command": run.command,
+        "tasks": {"planned": len(run.tasks), "finished": run.done},
+        "unfinished": run.status(),  # null when the run is finished; else what is missing and how to resume
         "datasets": datasets,
         "n_rows": run.rows.num_rows,
         "models": [{"name": m, "checkpoint_sha256": run.checkpoints.get(m),

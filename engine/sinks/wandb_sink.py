@@ -138,10 +138,10 @@ def _tables(wandb: Any, run: Any, summary: Mapping[str, Any]) -> None:
     acc = [[a["model"], a["perturbation"], a["family"], a["norm"], a["level"], a["n"], a["n_correct"],
             a["accuracy"], a["wilson"][0], a["wilson"][1]] for a in summary["accuracy"]]
     cmp_cols = ["model_a", "model_b", "perturbation", "level", "n", "accuracy_a", "accuracy_b", "difference",
-                "ci_low", "ci_high", "only_a", "only_b", "p_value", "p_holm", "sentence"]
+                "ci_low", "ci_high", "ci_level", "only_a", "only_b", "p_value", "p_adjusted", "sentence"]
     cmp = [[c["model_a"], c["model_b"], c["perturbation"], c["level"], c["n"], c["accuracy_a"], c["accuracy_b"],
-            c["difference"], c["ci_low"], c["ci_high"], c["counts"]["only_a"], c["counts"]["only_b"],
-            c["p_value"], c["p_holm"], c["sentence"]] for c in summary["comparisons"]]
+            c["difference"], c["ci_low"], c["ci_high"], c["ci_level"], c["counts"]["only_a"], c["counts"]["only_b"],
+            c["p_value"], c["p_adjusted"], c["sentence"]] for c in summary["comparisons"]]
     run.log({"tables/accuracy": wandb.Table(columns=acc_cols, data=acc),
              "tables/comparisons": wandb.Table(columns=cmp_cols, data=cmp)})
 

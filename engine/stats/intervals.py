@@ -1,4 +1,4 @@
-"""Pure statistics for the results: binomial and paired-proportion intervals, McNemar, Holm (no I/O, no SciPy).
+"""Pure statistics for the results: binomial and paired intervals, McNemar, Holm, Bonferroni (no I/O, no SciPy).
 
 Everything here takes counts and returns numbers, so it can be checked against
 ``scipy.stats`` in the tests and by simulation, and used by the report, the
@@ -12,6 +12,28 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 Z95 = 1.959963984540054  # the standard normal's 97.5 % quantile
+
+
+def normal_quantile(q: float) -> float:
+    """The standard normal's ``q`` quantile (0 < q < 1), by bisection on ``erfc``: exact to double precision.
+
+    Used for the z of a (1 − α/m) interval, whose level no constant covers; pass the small tail
+    (``-normal_quantile(α / 2m)``) for full precision far out, where ``1 − q`` rounds.
+    """
+    if not 0.0 < q < 1.0:
+        raise ValueError(f"quantile level must be in (0, 1), got {q}")
+    if q > 0.5:  # the lower tail, where erfc keeps its relative precision
+        return -normal_quantile(1.0 - q)
+    lo, hi = -40.0, 0.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if 0.5 * math.erfc(-mid / math.sqrt(2.0)) < q:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-15:
+            break
+    return 0.5 * (lo + hi)
 
 
 def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
@@ -150,6 +172,63 @@ def newcombe_paired_interval(t: PairedCounts, z: float = Z95) -> tuple[float, fl
     return (max(-1.0, low), min(1.0, high))
 
 
+def mcnemar_score(b: int, c: int) -> float:
+    """Two-sided McNemar score test (asymptotic, no continuity correction): ``z = (b − c) / √(b + c)``.
+
+    It is the score test of "A and B equally accurate" that Tango's interval inverts, so the two
+    always agree; Fagerland, Lydersen & Laake (2013) found its size close to nominal even for small
+    samples, where the exact conditional test is conservative. 1 when there is no discordant pair.
+    """
+    if b + c == 0:
+        return 1.0
+    return math.erfc(abs(b - c) / math.sqrt(2.0 * (b + c)))
+
+
+def tango_score(t: PairedCounts, delta: float) -> float:
+    """Tango's (1998) score statistic for H0: accuracy A − accuracy B = ``delta``, decreasing in ``delta``.
+
+    The variance uses the maximum-likelihood estimate of P(B right, A wrong) under H0, the
+    larger root of ``2n·x² + (−b − c + (2n − b + c)·δ)·x − c·δ(1 − δ) = 0``; at δ = 0 it is
+    McNemar's z.
+    """
+    n, b, c = t.n, t.only_a, t.only_b
+    quad_b = -b - c + (2 * n - b + c) * delta
+    quad_c = -c * delta * (1 - delta)
+    p21 = (-quad_b + math.sqrt(max(0.0, quad_b * quad_b - 8 * n * quad_c))) / (4 * n)
+    var = n * (2 * p21 + delta * (1 - delta))
+    num = b - c - n * delta
+    if var <= 0 or num == 0:
+        return 0.0 if num == 0 else math.copysign(math.inf, num)
+    return num / math.sqrt(var)
+
+
+def tango_paired_interval(t: PairedCounts, z: float = Z95) -> tuple[float, float]:
+    """Tango's score interval for accuracy A − accuracy B on paired samples: {δ : |score(δ)| ≤ z}.
+
+    The inversion of McNemar's score test (``mcnemar_score``): the interval excludes 0 exactly
+    when that test rejects at the matching level. Bisection on the monotone statistic; inside [−1, 1].
+    """
+    n = t.n
+    if n == 0:
+        return (float("nan"), float("nan"))
+    d = t.difference
+
+    def root(lo: float, hi: float, target: float) -> float:
+        """δ in [lo, hi] where the decreasing score crosses ``target`` (an end when it never does)."""
+        if tango_score(t, lo) <= target:
+            return lo
+        if tango_score(t, hi) >= target:
+            return hi
+        for _ in range(200):
+            mid = 0.5 * (lo + hi)
+            lo, hi = (mid, hi) if tango_score(t, mid) > target else (lo, mid)
+            if hi - lo < 1e-13:
+                break
+        return 0.5 * (lo + hi)
+
+    return (root(-1.0, d, z), root(d, 1.0, -z))
+
+
 def holm_adjust(pvalues: Sequence[float]) -> list[float]:
     """Holm's step-down adjusted p-values (family-wise error control over the rows given), input order."""
     m = len(pvalues)
@@ -160,6 +239,12 @@ def holm_adjust(pvalues: Sequence[float]) -> list[float]:
         running = max(running, min(1.0, (m - rank) * pvalues[i]))
         adjusted[i] = running
     return adjusted
+
+
+def bonferroni_adjust(pvalues: Sequence[float]) -> list[float]:
+    """Bonferroni-adjusted p-values ``min(1, m·p)``: the test that matches (1 − α/m) simultaneous intervals."""
+    m = len(pvalues)
+    return [min(1.0, m * p) for p in pvalues]
 
 
 def trapezoid_area(xs: Sequence[float], ys: Sequence[float]) -> float:

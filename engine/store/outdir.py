@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -23,12 +24,23 @@ class OutDirBusy(GauntletError):
     """Another live Gauntlet process holds the output folder."""
 
 
-def check_out_dir(out_dir: str | Path) -> Path:
-    """``out_dir`` (``~`` expanded) exists or can be created, is a folder, and is writable; else ConfigError."""
+def check_out_dir(out_dir: str | Path, create: bool = True, given: str | None = None) -> Path:
+    """``out_dir`` (``~`` expanded) is a folder that exists or can be created, and is writable; else ConfigError.
+
+    ``create=False`` (the command-line check before Hydra) leaves nothing behind: folders it had
+    to create for the write test are removed again. ``given`` is what the user wrote when
+    ``out_dir`` is its resolved value (an interpolation).
+    """
+    given = str(out_dir) if given is None else given
+    shown = f"out_dir={given}" + ("" if given == str(out_dir) else f" (resolves to {str(out_dir)!r})")
+    if not str(out_dir).strip():
+        raise ConfigError(f"{shown} is empty: results would land in the current folder and Hydra's log under the "
+                          "filesystem root; name a folder, e.g. out_dir=runs/mine")
     path = Path(str(out_dir)).expanduser()
-    for p in (path, path / "results"):
+    for p in (path / "results", path, *path.parents):
         if p.exists() and not p.is_dir():
-            raise ConfigError(f"out_dir={out_dir}: {p} is a file, not a folder; choose another out_dir=…")
+            raise ConfigError(f"{shown}: {p} is a file, not a folder; choose another out_dir=…")
+    created = [p for p in (path, *path.parents) if not p.exists()]  # deepest first
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".gauntlet-write-test.{os.getpid()}"
@@ -36,7 +48,12 @@ def check_out_dir(out_dir: str | Path) -> Path:
         probe.unlink()
     except OSError as exc:
         why = "is on a read-only filesystem" if exc.errno == errno.EROFS else f"is not writable ({exc.strerror})"
-        raise ConfigError(f"out_dir={out_dir}: {path} {why}; choose a writable out_dir=…") from None
+        raise ConfigError(f"{shown}: {path} {why}; choose a writable out_dir=…") from None
+    finally:
+        if not create:
+            for p in created:
+                with contextlib.suppress(OSError):  # not there (mkdir failed) or no longer empty: leave it
+                    p.rmdir()
     return path
 
 

@@ -243,6 +243,17 @@ class ResultStore:
 
     has = verify
 
+    def set_aside(self, task_ids: Iterable[str], reason: str) -> int:
+        """Move the files of ``task_ids`` (those written alone) to ``quarantine/``; how many were moved."""
+        moved = 0
+        for task_id in task_ids:
+            entry = self.index.get(task_id)
+            if entry is not None and not entry.compacted and entry.path.exists():
+                self._verified.discard(task_id)
+                self._set_aside(entry.path, reason)
+                moved += 1
+        return moved
+
     def clean_temporaries(self) -> list[Path]:
         """Remove ``.<file>.<pid>.tmp`` left by killed runs whose process is gone."""
         removed = []
