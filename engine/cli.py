@@ -186,7 +186,7 @@ def hydra_main(cfg: DictConfig) -> None:
         outcome = run_sweep(composed)
     except GauntletError as exc:
         log.error("%s", exc)
-        sys.exit(getattr(exc, "exit_code", 2))  # 2; 130/143 for SIGINT/SIGTERM (engine.sweep.Interrupted)
+        sys.exit(getattr(exc, "exit_code", 2))  # 2; 130/143 for SIGINT/SIGTERM (engine.runners.signals)
     n_rows = sum(r.n for r in outcome.accuracy)
     print(f"\nGauntlet run {outcome.plan.run_id}: {len(outcome.plan.tasks)} task(s), "
           f"{outcome.evaluated} evaluated, {len(outcome.plan.tasks) - outcome.evaluated} reused, {n_rows} rows\n")

@@ -5,11 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import sys
-import threading
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +24,7 @@ from engine.perturbations.suite import AttackSuite
 from engine.planning.plan import Plan, make_plan, prepare
 from engine.runners.base import RunContext, Runner
 from engine.runners.progress import SweepProgress, work_per_sample
+from engine.runners.signals import Interrupted, interruptible
 from engine.sanity.confirm import SweepConfirmer
 from engine.sanity.flags import SETUP, Flag, clean_accuracy_flags, probe_model, result_flags
 from engine.sinks.attack_summary import render_attack_summary
@@ -159,42 +157,10 @@ def _check_data_unchanged(plan: Plan, cfg: Mapping[str, Any], store: ResultStore
     )
 
 
-class Interrupted(GauntletError):
-    """SIGINT or SIGTERM while a sweep runs: the rows written so far stay; the CLI exits 128 + the signal."""
-
-    def __init__(self, signum: int, message: str = "") -> None:
-        self.signum, self.exit_code = signum, 128 + signum
-        super().__init__(message or f"interrupted by {signal.Signals(signum).name}")
-
-
-@contextmanager
-def _interruptible() -> Iterator[None]:
-    """In the main thread, SIGINT and SIGTERM raise ``Interrupted`` once (repeats while it unwinds are
-    ignored), so a runner shuts down its workers and the driver says what it kept: no traceback or stack dump."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    fired: list[int] = []
-
-    def handler(signum: int, frame: object) -> None:
-        if not fired:
-            fired.append(signum)
-            raise Interrupted(signum)
-
-    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    for s in before:
-        signal.signal(s, handler)
-    try:
-        yield
-    finally:
-        for s, h in before.items():
-            signal.signal(s, h if h is not None else signal.SIG_DFL)
-
-
 def _execute_keeping_finished(plan: Plan, runner: Runner, device: torch.device, resources: Resources,
                               store: ResultStore, progress: bool) -> int:
     """``_execute``, and on an error or a signal say how many tasks finished: their rows stay, a re-run resumes."""
-    with _interruptible():
+    with interruptible():
         try:
             return _execute(plan.todo, runner, device, resources, store, progress)
         except GauntletError as exc:

@@ -23,9 +23,10 @@ def set_threads(n: int) -> int:
 
     numba's OpenMP layer shares the OpenMP runtime with torch, and launching its thread pool (its first
     parallel kernel, or ``numba.set_num_threads``) sets the runtime's count to NUMBA_NUM_THREADS, every core
-    by default. Torch then ran 2-thread teams in a process set to 1 thread: rows of the tasks after the first
-    corruption came from another thread count, and a loaded machine made them ~25x slower
-    (docs/BENCHMARKS.md, "Ray under contention"). So numba's pool is launched first, then torch's count set.
+    by default. Torch then ran 2-thread teams in a process set to 1 thread, from the first corruption on: on
+    a loaded 2-core machine the default sweep took 233 s instead of 41 s (docs/BENCHMARKS.md, "Ray under
+    contention"), and a model built after that point got another thread count. So numba's pool is started
+    first, then torch's count set.
     """
     before = torch.get_num_threads()
     numba = sys.modules.get("numba")

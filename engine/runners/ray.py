@@ -13,12 +13,9 @@ import hashlib
 import logging
 import math
 import os
-import signal
-import threading
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,15 +28,17 @@ from engine.evaluation.resources import Resources
 from engine.evaluation.tasks import Task, TaskResult
 from engine.runners.base import RunContext, default_threads
 from engine.runners.ray_worker import Shipped, Worker
+from engine.runners.signals import keeping_handlers
 from engine.seeding import stable_hash
 
 log = logging.getLogger(__name__)
 
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": a private instance binds to 127.0.0.1 only
 # Ray renices every worker process by +15 so that its own daemons stay responsive. On a busy machine
-# that starves the sweep: against 4 busy loops at nice 0 a nice-15 actor got ~3 % of a core and the
-# 64-sample default sweep ran for hours (docs/BENCHMARKS.md, "Ray under contention"). Our workers are
-# the work: they run at the raylet's priority (a private instance's is the driver's, as runner=local's).
+# that starves the sweep: beside 4 busy loops at nice 0 a nice-15 actor got ~3 % of a core, and the
+# 64-sample default sweep had done 2 of its 14 tasks after 15 minutes (docs/BENCHMARKS.md, "Ray under
+# contention"). Our workers are the work: they run at the raylet's priority (a private instance's is
+# the driver's, as runner=local's).
 NICENESS_ENV = {"RAY_worker_niceness": "0"}  # an increment, read by each worker process at start-up
 TICK_S = 0.5  # how often the driver collects progress reports while it waits for results
 MiB = 1 << 20
@@ -155,7 +154,7 @@ class RayRunner:
             return
         private = self.address in (None, "local")
         ray = _import_ray(private)
-        with _driver_signal_handlers():
+        with keeping_handlers():  # ray.init's own SIGTERM handler would exit without a word (engine/sweep.py)
             owned = self._connect(ray, private)
         self._actors, self.attempts, self.worker_info = [], {}, []
         sink = None
@@ -501,23 +500,6 @@ class RayRunner:
                 yield ray.get(ref)
             except Exception:  # failing anyway: only complete results are worth keeping
                 continue
-
-
-@contextmanager
-def _driver_signal_handlers() -> Iterator[None]:
-    """Keep the driver's SIGINT/SIGTERM handlers across ``ray.init``, which replaces SIGTERM's with its own
-    ``sys.exit(15)`` (and Ray's native handler would print a stack dump): the sweep driver decides what a
-    signal does (engine/sweep.py says what is saved and exits 130/143)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, h in before.items():
-            if h is not None:  # always: a native handler installed meanwhile is invisible to getsignal
-                signal.signal(s, h)
 
 
 def _await_release(ray: Any, before: dict[str, float], timeout_s: float = 15.0) -> None:
