@@ -1,7 +1,7 @@
 """Several run folders as one labelled run for ``gauntlet report A B C``, and the page's headline and leaderboard.
 
-``gather`` loads the runs in the order given (``compare.load_runs``: different datasets or sample
-contents are refused by name), renames each model to the label it is shown under (``LABEL=OUT_DIR``,
+``gather`` loads the runs in the order given (``compare.load_runs``: different datasets, dataset
+contents or sample sets are refused by name), renames each model to the label it is shown under (``LABEL=OUT_DIR``,
 ``--label``, or its name when unambiguous) and joins their rows, tasks, flags and claims into one
 ``RunFolder``, so every table and figure of the report covers all of them. ``headline_html`` and
 ``board_html`` render the ``headline`` and ``leaderboard`` entries of ``summary.json``.
@@ -19,7 +19,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from engine.stats.compare import RunSpec, display_labels, load_runs
+from engine.errors import GauntletError
+from engine.stats.compare import RunSpec, display_labels, load_runs, sample_difference
 from engine.store.rundir import RunFolder
 
 LEVEL_KEYS = ("eps", "severities", "levels")  # a perturbation's level list: may differ between runs
@@ -56,7 +57,8 @@ def _relabel(table: pa.Table, names: Mapping[str, str]) -> pa.Table:
         return table
     idx = pc.index_in(table["model"], value_set=pa.array(list(names), pa.string()))
     shown = pc.take(pa.array(list(names.values()), pa.string()), idx)
-    return table.set_column(table.schema.get_field_index("model"), "model", shown)
+    at = table.schema.get_field_index("model")
+    return table.set_column(at, table.schema.field(at), shown)  # the same field: the tables still concatenate
 
 
 def _perturbation_notes(sources: Sequence[Source]) -> list[str]:
@@ -103,6 +105,9 @@ def _claims(sources: Sequence[Source]) -> dict[str, Any] | None:
 def gather(specs: Sequence[RunSpec], out_dir: Path) -> Gathered:
     """The runs of ``specs`` as one ``RunFolder`` whose ``out_dir`` is where the report goes."""
     runs, notes = load_runs(specs)
+    other = sample_difference(runs)
+    if other is not None:
+        raise GauntletError(f"cannot rank runs over different samples: {other}")
     per_run = display_labels(specs, runs)
     sources = [Source(s.label, r, dict(names)) for s, r, names in zip(specs, runs, per_run, strict=True)]
     if len(sources) == 1 and all(k == v for k, v in sources[0].names.items()):

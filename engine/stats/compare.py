@@ -174,14 +174,18 @@ def _where(won: Sequence[PairedRow], among: Sequence[PairedRow]) -> str:
 def _count_phrase(rows: Sequence[PairedRow], a: str, b: str, what: str, better: str) -> str:
     """``a is more robust than b at 4 of the 12 attack levels (ε ≥ 0.15), never less`` for one group of rows."""
     wins = {x: [r for r in rows if r.decision == x] for x in ("a", "b")}
-    total = f"{len(rows)} {what} level{'s' if len(rows) != 1 else ''}"
-    if not wins["a"] and not wins["b"]:
-        return f"no significant difference between {a} and {b} at {'any of the ' if len(rows) > 1 else ''}{total}"
+    total = f"{len(rows)} {what} levels"
     first = "a" if len(wins["a"]) >= len(wins["b"]) else "b"
     win, lose = (a, b) if first == "a" else (b, a)
     w, lost = wins[first], wins["b" if first == "a" else "a"]
+    if len(rows) == 1:
+        where = f"under {rows[0].perturbation} {level_phrase(rows[0].family, rows[0].level)}"
+        return f"{win} is {better} than {lose} {where}" if w else f"no significant difference between {a} and {b} " \
+            + where
+    if not w:
+        return f"no significant difference between {a} and {b} at any of the {total}"
     if len(w) == len(rows):
-        return f"{win} is {better} than {lose} at {'all ' if len(rows) > 1 else 'the '}{total} ({_where(w, rows)})"
+        return f"{win} is {better} than {lose} at all {total} ({_where(w, rows)})"
     text = f"{win} is {better} than {lose} at {len(w)} of the {total} ({_where(w, rows)})"
     return text + (", never less" if not lost else f", less at {len(lost)} ({_where(lost, rows)})")
 
@@ -386,11 +390,16 @@ class Comparison:
     notes: list[str] = field(default_factory=list)
     outcomes: dict[str, Outcomes] = field(default_factory=dict)  # label → per-sample outcomes, in order
     norms: dict[str, str | None] = field(default_factory=dict)  # perturbation → threat-model norm
+    other_samples: str | None = None  # how the runs' sample sets differ (no leaderboard then)
 
     def headline(self, sort: str | None = None) -> list[str]:
-        """The decision first: for two models one sentence; for more, the ranking and its top pair."""
+        """The decision first: for two models one sentence; for more, the ranking and its top pair (without a
+        leaderboard, when the runs cover different samples: one sentence per pair)."""
         if len(self.outcomes) <= 2:
             return [pair_headline(self.rows)]
+        if self.other_samples is not None:
+            pairs = dict.fromkeys((r.model_a, r.model_b) for r in self.rows)
+            return [pair_headline([r for r in self.rows if (r.model_a, r.model_b) == p]) for p in pairs]
         board = leaderboard.build(self.outcomes, self.norms, sort)
         top = set(board.ranking[:2])
         pair = [r for r in self.rows if {r.model_a, r.model_b} == top]
@@ -480,6 +489,27 @@ def _same_content(runs: Sequence[Any]) -> None:
                 "between the runs); re-run both on the current data")
 
 
+def _samples(run: Any) -> set[tuple[str, int]]:
+    t = run.rows.select(["dataset", "sample_id"]).group_by(["dataset", "sample_id"]).aggregate([])
+    return set(zip(t["dataset"].to_pylist(), t["sample_id"].to_pylist(), strict=True))
+
+
+def sample_difference(runs: Sequence[Any]) -> str | None:
+    """None when every run evaluated the same samples; else which runs differ and how (a leaderboard needs one
+    sample set: each model's accuracy over other samples is not comparable)."""
+    ref = _samples(runs[0])
+    for run in runs[1:]:
+        other = _samples(run)
+        if other != ref:
+            first, second = sorted(ref - other), sorted(other - ref)
+            e_g = (f"sample_id {first[0][1]} only in the first" if first else f"sample_id {second[0][1]} only in "
+                   "the second")
+            return (f"{runs[0].out_dir} has {len(ref)} samples and {run.out_dir} has {len(other)} ({len(first)} only "
+                    f"in the first, {len(second)} only in the second; e.g. {e_g}); run each with the same "
+                    "n_examples and dataset subset (and let unfinished runs finish)")
+    return None
+
+
 def load_runs(specs: Sequence[RunSpec]) -> tuple[list[Any], list[str]]:
     """The runs, refusing empty ones and different datasets, and notes on unfinished or repeated ones."""
     from engine.store.rundir import load_run
@@ -488,7 +518,7 @@ def load_runs(specs: Sequence[RunSpec]) -> tuple[list[Any], list[str]]:
     notes = [st for r in runs if (st := r.status()) is not None]
     for r in runs:
         if r.rows.num_rows == 0:
-            raise GauntletError(f"{r.out_dir} has no result rows yet" + (f": {r.status()}" if r.unfinished else ""))
+            raise GauntletError(f"{r.out_dir} has no result rows yet; " + (r.status() or "run the sweep first"))
     ref = _dataset_identity(runs[0])
     for run in runs[1:]:
         other = _dataset_identity(run)
@@ -517,7 +547,9 @@ def compare_runs(runs_given: Sequence[RunSpec | str | Path], baseline: str | Non
     pairs, more = _pairs(per_run, baseline)
     outcomes = {lab: outcomes_of(run.rows, m) for run, models in zip(runs, per_run, strict=True) for m, lab in models}
     rows = paired_rows(outcomes, pairs, any(_has_clean(r.rows) for r in runs), primary)
-    return Comparison(rows, notes + more, outcomes, norms_of([r.rows for r in runs]))
+    other = sample_difference(runs) if len(labels) > 2 and len(runs) > 1 else None
+    more += [f"no leaderboard: the runs cover different samples: {other}"] if other else []
+    return Comparison(rows, notes + more, outcomes, norms_of([r.rows for r in runs]), other)
 
 
 def norms_of(tables: Sequence[pa.Table]) -> dict[str, str | None]:
@@ -549,7 +581,7 @@ def main(argv: Sequence[str]) -> int:
         result = compare_runs(parse_run_args(args.runs, args.label), args.baseline, primary)
         headline = result.headline(args.sort)
         board = (leaderboard.render_text(leaderboard.build(result.outcomes, result.norms, args.sort))
-                 if len(result.outcomes) > 2 else None)
+                 if len(result.outcomes) > 2 and result.other_samples is None else None)
     except GauntletError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
