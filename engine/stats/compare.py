@@ -392,15 +392,20 @@ class Comparison:
     norms: dict[str, str | None] = field(default_factory=dict)  # perturbation → threat-model norm
     other_samples: str | None = None  # how the runs' sample sets differ (no leaderboard then)
 
-    def headline(self, sort: str | None = None) -> list[str]:
+    def board(self, sort: str | None = None) -> leaderboard.Leaderboard | None:
+        """The leaderboard of more than two models on one sample set; else None."""
+        if len(self.outcomes) <= 2 or self.other_samples is not None:
+            return None
+        return leaderboard.build(self.outcomes, self.norms, sort)
+
+    def headline(self, board: leaderboard.Leaderboard | None = None) -> list[str]:
         """The decision first: for two models one sentence; for more, the ranking and its top pair (without a
-        leaderboard, when the runs cover different samples: one sentence per pair)."""
+        leaderboard: one sentence per pair)."""
         if len(self.outcomes) <= 2:
             return [pair_headline(self.rows)]
-        if self.other_samples is not None:
+        if board is None:
             pairs = dict.fromkeys((r.model_a, r.model_b) for r in self.rows)
             return [pair_headline([r for r in self.rows if (r.model_a, r.model_b) == p]) for p in pairs]
-        board = leaderboard.build(self.outcomes, self.norms, sort)
         top = set(board.ranking[:2])
         pair = [r for r in self.rows if {r.model_a, r.model_b} == top]
         return [leaderboard.ranking_sentence(board)] + ([pair_headline(pair)] if pair and len(top) == 2 else [])
@@ -579,9 +584,8 @@ def main(argv: Sequence[str]) -> int:
     try:
         primary = parse_endpoints(args.primary) if args.primary is not None else None
         result = compare_runs(parse_run_args(args.runs, args.label), args.baseline, primary)
-        headline = result.headline(args.sort)
-        board = (leaderboard.render_text(leaderboard.build(result.outcomes, result.norms, args.sort))
-                 if len(result.outcomes) > 2 and result.other_samples is None else None)
+        board = result.board(args.sort)
+        headline = result.headline(board)
     except GauntletError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -589,7 +593,7 @@ def main(argv: Sequence[str]) -> int:
         print(f"warning: {note}", file=sys.stderr)
     print("\n".join(headline) + "\n")
     if board is not None:
-        print(board.split("\n", 2)[2] + "\n")  # the ranking sentence is in the headline already
+        print(leaderboard.render_text(board).split("\n", 2)[2] + "\n")  # its first line is the headline's
     print(render_paired(result.rows, result.notes))
     if args.json_path:
         try:

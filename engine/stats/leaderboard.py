@@ -229,13 +229,14 @@ def _corruption_columns(outcomes: Mapping[str, Outcomes], data: _Data, notes: li
     for model, o in outcomes.items():
         if not all(k in o for k in keys):
             continue
-        samples = set.intersection(*(set(o[k]) for k in keys))
-        errs = np.array([[sum(1 - o[k][s] for k in keys if k[0] == c) for c in names] for s in sorted(samples)],
-                        dtype=np.float64).reshape(len(samples), len(names))
+        samples = sorted(set.intersection(*(set(o[k]) for k in keys)))
+        errs = np.zeros((len(samples), len(names)))  # per sample and corruption: errors summed over severities
+        for k in keys:
+            errs[:, names.index(k[0])] += 1.0 - np.fromiter((o[k][s] for s in samples), dtype=np.float64,
+                                                            count=len(samples))
         counts = np.array([sum(1 for k in keys if k[0] == c) for c in names], dtype=np.float64)
-        data.scores[acc.key][model] = dict(zip(sorted(samples), (1 - errs / counts).mean(axis=1).tolist(),
-                                               strict=True))
-        data.errors[model], data.error_samples[model] = errs, sorted(samples)
+        data.scores[acc.key][model] = dict(zip(samples, (1 - errs / counts).mean(axis=1).tolist(), strict=True))
+        data.errors[model], data.error_samples[model] = errs, samples
     base = next(iter(data.errors))
     mce = Column("mce", "mce", f"mCE (vs {base}; lower is better)", tuple(names))
     return [acc, mce]
@@ -292,8 +293,9 @@ def _bootstrap(errs: Sequence[np.ndarray], stat: Any) -> np.ndarray:
     n = errs[0].shape[0]
     rng = np.random.default_rng(0)
     chunks = []
-    for start in range(0, BOOTSTRAP, 250):
-        w = rng.multinomial(n, np.full(n, 1.0 / n), size=min(250, BOOTSTRAP - start)).astype(np.float64)
+    chunk = max(1, min(250, 4_000_000 // max(n, 1)))  # resample weights held at once: ≤ 32 MB
+    for start in range(0, BOOTSTRAP, chunk):
+        w = rng.multinomial(n, np.full(n, 1.0 / n), size=min(chunk, BOOTSTRAP - start)).astype(np.float64)
         chunks.append(stat(*(w @ e for e in errs)))
     vals = np.concatenate(chunks)
     return vals[np.isfinite(vals)]
