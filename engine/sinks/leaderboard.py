@@ -141,7 +141,7 @@ def _cell(c: Mapping[str, Any] | None, uniform: bool) -> str:
     if not c or c.get("value") is None:
         return "—"
     n = "" if uniform else f" <span class='muted'>n={c['n']}</span>"
-    return f"{_pct(c['value'])} <span class='ci'>[{_pct(c['ci_low'])}, {_pct(c['ci_high'])}]</span>{n}"
+    return f"<b>{_pct(c['value'])}</b>{n}<br><span class='ci'>[{_pct(c['ci_low'])}, {_pct(c['ci_high'])}]</span>"
 
 
 def _board_table(board: Mapping[str, Any]) -> str:

@@ -49,7 +49,8 @@ img{max-width:100%;border:1px solid #eee;margin:.4em 0}pre{background:#f7f7f7;pa
 .unfinished{background:#f8d7da;padding:.6em;border:1px solid #c66}
 .headline{background:#eef4fb;border-left:5px solid #2b6cb0;padding:.5em 1em;font-size:16px;margin:1em 0}
 .headline p{margin:.35em 0}.wide{overflow-x:auto}.ci{color:#666;font-size:12px}th.sorted,td.sorted{background:#eef4fb}
-th code{font-size:11px;color:#555;font-weight:normal}li.upper,li.lower{font-weight:600}
+th code{font-size:11px;color:#555;font-weight:normal}#leaderboard td,#leaderboard th{white-space:nowrap}
+li.upper,li.lower{font-weight:600}
 .claim{border:1px solid #ccc;border-left-width:6px;padding:.3em 1em;margin:.6em 0}.claim p{margin:.3em 0}
 .claim.REFUTED{border-left-color:#c0392b}.claim.CONSISTENT{border-left-color:#2e8b57}
 .claim.INCONCLUSIVE{border-left-color:#d4a017}"""

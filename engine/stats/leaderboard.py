@@ -515,23 +515,27 @@ def ranking_sentence(board: Leaderboard) -> str:
     family = max((t.m for t in board.tests), default=1)
     how = "paired tests between neighbours" + (f", Bonferroni over {family} pairs" if family > 1 else "")
     order = "" if col.higher_is_better else ", lower is better"
-    return (f"Ranked by {describe(col)}{order}: {chain} (\">\" significantly ahead of the next, \"≈\" no "
+    return (f"Ranked by {describe(col)}{order}: {chain} (\">\": significantly ahead of the next; \"≈\": no "
             f"significant difference; {how}).")
 
 
 def render_text(board: Leaderboard) -> str:
-    """The leaderboard for the terminal: the ranking sentence, a table (value [95 % CI], %), tests, notes."""
-    head = ["#", "model", *(f"{short_title(c)}{' *' if c is board.sort else ''}" for c in board.columns)]
+    """The leaderboard for the terminal: the ranking sentence, a table (value [95 % CI], %) of the summary
+    columns (clean, the ranking column, areas, corruption; every column is on the report's page), tests, notes."""
+    shown = [c for c in board.columns if c.kind != "robust" or c is board.sort]
+    head = ["#", "model", *(f"{short_title(c)}{' *' if c is board.sort else ''}" for c in shown)]
     order = board.ranking + [m for m in board.models if m not in board.ranking]
-    body = [[str(i + 1) if m in board.ranking else "-", m, *(cell_text(board.cell(m, c.key)) for c in board.columns)]
+    body = [[str(i + 1) if m in board.ranking else "-", m, *(cell_text(board.cell(m, c.key)) for c in shown)]
             for i, m in enumerate(order)]
     widths = [max(len(x[i]) for x in [head, *body]) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(x, widths, strict=True)))
              for x in [head, *body]]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    cols = [f"  {c.key}: {describe(c)}" for c in board.columns]
+    cols = [f"  {c.key}: {describe(c)}" for c in shown]
+    hidden = [c.key for c in board.columns if c not in shown]
+    more = [f"  (not shown here, on the page of gauntlet report: {', '.join(hidden)})"] if hidden else []
     return "\n".join([ranking_sentence(board), "", "leaderboard (% [95 % CI]; * = the ranking column, --sort "
-                      "COLUMN to change)", *lines, "columns:", *cols, "",
+                      "COLUMN to change)", *lines, "columns:", *cols, *more, "",
                       *(test_sentence(t, board.sort) for t in board.tests), *(f"note: {n}" for n in board.notes)])
 
 
