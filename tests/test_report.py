@@ -121,9 +121,16 @@ def test_verdicts_render_first_and_tolerate_odd_keys(run_dir: Path, tmp_path: Pa
     proc = run_cli("report", str(copy))
     assert proc.returncode == 0, proc.stderr
     text = (copy / "report" / "index.html").read_text()
-    assert text.index("Claim verdicts") < text.index("<h2>Command") < text.index("<h2>Models")
-    assert "vendor says 90 %" in text and "25.0 [10.0, 40.0]" in text and "norm: linf; eps: 0.1" in text
-    assert "INCONCLUSIVE" in text and "attack: square" in text
+    assert text.index("id='headline'") < text.index("Claim verdicts") < text.index("<h2>Command") \
+        < text.index("<h2>Models")
+    # each claim as a short block of sentences: claim, measured, why, what would decide it; the fields folded
+    assert "<b>REFUTED</b>: vendor says 90 %, claimed 90.0 % accuracy." in text
+    assert "Measured: 25.0 % [10.0, 40.0] (95 % CI) on n = 16." in text
+    assert "Decided: a stronger attack can only lower the measured accuracy further." in text
+    assert "Indicators of a failing evaluation that fired: silent_success." in text
+    assert "<b>INCONCLUSIVE</b>: no numbers yet" in text and "What would decide it: clearing the indicators" in text
+    assert "every field of the verdict" in text and "norm: linf; eps: 0.1" in text and "attack: square" in text
+    assert "accuracy % at ε = 0.1 (the checked claim&#x27;s)" in text  # the heat map at the claim's ε
     assert json.loads((copy / "report" / "summary.json").read_text())["verdicts"]["claims"][0]["verdict"] == "REFUTED"
 
 

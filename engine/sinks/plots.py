@@ -1,8 +1,9 @@
 """The report's figures as PNG bytes (matplotlib, object API: no global backend or pyplot state).
 
-Accuracy vs ε with 95 % bands (one line per model), accuracy vs severity per
-corruption as small multiples, a model × perturbation heat map at one level, and
-who broke a suite's samples (stacked bars per ε).
+Accuracy vs ε with 95 % bands (one line per model, a checked claim as a star on it), accuracy vs
+severity per corruption as small multiples (a y-axis fitted to the data, each model's clean accuracy
+as a dashed reference), a model × perturbation heat map at one level, and who broke a suite's
+samples (stacked bars per ε, one distinct colour per attack).
 """
 
 from __future__ import annotations
@@ -11,15 +12,31 @@ import io
 import math
 from collections import Counter, defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.compute as pc
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from engine.stats.aggregate import AccuracyRow
 
 DPI = 110
+# "who broke": a colour per attack, none of them the green of "robust" or the grey of "clean error"
+ATTACK_COLOURS = ("#1f77b4", "#ff7f0e", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf",
+                  "#000080", "#ffbb78", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#dbdb8d", "#9edae5")
+ROBUST, CLEAN_ERROR = "#4caf50", "#9e9e9e"
+
+
+@dataclass(frozen=True)
+class ClaimMark:
+    """A checked claim: ``claimed`` accuracy (fraction) under ``norm`` at ``eps``, drawn as a star."""
+
+    name: str
+    norm: str
+    eps: float
+    claimed: float
 
 
 def _png(fig: Figure) -> bytes:
@@ -52,13 +69,20 @@ def _draw_curves(ax: object, curves: dict[str, list[AccuracyRow]], models: Seque
     ax.grid(alpha=0.3)  # type: ignore[attr-defined]
 
 
-def accuracy_vs_eps(rows: Sequence[AccuracyRow], perturbation: str, models: Sequence[str]) -> bytes:
-    """One attack or suite: robust accuracy (%) against ε, a line and a 95 % band per model."""
+def accuracy_vs_eps(rows: Sequence[AccuracyRow], perturbation: str, models: Sequence[str],
+                    claims: Sequence[ClaimMark] = ()) -> bytes:
+    """One attack or suite: robust accuracy (%) against ε, a line and a 95 % band per model; each claim of
+    the same norm as a black star at its ε and claimed accuracy."""
     curves = _curves(rows, perturbation)
     norm = next((r.norm for rs in curves.values() for r in rs), None)
     fig = Figure(figsize=(6.0, 3.8))
     ax = fig.add_subplot()
     _draw_curves(ax, curves, models)
+    for c in (c for c in claims if c.norm == norm):
+        ax.plot([c.eps], [100 * c.claimed], marker="*", markersize=15, color="black", linestyle="none",
+                label=f"claimed: {c.name} ({100 * c.claimed:.0f} %)", zorder=5)
+        ax.annotate(f"claimed {100 * c.claimed:.0f} %", (c.eps, 100 * c.claimed), textcoords="offset points",
+                    xytext=(8, 6), fontsize=8)
     ax.set_xlabel(f"ε ({norm})" if norm else "ε")
     ax.set_ylabel("accuracy % (95 % CI band)")
     ax.set_title(perturbation)
@@ -66,11 +90,30 @@ def accuracy_vs_eps(rows: Sequence[AccuracyRow], perturbation: str, models: Sequ
     return _png(fig)
 
 
+def _clean_accuracy(rows: Sequence[AccuracyRow], model: str) -> AccuracyRow | None:
+    mine = [r for r in rows if r.model == model]
+    return next((r for r in mine if r.family == "clean"),
+                next((r for r in mine if r.family == "attack" and r.level == 0), None))
+
+
+def _fitted_ylim(rows: Sequence[AccuracyRow], refs: Sequence[float]) -> tuple[float, float]:
+    """A y-range (%) that holds every band and reference with a margin, at least 10 points tall."""
+    lows = [100 * r.ci_low for r in rows] + list(refs)
+    highs = [100 * r.ci_high for r in rows] + list(refs)
+    lo, hi = max(0.0, min(lows) - 3), min(101.0, max(highs) + 3)
+    if hi - lo < 10:
+        mid = (lo + hi) / 2
+        lo, hi = max(0.0, mid - 5), min(101.0, max(mid - 5, 0.0) + 10)
+    return lo, hi
+
+
 def corruption_grid(rows: Sequence[AccuracyRow], models: Sequence[str]) -> bytes | None:
-    """Accuracy vs severity, one small panel per corruption (shared axes); None without corruptions."""
+    """Accuracy vs severity, one small panel per corruption (shared axes fitted to the data, not 0–100), each
+    model's clean accuracy as a dashed line in its colour; None without corruptions."""
     names = sorted({r.perturbation for r in rows if r.family == "corruption"})
     if not names:
         return None
+    clean = {m: c for m in models if (c := _clean_accuracy(rows, m)) is not None}
     cols = min(4, len(names))
     nrows = math.ceil(len(names) / cols)
     fig = Figure(figsize=(3.0 * cols, 2.4 * nrows + 0.6))
@@ -80,14 +123,22 @@ def corruption_grid(rows: Sequence[AccuracyRow], models: Sequence[str]) -> bytes
             ax.set_visible(False)
             continue
         _draw_curves(ax, _curves(rows, names[i]), models)
+        for j, m in enumerate(models):
+            if m in clean:
+                ax.axhline(100 * clean[m].accuracy, color=f"C{j % 10}", linestyle="--", linewidth=1, alpha=0.8)
         ax.set_title(names[i], fontsize=9)
         ax.set_xticks([1, 2, 3, 4, 5])
+    axes.flat[0].set_ylim(*_fitted_ylim([r for r in rows if r.family == "corruption"],
+                                        [100 * c.accuracy for c in clean.values()]))
     for ax in axes[-1]:
         ax.set_xlabel("severity")
     for ax in axes[:, 0]:
         ax.set_ylabel("accuracy %")
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", ncol=max(1, len(models)), fontsize=8, frameon=False)
+    if clean:
+        handles.append(Line2D([], [], color="black", linestyle="--", linewidth=1))
+        labels.append("clean accuracy")
+    fig.legend(handles, labels, loc="upper center", ncol=max(1, len(labels)), fontsize=8, frameon=False)
     fig.subplots_adjust(top=1 - 0.5 / (2.4 * nrows + 0.6))
     return _png(fig)
 
@@ -124,16 +175,19 @@ def broken_by_bars(table: pa.Table, suite: str, models: Sequence[str]) -> bytes 
         what = "robust" if r["correct"] else (r["broken_by"] or "clean error")
         counts[r["model"]][r["level"]][what] += 1
     shown = [m for m in models if m in counts]
-    kinds = ["robust", *sorted({k for m in shown for c in counts[m].values() for k in c} - {"robust"})]
+    seen = {k for m in shown for c in counts[m].values() for k in c}
+    attacks = sorted(seen - {"robust", "clean error"})
+    kinds = ["robust", *attacks, *(["clean error"] if "clean error" in seen else [])]
     fig = Figure(figsize=(3.2 * len(shown) + 1.6, 3.6))
     axes = fig.subplots(1, len(shown), sharey=True, squeeze=False)[0]
     for ax, model in zip(axes, shown, strict=True):
         levels = sorted(counts[model])
         bottom = [0] * len(levels)
         labels = [f"{lv:g}" for lv in levels]
-        for i, kind in enumerate(kinds):
+        for kind in kinds:
             heights = [counts[model][lv][kind] for lv in levels]
-            color = "#4caf50" if kind == "robust" else ("#9e9e9e" if kind == "clean error" else f"C{i % 10}")
+            color = ROBUST if kind == "robust" else (CLEAN_ERROR if kind == "clean error" else
+                                                     ATTACK_COLOURS[attacks.index(kind) % len(ATTACK_COLOURS)])
             ax.bar(labels, heights, bottom=bottom, color=color, label=kind)
             bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
         ax.set_title(model, fontsize=9)

@@ -6,6 +6,7 @@ docs/results.md ("summary.json"); bump ``SUMMARY_SCHEMA_VERSION`` when it change
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -13,12 +14,14 @@ from typing import Any
 import numpy as np
 
 from engine.stats import corruption as cm
+from engine.stats import leaderboard
 from engine.stats.aggregate import AccuracyRow, accuracy_area, accuracy_table, worst_case
-from engine.stats.compare import PairedRow, paired_comparison
+from engine.stats.compare import PairedRow, norms_of, outcomes_of, pair_headline, paired_comparison
 from engine.stats.intervals import clopper_pearson_interval
 from engine.store.rundir import RunFolder
 
-SUMMARY_SCHEMA_VERSION = "2"  # 2: comparisons A = earlier model, Bonferroni fields; unfinished
+SUMMARY_SCHEMA_VERSION = "3"  # 3: headline, leaderboard, runs; 2: comparisons A = earlier model, Bonferroni
+ALL_PAIRS_UP_TO = 4  # models; above, the paired comparisons cover the neighbours in the ranking only
 
 
 def ordered_models(run: RunFolder) -> list[str]:
@@ -54,6 +57,15 @@ def default_eps(rows: Sequence[AccuracyRow]) -> float | None:
     top = max(per_level.values())
     tied = sorted(lv for lv, k in per_level.items() if k == top)
     return tied[(len(tied) - 1) // 2]
+
+
+def default_severity(rows: Sequence[AccuracyRow], wanted: int | None = None) -> int | None:
+    """The heat map's severity: ``wanted`` if given, else 3 if any corruption was run at it, else the lower
+    median of the severities run; None without corruptions."""
+    if wanted is not None:
+        return wanted
+    run = sorted({int(r.level) for r in rows if r.family == "corruption"})
+    return None if not run else (3 if 3 in run else run[(len(run) - 1) // 2])
 
 
 def worst_case_entries(run: RunFolder, rows: Sequence[AccuracyRow]) -> list[dict[str, Any]]:
@@ -111,41 +123,83 @@ def _metric(fn: Any, *args: Any) -> float | None:
         return None
 
 
-def comparisons(run: RunFolder, models: Sequence[str]) -> list[PairedRow]:
-    """Every pair of models in the run's order (A = the earlier, difference A − B), every row primary."""
-    pairs = [(models[i], models[j]) for i in range(len(models)) for j in range(i + 1, len(models))]
+def comparisons(run: RunFolder, models: Sequence[str], ranking: Sequence[str] = ()) -> list[PairedRow]:
+    """Every pair of models in the run's order (A = the earlier, difference A − B), every row primary; above
+    ``ALL_PAIRS_UP_TO`` models, each model against the next in ``ranking`` (A = the higher ranked)."""
+    if len(models) > ALL_PAIRS_UP_TO and len(ranking) > 1:
+        pairs = list(itertools.pairwise(ranking))
+    else:
+        pairs = [(models[i], models[j]) for i in range(len(models)) for j in range(i + 1, len(models))]
     return paired_comparison(run.rows, pairs) if pairs else []
 
 
-def build_summary(run: RunFolder, eps: float | None = None, severity: int = 3) -> dict[str, Any]:
-    """The whole summary document of ``run`` (see docs/results.md for the schema)."""
+def build_board(run: RunFolder, models: Sequence[str], sort: str | None) -> leaderboard.Leaderboard:
+    """The leaderboard of the run's models (each model's per-sample outcomes, every column)."""
+    return leaderboard.build({m: outcomes_of(run.rows, m) for m in models}, norms_of([run.rows]), sort)
+
+
+def headline(board: leaderboard.Leaderboard, rows: Sequence[PairedRow]) -> list[str]:
+    """The decision in one or two sentences: two models, their paired verdict over every primary row; more,
+    the ranking with its neighbour tests and the verdict between the first two; one, its numbers."""
+    top = set(board.ranking[:2])
+    pair = [r for r in rows if {r.model_a, r.model_b} == top] if len(top) == 2 else []
+    if len(board.models) == 2:
+        return [pair_headline(rows)]
+    return [leaderboard.ranking_sentence(board)] + ([pair_headline(pair)] if pair else [])
+
+
+def claim_eps(verdicts: dict[str, Any] | None, rows: Sequence[AccuracyRow]) -> float | None:
+    """The ε of the first checked claim that the run's attacks were evaluated at (the heat map's level)."""
+    levels = {r.level for r in rows if r.family == "attack"}
+    for c in (verdicts or {}).get("claims") or []:
+        eps = ((c or {}).get("threat_model") or {}).get("eps") if isinstance(c, dict) else None
+        if isinstance(eps, int | float) and any(abs(eps - lv) < 1e-9 for lv in levels):
+            return float(eps)
+    return None
+
+
+def _models(run: RunFolder, rows: Sequence[AccuracyRow], models: Sequence[str]) -> list[dict[str, Any]]:
+    return [{"name": m, "checkpoint_sha256": run.checkpoints.get(m),
+             "checkpoint": (run.config.get("model", {}).get(m) or {}).get("checkpoint"),
+             "clean": None if (c := clean_row(rows, m)) is None else accuracy_entry(c)} for m in models]
+
+
+def build_summary(run: RunFolder, eps: float | None = None, severity: int | None = None, sort: str | None = None,
+                  sources: Sequence[dict[str, Any]] | None = None, unfinished: str | None = None) -> dict[str, Any]:
+    """The whole summary document of ``run`` (see docs/results.md for the schema); ``sources``: the runs a
+    gathered run came from (``unfinished``: their status lines), else ``run`` itself."""
     rows = accuracy_table(run.rows)
     models, perts = ordered_models(run), ordered_perturbations(run)
     cfg_perts = run.config.get("perturbation", {}) or {}
-    datasets = sorted(set(run.rows["dataset"].to_pylist())) if run.rows.num_rows else []
+    board = build_board(run, models, sort)
+    paired = comparisons(run, models, board.ranking)
     return {
         "schema_version": SUMMARY_SCHEMA_VERSION,
+        "headline": headline(board, paired),
         "run_id": run.run_id,
         "out_dir": str(run.out_dir),
+        "runs": list(sources) if sources is not None else [
+            {"label": None, "out_dir": str(run.out_dir), "run_id": run.run_id, "command": run.command,
+             "unfinished": run.status(), "models": {m: m for m in models}}],
         "command": run.command,
         "tasks": {"planned": len(run.tasks), "finished": run.done},
-        "unfinished": run.status(),  # null when the run is finished; else what is missing and how to resume
-        "datasets": datasets,
+        "unfinished": run.status() if sources is None else unfinished,  # null when finished; else how to resume
+        "datasets": sorted(set(run.rows["dataset"].to_pylist())) if run.rows.num_rows else [],
         "n_rows": run.rows.num_rows,
-        "models": [{"name": m, "checkpoint_sha256": run.checkpoints.get(m),
-                    "checkpoint": (run.config.get("model", {}).get(m) or {}).get("checkpoint"),
-                    "clean": None if (c := clean_row(rows, m)) is None else accuracy_entry(c)} for m in models],
+        "models": _models(run, rows, models),
         "perturbations": [{"name": p, "family": next((r.family for r in rows if r.perturbation == p), None),
                            "norm": next((r.norm for r in rows if r.perturbation == p), None),
                            "tags": (cfg_perts.get(p) or {}).get("tags")} for p in perts],
-        "heatmap_level": {"eps": eps if eps is not None else default_eps(rows), "severity": severity},
+        "heatmap_level": {"eps": eps if eps is not None else (claim_eps(run.verdicts, rows) or default_eps(rows)),
+                          "severity": default_severity(rows, severity)},
         "accuracy": [accuracy_entry(r) for r in rows],
         "area_under_curve": [{"model": a.model, "perturbation": a.perturbation, "levels": list(a.levels),
                               "area": a.area, "normalised": a.normalised, "n_min": a.n_min}
                              for a in accuracy_area(rows)],
         "worst_case": worst_case_entries(run, rows),
         "corruption": corruption_entries(rows, models, run.config.get("corruption_baseline")),
-        "comparisons": [r.as_dict() for r in comparisons(run, models)],
+        "leaderboard": leaderboard.as_dict(board),
+        "comparisons": [r.as_dict() for r in paired],
         "flags": run.flags,
         "verdicts": run.verdicts,
     }

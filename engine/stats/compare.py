@@ -25,16 +25,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from engine.errors import GauntletError
-from engine.stats.intervals import (
-    Z95,
-    PairedCounts,
-    format_p,
-    mcnemar_score,
-    normal_quantile,
-    tango_paired_interval,
-)
+from engine.stats import leaderboard
+from engine.stats.intervals import PairedCounts, format_p
+from engine.stats.paired import ALPHA, paired_counts, score_test
 
-ALPHA = 0.05
 Key = tuple[str, str, float]  # (perturbation, family, level)
 Outcomes = dict[Key, dict[tuple[str, int], bool]]  # key → {(dataset, sample_id): correct}
 Endpoint = tuple[str, float | None]  # (perturbation, level); None = every level
@@ -154,6 +148,78 @@ def sentence(row: PairedRow) -> str:
     return f"no significant difference between {a} and {b} {where}: {diff}, {test}"
 
 
+def _where(won: Sequence[PairedRow], among: Sequence[PairedRow]) -> str:
+    """Where ``won`` lie among the levels compared: ``ε ≥ 0.15``, ``ε ≤ 0.1``, ``every ε`` or the levels; the
+    perturbations are named when ``among`` has several (``fgsm_linf and pgd_linf at ε ≥ 0.15``)."""
+    groups: dict[str, list[str]] = {}
+    for p in dict.fromkeys(r.perturbation for r in won):
+        every = sorted(r.level for r in among if r.perturbation == p)
+        mine = sorted(r.level for r in won if r.perturbation == p)
+        corr = next(r.family for r in won if r.perturbation == p) == "corruption"
+        sym, fmt = ("severity", lambda x: f"{int(x)}") if corr else ("ε", lambda x: f"{x:g}")
+        if mine == every:
+            desc = f"every {sym}" if len(every) > 1 else f"{sym} = {fmt(mine[0])}"
+        elif mine == every[-len(mine):]:
+            desc = f"{sym} ≥ {fmt(mine[0])}"
+        elif mine == every[:len(mine)]:
+            desc = f"{sym} ≤ {fmt(mine[-1])}"
+        else:
+            desc = f"{sym} = " + ", ".join(fmt(x) for x in mine)
+        groups.setdefault(desc, []).append(p)
+    if len({r.perturbation for r in among}) == 1:
+        return next(iter(groups))
+    return "; ".join(f"{' and '.join(ps)} at {desc}" for desc, ps in groups.items())
+
+
+def _count_phrase(rows: Sequence[PairedRow], a: str, b: str, what: str, better: str) -> str:
+    """``a is more robust than b at 4 of the 12 attack levels (ε ≥ 0.15), never less`` for one group of rows."""
+    wins = {x: [r for r in rows if r.decision == x] for x in ("a", "b")}
+    total = f"{len(rows)} {what} levels"
+    first = "a" if len(wins["a"]) >= len(wins["b"]) else "b"
+    win, lose = (a, b) if first == "a" else (b, a)
+    w, lost = wins[first], wins["b" if first == "a" else "a"]
+    if len(rows) == 1:
+        where = f"under {rows[0].perturbation} {level_phrase(rows[0].family, rows[0].level)}"
+        return f"{win} is {better} than {lose} {where}" if w else f"no significant difference between {a} and {b} " \
+            + where
+    if not w:
+        return f"no significant difference between {a} and {b} at any of the {total}"
+    if len(w) == len(rows):
+        return f"{win} is {better} than {lose} at all {total} ({_where(w, rows)})"
+    text = f"{win} is {better} than {lose} at {len(w)} of the {total} ({_where(w, rows)})"
+    return text + (", never less" if not lost else f", less at {len(lost)} ({_where(lost, rows)})")
+
+
+def pair_headline(rows: Sequence[PairedRow]) -> str:
+    """The decision between the two models of ``rows`` in one sentence, from its primary rows (the
+    multiplicity family): attack levels counted, clean and corrupted inputs after them."""
+    if not rows:
+        return "no (perturbation, level) was evaluated for both models"
+    a, b = rows[0].model_a, rows[0].model_b
+    primary = [r for r in rows if r.primary and r.n > 0]
+    attack = [r for r in primary if r.family == "attack" and r.level > 0]
+    clean = [r for r in primary if r.family == "clean" or (r.family == "attack" and r.level == 0)]
+    corrupt = [r for r in primary if r.family == "corruption"]
+    parts = [_count_phrase(attack, a, b, "attack", "more robust")] if attack else []
+    quiet = [w for w, g in (("clean", clean), ("corrupted", corrupt)) if g and all(r.decision == "none" for r in g)]
+    if quiet:
+        parts.append(f"no significant difference on {' or '.join(quiet)} inputs")
+    for r in clean:
+        if r.decision in ("a", "b"):
+            win, lose = (a, b) if r.decision == "a" else (b, a)
+            parts.append(f"{win} is more accurate than {lose} on clean inputs ({100 * abs(r.difference):.1f} pp)")
+    if corrupt and "corrupted" not in quiet:
+        parts.append(_count_phrase(corrupt, a, b, "corruption", "more accurate"))
+    if not parts:
+        return f"{a} vs {b}: no primary row with a shared sample"
+    m = max(r.n_primary for r in primary)
+    extra = len([r for r in rows if not r.primary and r.n > 0])
+    text = "; ".join(parts)
+    return (text[0].upper() + text[1:] if text.startswith("no ") else text) + (
+        f" (paired McNemar tests, {adjustment_phrase(m)}"
+        + (f"; {extra} secondary row{'s' if extra != 1 else ''} not in this sentence" if extra else "") + ").")
+
+
 def parse_endpoints(spec: str) -> list[Endpoint]:
     """``pgd_linf@0.1,fgsm_linf,contrast@3,pgd_linf@8/255`` → [(perturbation, level or None), …]."""
     out: list[Endpoint] = []
@@ -192,22 +258,11 @@ def _primary_keys(keys: Sequence[Key], endpoints: Sequence[Endpoint] | None) -> 
     return {k for k in keys if any(_matches(e, k) for e in endpoints)}
 
 
-def _counts(a: Mapping[tuple[str, int], bool], b: Mapping[tuple[str, int], bool]) -> tuple[PairedCounts, int, int]:
-    common = a.keys() & b.keys()
-    cells = [0, 0, 0, 0]  # both, only A, only B, neither
-    for s in common:
-        cells[(0 if a[s] else 2) + (0 if b[s] else 1)] += 1
-    return PairedCounts(*cells), len(a.keys() - common), len(b.keys() - common)
-
-
 def _row(a: str, b: str, key: Key, counts: tuple[PairedCounts, int, int], primary: bool, m: int) -> PairedRow:
     table, only_a, only_b = counts
-    level = 1 - ALPHA / m if primary else 1 - ALPHA
-    z = -normal_quantile(ALPHA / (2 * m)) if primary and m > 1 else Z95
-    lo, hi = tango_paired_interval(table, z)
-    p = mcnemar_score(table.only_a, table.only_b)
-    return PairedRow(a, b, key[0], key[1], key[2], table, lo, hi, level, p,
-                     min(1.0, m * p) if primary else None, primary, m if primary else 0, only_a, only_b)
+    t = score_test(table, m if primary else 1)
+    return PairedRow(a, b, key[0], key[1], key[2], table, t.ci_low, t.ci_high, t.ci_level, t.p_value,
+                     t.p_adjusted if primary else None, primary, m if primary else 0, only_a, only_b)
 
 
 def paired_rows(outcomes: Mapping[str, Outcomes], pairs: Sequence[tuple[str, str]], has_clean: bool,
@@ -222,7 +277,7 @@ def paired_rows(outcomes: Mapping[str, Outcomes], pairs: Sequence[tuple[str, str
         oa, ob = outcomes[a], outcomes[b]
         for key in sorted(oa.keys() & ob.keys()):
             if not (has_clean and key[1] == "attack" and key[2] == 0):
-                raw.append((a, b, key, _counts(oa[key], ob[key])))
+                raw.append((a, b, key, paired_counts(oa[key], ob[key])))
     chosen = _primary_keys([r[2] for r in raw], primary)
     m = sum(1 for r in raw if r[2] in chosen and r[3][0].n > 0)
     return [_row(a, b, key, c, key in chosen and c[0].n > 0, m) for a, b, key, c in raw]
@@ -333,6 +388,27 @@ def parse_run_args(args: Sequence[str], labels: Sequence[str] | None = None) -> 
 class Comparison:
     rows: list[PairedRow]
     notes: list[str] = field(default_factory=list)
+    outcomes: dict[str, Outcomes] = field(default_factory=dict)  # label → per-sample outcomes, in order
+    norms: dict[str, str | None] = field(default_factory=dict)  # perturbation → threat-model norm
+    other_samples: str | None = None  # how the runs' sample sets differ (no leaderboard then)
+
+    def board(self, sort: str | None = None) -> leaderboard.Leaderboard | None:
+        """The leaderboard of more than two models on one sample set; else None."""
+        if len(self.outcomes) <= 2 or self.other_samples is not None:
+            return None
+        return leaderboard.build(self.outcomes, self.norms, sort)
+
+    def headline(self, board: leaderboard.Leaderboard | None = None) -> list[str]:
+        """The decision first: for two models one sentence; for more, the ranking and its top pair (without a
+        leaderboard: one sentence per pair)."""
+        if len(self.outcomes) <= 2:
+            return [pair_headline(self.rows)]
+        if board is None:
+            pairs = dict.fromkeys((r.model_a, r.model_b) for r in self.rows)
+            return [pair_headline([r for r in self.rows if (r.model_a, r.model_b) == p]) for p in pairs]
+        top = set(board.ranking[:2])
+        pair = [r for r in self.rows if {r.model_a, r.model_b} == top]
+        return [leaderboard.ranking_sentence(board)] + ([pair_headline(pair)] if pair and len(top) == 2 else [])
 
 
 def _model_names(run: Any) -> list[str]:
@@ -340,7 +416,7 @@ def _model_names(run: Any) -> list[str]:
     return names + sorted(set(run.rows["model"].to_pylist()) - set(names)) if run.rows.num_rows else names
 
 
-def _display_labels(specs: Sequence[RunSpec], runs: Sequence[Any]) -> list[list[tuple[str, str]]]:
+def display_labels(specs: Sequence[RunSpec], runs: Sequence[Any]) -> list[list[tuple[str, str]]]:
     """Per run, (model name, shown label): the label itself for a labelled one-model run, ``model@label``
     for several models, the bare name when no other run holds it, else ``model@<folder>[#position]``."""
     folders = [s.label or r.out_dir.name or str(r.out_dir) for s, r in zip(specs, runs, strict=True)]
@@ -418,6 +494,27 @@ def _same_content(runs: Sequence[Any]) -> None:
                 "between the runs); re-run both on the current data")
 
 
+def _samples(run: Any) -> set[tuple[str, int]]:
+    t = run.rows.select(["dataset", "sample_id"]).group_by(["dataset", "sample_id"]).aggregate([])
+    return set(zip(t["dataset"].to_pylist(), t["sample_id"].to_pylist(), strict=True))
+
+
+def sample_difference(runs: Sequence[Any]) -> str | None:
+    """None when every run evaluated the same samples; else which runs differ and how (a leaderboard needs one
+    sample set: each model's accuracy over other samples is not comparable)."""
+    ref = _samples(runs[0])
+    for run in runs[1:]:
+        other = _samples(run)
+        if other != ref:
+            first, second = sorted(ref - other), sorted(other - ref)
+            e_g = (f"sample_id {first[0][1]} only in the first" if first else f"sample_id {second[0][1]} only in "
+                   "the second")
+            return (f"{runs[0].out_dir} has {len(ref)} samples and {run.out_dir} has {len(other)} ({len(first)} only "
+                    f"in the first, {len(second)} only in the second; e.g. {e_g}); run each with the same "
+                    "n_examples and dataset subset (and let unfinished runs finish)")
+    return None
+
+
 def load_runs(specs: Sequence[RunSpec]) -> tuple[list[Any], list[str]]:
     """The runs, refusing empty ones and different datasets, and notes on unfinished or repeated ones."""
     from engine.store.rundir import load_run
@@ -426,7 +523,7 @@ def load_runs(specs: Sequence[RunSpec]) -> tuple[list[Any], list[str]]:
     notes = [st for r in runs if (st := r.status()) is not None]
     for r in runs:
         if r.rows.num_rows == 0:
-            raise GauntletError(f"{r.out_dir} has no result rows yet" + (f": {r.status()}" if r.unfinished else ""))
+            raise GauntletError(f"{r.out_dir} has no result rows yet; " + (r.status() or "run the sweep first"))
     ref = _dataset_identity(runs[0])
     for run in runs[1:]:
         other = _dataset_identity(run)
@@ -447,7 +544,7 @@ def compare_runs(runs_given: Sequence[RunSpec | str | Path], baseline: str | Non
     """Paired rows for the models of one or several run folders, in the order given."""
     specs = [s if isinstance(s, RunSpec) else RunSpec(Path(s)) for s in runs_given]
     runs, notes = load_runs(specs)
-    per_run = _display_labels(specs, runs)
+    per_run = display_labels(specs, runs)
     labels = [lab for run in per_run for _, lab in run]
     if len(labels) < 2:
         raise GauntletError(f"need at least two models to compare, found {', '.join(labels) or 'none'} in "
@@ -455,7 +552,18 @@ def compare_runs(runs_given: Sequence[RunSpec | str | Path], baseline: str | Non
     pairs, more = _pairs(per_run, baseline)
     outcomes = {lab: outcomes_of(run.rows, m) for run, models in zip(runs, per_run, strict=True) for m, lab in models}
     rows = paired_rows(outcomes, pairs, any(_has_clean(r.rows) for r in runs), primary)
-    return Comparison(rows, notes + more)
+    other = sample_difference(runs) if len(labels) > 2 and len(runs) > 1 else None
+    more += [f"no leaderboard: the runs cover different samples: {other}"] if other else []
+    return Comparison(rows, notes + more, outcomes, norms_of([r.rows for r in runs]), other)
+
+
+def norms_of(tables: Sequence[pa.Table]) -> dict[str, str | None]:
+    """Perturbation → its threat-model norm (null for clean and corruptions), from the rows."""
+    out: dict[str, str | None] = {}
+    for t in tables:
+        pairs = t.select(["perturbation", "norm"]).group_by(["perturbation", "norm"]).aggregate([]).to_pylist()
+        out.update({r["perturbation"]: r["norm"] for r in pairs})
+    return out
 
 
 def main(argv: Sequence[str]) -> int:
@@ -470,15 +578,22 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--primary", help="primary endpoints for the correction, e.g. pgd_linf@0.1,fgsm_linf,clean "
                                           "(default: every row)")
     parser.add_argument("--json", dest="json_path", help="also write the rows as JSON to this file")
+    parser.add_argument("--sort", help="with more than two models, the leaderboard column that ranks them: clean, "
+                                       "linf@0.1, auc:linf, corruption, mce (default: a robust-accuracy column)")
     args = parser.parse_args(list(argv))
     try:
         primary = parse_endpoints(args.primary) if args.primary is not None else None
         result = compare_runs(parse_run_args(args.runs, args.label), args.baseline, primary)
+        board = result.board(args.sort)
+        headline = result.headline(board)
     except GauntletError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for note in result.notes:
         print(f"warning: {note}", file=sys.stderr)
+    print("\n".join(headline) + "\n")
+    if board is not None:
+        print(leaderboard.render_text(board).split("\n", 2)[2] + "\n")  # its first line is the headline's
     print(render_paired(result.rows, result.notes))
     if args.json_path:
         try:
