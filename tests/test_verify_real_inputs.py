@@ -445,3 +445,41 @@ def test_bad_locations_and_budgets_are_one_clear_message(tmp_path: Path) -> None
             rc = main([vendor, f"out_dir={tmp_path}", *args])
         assert rc == 2 and needle in stderr.getvalue() and "Traceback" not in stderr.getvalue(), (args, stderr)
     assert not (tmp_path / "verdict.json").exists()
+
+
+# -- interrupted -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_an_interrupted_verify_says_so_in_one_line(tmp_path: Path, sig: str) -> None:
+    """SIGTERM/SIGINT once the base run's first task file exists: exit 128 + the signal, one line, no trace,
+    no verdict written (a verdict from half a run would read as one), the finished rows kept."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    log = tmp_path / "stderr.txt"
+    args = ["verify", "examples/claims/digits_cnn_at.yaml", f"out_dir={out}", "n_examples=64", "progress=false",
+            "batch_size=8", "budget=0.2"]
+    signum = getattr(signal, sig)
+    with log.open("w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "engine.cli", *args], cwd=REPO, stdout=subprocess.DEVNULL,
+                                stderr=err, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 300
+            while not list(out.glob("results/*.parquet")) and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert proc.poll() is None, "verify ended before it could be signalled"
+            (os.killpg if signum == signal.SIGINT else os.kill)(proc.pid, signum)
+            code = proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=60)
+    text = log.read_text()
+    assert code == 128 + signum, text[-3000:]
+    assert text.count(f"interrupted by {sig}") == 1 and "Traceback" not in text, text[-3000:]
+    assert not (out / "verdict.json").exists() and list(out.glob("results/*.parquet"))

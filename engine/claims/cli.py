@@ -38,11 +38,13 @@ def main(argv: Sequence[str]) -> int:
         split_overrides(argv[1:])
         from engine.claims.run import verify
         from engine.claims.verdict import exit_code, render, write_verdicts
+        from engine.runners.signals import interruptible
 
-        report = verify(argv[0], argv[1:], command=" ".join(["gauntlet", "verify", *map(shlex.quote, argv)]))
+        with interruptible():  # between sweeps too (indicators, escalation choice): one line, 130/143
+            report = verify(argv[0], argv[1:], command=" ".join(["gauntlet", "verify", *map(shlex.quote, argv)]))
     except GauntletError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return int(getattr(exc, "exit_code", 2))  # 2; 128 + the signal when interrupted
     except Exception:  # a crash must never read as a verdict (exit 1 means REFUTED)
         logging.getLogger("gauntlet.verify").exception("verify failed")
         print("error: verify failed unexpectedly (traceback above); no verdict was written", file=sys.stderr)
