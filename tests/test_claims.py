@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-from engine.claims.decide import decide, estimate, samples_needed, thin_margin
+from engine.claims.decide import Blockers, Rule, decide, estimate, thin_margin
 from engine.claims.schema import parse_claim_file
 from engine.errors import ConfigError
 
@@ -117,29 +117,21 @@ def test_subsets_keep_sample_ids() -> None:
 
 
 def test_verdict_rule() -> None:
+    # every boundary of the rule: tests/test_decide.py; here, the shape of it on a 100-sample measurement
     half = estimate([1.0] * 50 + [0.0] * 50)  # 50 % of 100: Wilson [40.4 %, 59.6 %]
-    assert decide(half, 0.65, 0.10, []).verdict == "REFUTED"
-    assert decide(half, 0.50, 0.10, []).verdict == "CONSISTENT"
-    assert decide(half, 0.30, 0.10, []).verdict == "CONSISTENT"  # below the interval
-    d = decide(half, 0.50, 0.10, ["zero_gradients_path"])
+    rule = Rule(resolution=0.10)
+    assert decide(half, 0.65, rule).verdict == "REFUTED"
+    assert decide(half, 0.50, rule).verdict == "CONSISTENT"
+    assert decide(half, 0.30, rule).verdict == "CONSISTENT"  # below the interval
+    d = decide(half, 0.58, rule)  # inside the interval, 8 pp above the measurement: leans against the claim
+    assert d.verdict == "INCONCLUSIVE" and d.rule == "leans_below_claim" and "samples would decide it" in d.reason
+    d = decide(half, 0.50, rule, Blockers(uncleared=["zero_gradients_path"]))
     assert d.verdict == "INCONCLUSIVE" and "zero_gradients_path" in d.reason
-    assert decide(half, 0.65, 0.10, ["zero_gradients_path"]).verdict == "REFUTED"  # refuted whatever the masking
+    assert decide(half, 0.65, rule, Blockers(uncleared=["zero_gradients_path"])).verdict == "REFUTED"
     small = estimate([1.0] * 10 + [0.0] * 10)
-    d = decide(small, 0.55, 0.10, [])
+    d = decide(small, 0.50, rule)
     assert d.verdict == "INCONCLUSIVE" and d.samples_needed is not None and d.samples_needed > 20
-    assert "samples would decide it" in d.reason
-
-
-def test_samples_needed_is_the_smallest_deciding_count() -> None:
-    est = estimate([1.0] * 10 + [0.0] * 10)
-    n = samples_needed(est, 0.55, 0.10)
-    assert n is not None
-
-    def decided(k: int) -> bool:
-        e = estimate([1.0] * round(k * 0.5) + [0.0] * (k - round(k * 0.5)))
-        return decide(e, 0.55, 0.10, []).verdict != "INCONCLUSIVE"
-
-    assert decided(n) and not decided(n - 2)
+    assert d.rule == "interval_too_wide"
 
 
 def test_thin_margin_means_a_small_drop_would_refute() -> None:
