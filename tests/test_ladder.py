@@ -7,14 +7,19 @@ The ladder's control flow runs against a scripted world: each claimed ε has rob
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import torch
 
 from engine.claims import escalate
 from engine.claims.build import compose
 from engine.claims.escalate import Escalation
 from engine.claims.ladder import CONVERGED_SHARE, Ladder, Live, RoundResult, climb
+from engine.errors import ConfigError
+from engine.perturbations.base import BatchContext, worst_of
+from engine.perturbations.suite import AttackSuite, MemberContext, MemberResult, SuiteMember
 from engine.stats.aggregate import wilson_interval
 
 COST = {"eot": 4_000, "bpda": 1_000, "transfer": 1_100, "plus": 2_000, "square": 20_000}
@@ -202,3 +207,133 @@ def test_costs_count_every_iteration_restart_draw_and_target() -> None:
     assert escalate.estimate_cost({"attacks": [targeted, square]}, 10) == 900 + 5_000 + 2 + 1
     assert escalate.estimate_cost({"attacks": [targeted]}, 4) == 300 + 2  # capped at classes − 1 targets
     assert escalate.estimate_cost({"attacks": [wrapped], "rescore": 20}, 10) == 4_000 + 20 + 20
+
+
+# -- randomised models: every example re-scored (AutoAttack pull request #105) ---------------------------------------
+
+
+class Coin(torch.nn.Module):
+    """Two classes, true class 0: each draw calls an input class 1 with probability mean(x) (clipped to [0, 1])."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = x.flatten(1).mean(1).clamp(0, 1)
+        wrong = (torch.rand(len(x)) < p).float()
+        return torch.stack([1 - wrong, wrong], 1) * 2 - 1 + 0.0 * x.flatten(1)[:, :1]
+
+
+@dataclass(frozen=True)
+class Push(SuiteMember):
+    """Returns every input raised to ``level`` (within ε = 1), claiming nothing; records the rows it attacked."""
+
+    level: float = 0.3
+    seen: list[int] = field(default_factory=list, compare=False, hash=False)
+
+    def attack(self, x: torch.Tensor, y: torch.Tensor, ctx: MemberContext) -> MemberResult:
+        self.seen.append(len(x))
+        zero = torch.zeros(len(x), dtype=torch.int64)
+        return MemberResult(torch.full_like(x, self.level), torch.zeros(len(x), dtype=torch.bool), zero, zero)
+
+
+def _suite(rescore: int, *members: SuiteMember) -> AttackSuite:
+    return AttackSuite(name="s", norm="linf", eps=(1.0,), attacks=members, tags=("white-box", "AML.T0043.000"),
+                       rescore=rescore)
+
+
+def _coin_batch(n: int = 8) -> tuple[torch.Tensor, torch.Tensor, BatchContext]:
+    return torch.zeros(n, 1, 2, 2), torch.zeros(n, dtype=torch.long), BatchContext(Coin(), 0, torch.arange(n))
+
+
+def test_worst_of_keeps_the_worst_draw_and_counts_the_misclassifying_ones() -> None:
+    torch.manual_seed(0)
+    x = torch.full((200, 1, 2, 2), 0.3)
+    logits, wrong = worst_of(Coin(), x, torch.zeros(200, dtype=torch.long), 20)
+    assert 0.2 < wrong.float().mean() / 20 < 0.4  # each draw: 30 %
+    assert ((logits.argmax(1) != 0) == (wrong > 0)).all()  # the kept draw misclassifies iff some draw does
+    clean_logits, clean_wrong = worst_of(Coin(), torch.zeros(5, 1, 2, 2), torch.zeros(5, dtype=torch.long), 20)
+    assert (clean_wrong == 0).all() and (clean_logits.argmax(1) == 0).all()
+
+
+def test_a_rescored_suite_keeps_the_example_most_draws_misclassify() -> None:
+    torch.manual_seed(0)
+    x, y, ctx = _coin_batch()
+    weak, strong = Push(name="weak", level=0.1), Push(name="strong", level=0.8)
+    (out,) = list(_suite(20, weak, strong).run(x, y, ctx))
+    assert out.broken_by == ("strong",) * 8 and torch.allclose(out.x, torch.full_like(x, 0.8))
+    assert weak.seen == [8] and strong.seen == [8]  # 10 % per draw: nobody left the cascade after "weak"
+    assert int(out.queries.min()) >= 20 * 3  # the clean input and both members' examples, 20 draws each
+
+
+def test_a_sample_leaves_the_cascade_only_when_every_draw_misclassifies_it() -> None:
+    torch.manual_seed(0)
+    x, y, ctx = _coin_batch()
+    full, after = Push(name="full", level=1.0), Push(name="after", level=0.5)
+    (out,) = list(_suite(20, full, after).run(x, y, ctx))
+    assert after.seen == [] and out.broken_by == ("full",) * 8  # misclassified by all 20 draws: done
+
+
+def test_without_rescoring_an_unclaimed_example_is_dropped() -> None:
+    torch.manual_seed(0)
+    x, y, ctx = _coin_batch()
+    (out,) = list(_suite(1, Push(name="weak", level=0.3)).run(x, y, ctx))
+    assert out.broken_by == ("",) * 8 and torch.equal(out.x, x)  # the plain cascade: only claimed successes count
+    assert _suite(20, Push(name="p")).score_draws == 20 and _suite(1, Push(name="p")).score_draws == 1
+    with pytest.raises(ConfigError, match="rescore must be an integer"):
+        _suite(0, Push(name="p"))
+
+
+def test_the_evaluator_scores_a_rescored_example_robust_only_if_every_draw_is_correct() -> None:
+    from engine.data import SampleSet
+    from engine.evaluation.evaluate import evaluate
+    from engine.evaluation.tasks import Task
+
+    torch.manual_seed(0)
+    x, y, _ = _coin_batch(40)
+    data = SampleSet("coin", x, y, torch.arange(40), 2)
+    rows = {}
+    for rescore in (1, 20):
+        suite = _suite(rescore, Push(name="weak", level=0.3))
+        res = SimpleNamespace(model=lambda *_: Coin(), dataset=lambda *_: data,
+                              perturbation=lambda *_, s=suite: s, device=torch.device("cpu"))
+        task = Task("t", "r", "coin", {}, "", "coin", {}, "s", {}, 0, 40, 0, 40)
+        rows[rescore] = evaluate(task, res).columns  # type: ignore[arg-type]
+    assert rows[1]["correct"].all()  # one draw, and the unclaimed example dropped: looks robust
+    assert rows[20]["correct"].mean() < 0.05  # 0.7²⁰: hardly any survives 20 draws of the kept example
+    broken = ~rows[20]["correct"]
+    assert set(rows[20]["broken_by"][broken]) == {"weak"} and (rows[20]["margin"][broken] <= 0).all()
+
+
+def test_apgd_under_eot_keeps_iterating_past_a_lucky_draw() -> None:
+    from engine.perturbations.autoattack import APGD
+    from engine.perturbations.norms import get_norm
+
+    class Noise(torch.nn.Module):  # every input: class 1 with probability 30 %, whatever the attack does
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            wrong = (torch.rand(len(x)) < 0.3).float()
+            return torch.stack([1 - wrong, wrong], 1) + 0.0 * x.flatten(1).sum(1, keepdim=True)
+
+    x, y = torch.full((6, 1, 2, 2), 0.5), torch.zeros(6, dtype=torch.long)
+    ctx = MemberContext(Noise(), get_norm("linf"), 0.1, 2, tuple(range(6)), 0, 6)
+    torch.manual_seed(0)
+    eot = APGD(name="a", n_iter=10, eot=8).attack(x, y, ctx)
+    assert eot.success.all() and (eot.grad_evals == 8 * 10).all()  # no row left on a lucky draw: all 10 iterations
+    torch.manual_seed(0)
+    plain = APGD(name="a", n_iter=10).attack(x, y, ctx)
+    assert plain.success.all() and (plain.grad_evals < 10).all()  # without EOT: a row leaves on its first hit
+
+
+def test_a_reduced_budget_scales_every_rung_exactly_once() -> None:
+    from engine.claims.build import scale_budget
+
+    full = compose(["perturbation=[autoattack_standard_linf]"])["perturbation"]["autoattack_standard_linf"]
+    base = scale_budget(full, 0.05)  # the base suite as verify composes it with budget=0.05
+
+    def members(kind: str, rung: int = 1) -> list[dict[str, Any]]:
+        cfg = escalate.build(kind, base, "linf", [0.1], "net", False, budget=0.05, rung=rung).config
+        return [m.get("member", m) for m in cfg["attacks"]]
+
+    assert [m["n_queries"] for m in members("square")] == [4 * 250]  # 4× the scaled base budget
+    assert [m["n_queries"] for m in members("square", 2)] == [10 * 250]
+    assert {m["n_iter"] for m in members("eot")} == {5} and {m["n_iter"] for m in members("eot", 3)} == {10}
+    assert {m["n_iter"] for m in members("bpda")} == {5} and {m["n_iter"] for m in members("bpda", 2)} == {5}
+    assert {m["n_iter"] for m in members("plus", 2)} == {50}
+    assert all(m["n_iter"] == 5 for m in members("plus") if "n_iter" in m)

@@ -190,7 +190,7 @@ def build(kind: str, base_suite: Mapping[str, Any], norm: str, eps: list[float],
         cfg = _plus(base_suite, norm, eps, budget, rung)
         cfg = scale_budget(cfg, budget) if rung > 1 else cfg
     else:
-        cfg = scale_budget(_square(base_suite, norm, eps, rung), budget)
+        cfg = _square(base_suite, norm, eps, rung)  # a multiple of the (already scaled) base suite's queries
     if randomised:
         cfg["rescore"] = RESCORE
     return Escalation(kind, perturbation_name(kind, norm, rung), dict(cfg), rung=rung,
