@@ -203,10 +203,11 @@ def test_costs_count_every_iteration_restart_draw_and_target() -> None:
     targeted = {"_target_": escalate.APGD_TARGET, "loss": "dlr-targeted", "n_iter": 100, "n_target_classes": 9}
     square = {"_target_": "engine.perturbations.square.Square", "n_queries": 5000}
     wrapped: dict[str, Any] = {"_target_": "engine.perturbations.adaptive.Adaptive", "member": apgd}
-    assert escalate.estimate_cost({"attacks": [apgd]}, 10) == 4_000 + 1 + 1
-    assert escalate.estimate_cost({"attacks": [targeted, square]}, 10) == 900 + 5_000 + 2 + 1
-    assert escalate.estimate_cost({"attacks": [targeted]}, 4) == 300 + 2  # capped at classes − 1 targets
-    assert escalate.estimate_cost({"attacks": [wrapped], "rescore": 20}, 10) == 4_000 + 20 + 20
+    assert escalate.estimate_cost({"attacks": [apgd]}, 10) == 101 * 2 * 20 + 1 + 1
+    assert escalate.estimate_cost({"attacks": [targeted, square]}, 10) == 101 * 9 + 1 + 5_001 + 2 + 1
+    assert escalate.estimate_cost({"attacks": [targeted]}, 4) == 101 * 3 + 1 + 1 + 1  # at most classes − 1 targets
+    assert escalate.estimate_cost({"attacks": [wrapped], "rescore": 20, "eps": [0.1, 0.2]}, 10) == \
+        2 * (101 * 2 * 20 + 20) + 20  # at each ε
 
 
 # -- randomised models: every example re-scored (AutoAttack pull request #105) ---------------------------------------

@@ -198,10 +198,12 @@ def build(kind: str, base_suite: Mapping[str, Any], norm: str, eps: list[float],
 
 
 def estimate_cost(cfg: Mapping[str, Any], num_classes: int) -> int:
-    """Most model evaluations (forward or backward passes) one sample can cost at one ε of suite ``cfg``: every
-    iteration, restart, EOT draw and target class of every member, and the re-scorings."""
+    """Most model evaluations (forward or backward passes, as the result rows count them) one sample can cost in
+    suite ``cfg``: at each of its ε, every iteration, restart, EOT draw and target class of every member and the
+    re-scorings of each example; the clean classification once."""
     rescore = int(cfg.get("rescore", 1))
-    return sum(_member_cost(m, num_classes) + rescore for m in cfg.get("attacks", [])) + rescore
+    per_eps = sum(_member_cost(m, num_classes) + rescore for m in cfg.get("attacks", []))
+    return max(1, len(cfg.get("eps", [])) or 1) * per_eps + rescore
 
 
 def _member_cost(m: Mapping[str, Any], k: int) -> int:
@@ -210,13 +212,13 @@ def _member_cost(m: Mapping[str, Any], k: int) -> int:
     target = str(m.get("_target_", ""))
     restarts = int(m.get("n_restarts", 1))
     if "n_queries" in m:
-        return int(m["n_queries"]) * restarts
+        return (int(m["n_queries"]) + 1) * restarts
     targets = min(int(m.get("n_target_classes", 9)), k - 1)
-    steps = int(m.get("n_iter", m.get("steps", 100))) * restarts * int(m.get("eot", 1))
+    steps = (int(m.get("n_iter", m.get("steps", 100))) + 1) * restarts * int(m.get("eot", 1))
     if target.endswith(".APGD"):
-        return steps * (targets if m.get("loss") == "dlr-targeted" else 1)
+        return steps * targets + 1 if m.get("loss") == "dlr-targeted" else steps
     if target.endswith(".FABTargeted"):
-        return steps * targets * 2  # a forward and a two-class gradient per step and target
+        return 2 * steps * targets + 1  # a gradient and a forward pass per step and target
     if target.endswith(".FAB"):
-        return steps * (k + 1)  # the Jacobian: one gradient per class
-    return steps
+        return steps * (k + 1)  # the Jacobian (one gradient per class) and a forward pass per step
+    return 2 * steps
