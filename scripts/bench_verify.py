@@ -8,11 +8,15 @@ adversarially trained ``digits_cnn_at``) and one claim at L∞ ε = 0.2:
 * ``noisy``: Gaussian input noise σ = 0.1 (randomised).
 
 The claim is the model's naive accuracy (PGD-20, cross-entropy, one draw), as an inflated datasheet would
-state it, unless ``--claim`` gives one. Each run is ``python -m engine.cli verify`` in a fresh process with
-the engine from ``--tree`` (default: this checkout), so the same script times an older commit: export it
-(``git archive COMMIT | tar -x -C DIR``) and copy this checkout's engine/models/testing.py into it (the test
-models only). Prints, and appends to ``--log`` as JSON lines: wall time, verdict, measured accuracy, the
-escalations or ladder rounds, and the load average before and after (the machine is shared).
+state it, unless ``--claim`` gives one, or ``--claim-from eot --offset 0.15`` sets it 15 points above the
+model's EOT accuracy: an independent EOT attack (torchattacks' EOTPGD, 100 steps, 20 draws per gradient,
+2 restarts; a sample counts as broken when either restart's example is misclassified by one draw).
+
+Each run is ``python -m engine.cli verify`` in a fresh process with the engine from ``--tree`` (default: this
+checkout), so the same script times an older commit: export it (``git archive COMMIT | tar -x -C DIR``) and
+copy this checkout's engine/models/testing.py into it (the test models only). Prints, and appends to
+``--log`` as JSON lines: wall time, verdict, measured accuracy, the escalations or ladder rounds, and the load
+average before and after (the machine is shared).
 
 Usage:
     PYTHONPATH=. python scripts/bench_verify.py --cases logit quantised [--n 100] [--tree DIR] [--label after]
@@ -54,23 +58,50 @@ def naive_pgd_accuracy(case: str, n: int) -> float:
     """PGD-20 (cross-entropy, L∞ ε 0.2) accuracy of ``case`` on the first ``n`` digits test samples, one draw."""
     import torch
 
-    from engine.compose.config import register_schemas
     from engine.data.digits import load_digits
-    from engine.models.loader import build_model
     from engine.perturbations.attacks import PGD
     from engine.perturbations.base import BatchContext
 
-    register_schemas()
-    block = model_block(case)
-    block["checkpoint"] = str(Path(os.environ.get("GAUNTLET_CACHE_DIR", Path.home() / ".cache/gauntlet"))
-                              / "checkpoints/digits_cnn_at.safetensors")
     torch.manual_seed(0)
-    model = build_model(block["name"], block, torch.device("cpu"))
+    model = _build(case)
     data = load_digits(split="test").slice(0, n)
     (out,) = list(PGD(name="pgd", eps=(EPS,), steps=20).run(data.images, data.labels,
                                                              BatchContext(model, 0, data.sample_ids)))
     with torch.no_grad():
         return float((model(out.x).argmax(1) == data.labels).float().mean())
+
+
+def _build(case: str) -> Any:
+    import torch
+
+    from engine.compose.config import register_schemas
+    from engine.models.loader import build_model
+
+    register_schemas()
+    block = model_block(case)
+    block["checkpoint"] = str(Path(os.environ.get("GAUNTLET_CACHE_DIR", Path.home() / ".cache/gauntlet"))
+                              / "checkpoints/digits_cnn_at.safetensors")
+    return build_model(block["name"], block, torch.device("cpu"))
+
+
+def eot_accuracy(case: str, n: int, restarts: int = 2) -> float:
+    """Accuracy of ``case`` on the first ``n`` digits test samples under torchattacks' EOTPGD (L∞ 0.2, 100 steps,
+    step 2.5 ε / steps, 20 draws per gradient), ``restarts`` random starts, each example scored by one draw."""
+    import torch
+    import torchattacks
+
+    from engine.data.digits import load_digits
+
+    model = _build(case)
+    data = load_digits(split="test").slice(0, n)
+    robust = torch.ones(n, dtype=torch.bool)
+    for r in range(restarts):
+        torch.manual_seed(1000 + r)
+        atk = torchattacks.EOTPGD(model, eps=EPS, alpha=2.5 * EPS / 100, steps=100, eot_iter=20, random_start=True)
+        x_adv = atk(data.images, data.labels)
+        with torch.no_grad():
+            robust &= model(x_adv).argmax(1) == data.labels
+    return float(robust.float().mean())
 
 
 def write_claim(path: Path, case: str, n: int, claimed: float) -> Path:
@@ -118,13 +149,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--tree", type=Path, default=REPO, help="the engine to time (a checkout or an exported commit)")
     ap.add_argument("--claim", type=float, default=None, help="claimed accuracy (default: naive PGD-20 accuracy)")
+    ap.add_argument("--claim-from", choices=("pgd", "eot"), default="pgd", help="what the claim is based on")
+    ap.add_argument("--offset", type=float, default=0.0, help="added to the measured claim basis")
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--label", default="")
     ap.add_argument("--log", type=Path, default=Path("bench_verify.jsonl"))
     ap.add_argument("extra", nargs="*", help="more verify overrides (key=value)")
     args = ap.parse_args(argv)
     for case in args.cases:
-        claimed = args.claim if args.claim is not None else naive_pgd_accuracy(case, args.n)
+        basis = eot_accuracy if args.claim_from == "eot" else naive_pgd_accuracy
+        claimed = args.claim if args.claim is not None else min(1.0, basis(case, args.n) + args.offset)
+        print(f"{case}: claim {claimed:.4f} ({args.claim_from} accuracy + {args.offset:g})", flush=True)
         for i in range(args.repeat):
             with tempfile.TemporaryDirectory(prefix=f"bench_verify_{case}_") as tmp:
                 rec = run_one(case, args.n, claimed, args.tree.resolve(), Path(tmp), list(args.extra))
