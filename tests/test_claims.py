@@ -3,6 +3,7 @@ one that does not), BPDA / transfer members, subsets, and ``gauntlet verify`` re
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 import torch
 
-from engine.claims.decide import decide, estimate, samples_needed, thin_margin
+from engine.claims.decide import Blockers, Rule, decide, estimate, thin_margin
 from engine.claims.schema import parse_claim_file
 from engine.errors import ConfigError
 
@@ -117,29 +118,21 @@ def test_subsets_keep_sample_ids() -> None:
 
 
 def test_verdict_rule() -> None:
+    # every boundary of the rule: tests/test_decide.py; here, the shape of it on a 100-sample measurement
     half = estimate([1.0] * 50 + [0.0] * 50)  # 50 % of 100: Wilson [40.4 %, 59.6 %]
-    assert decide(half, 0.65, 0.10, []).verdict == "REFUTED"
-    assert decide(half, 0.50, 0.10, []).verdict == "CONSISTENT"
-    assert decide(half, 0.30, 0.10, []).verdict == "CONSISTENT"  # below the interval
-    d = decide(half, 0.50, 0.10, ["zero_gradients_path"])
+    rule = Rule(resolution=0.10)
+    assert decide(half, 0.65, rule).verdict == "REFUTED"
+    assert decide(half, 0.50, rule).verdict == "CONSISTENT"
+    assert decide(half, 0.30, rule).verdict == "CONSISTENT"  # below the interval
+    d = decide(half, 0.58, rule)  # inside the interval, 8 pp above the measurement: leans against the claim
+    assert d.verdict == "INCONCLUSIVE" and d.rule == "leans_below_claim" and "samples would decide it" in d.reason
+    d = decide(half, 0.50, rule, Blockers(uncleared=["zero_gradients_path"]))
     assert d.verdict == "INCONCLUSIVE" and "zero_gradients_path" in d.reason
-    assert decide(half, 0.65, 0.10, ["zero_gradients_path"]).verdict == "REFUTED"  # refuted whatever the masking
+    assert decide(half, 0.65, rule, Blockers(uncleared=["zero_gradients_path"])).verdict == "REFUTED"
     small = estimate([1.0] * 10 + [0.0] * 10)
-    d = decide(small, 0.55, 0.10, [])
+    d = decide(small, 0.50, rule)
     assert d.verdict == "INCONCLUSIVE" and d.samples_needed is not None and d.samples_needed > 20
-    assert "samples would decide it" in d.reason
-
-
-def test_samples_needed_is_the_smallest_deciding_count() -> None:
-    est = estimate([1.0] * 10 + [0.0] * 10)
-    n = samples_needed(est, 0.55, 0.10)
-    assert n is not None
-
-    def decided(k: int) -> bool:
-        e = estimate([1.0] * round(k * 0.5) + [0.0] * (k - round(k * 0.5)))
-        return decide(e, 0.55, 0.10, []).verdict != "INCONCLUSIVE"
-
-    assert decided(n) and not decided(n - 2)
+    assert d.rule == "interval_too_wide"
 
 
 def test_thin_margin_means_a_small_drop_would_refute() -> None:
@@ -356,3 +349,90 @@ def test_escalations_follow_the_indicators() -> None:
     plus = build("plus", base, "linf", [0.1], None, False).config
     assert {m["name"] for m in plus["attacks"]} >= {"apgd-dlr", "fab"} and plus["eps"] == [0.1]
     assert build("square", base, "linf", [0.1], None, False).config["attacks"][0]["n_queries"] == 20000
+
+
+# -- the ladder and the rule, end to end (budget=0.05: seconds; the full-budget runs: test_claims_acceptance.py) ---
+
+
+def _front(kind: str, **kw: Any) -> dict[str, Any]:
+    pixel = {} if kind == "LogitScaled" else {"mean": MEAN, "std": STD}
+    return {"name": f"digits_cnn_at_{kind.lower()}", "mean": MEAN, "std": STD,
+            "arch": {"_target_": f"engine.models.testing.{kind}", "net": dict(DIGITS_ARCH), **pixel, **kw},
+            "checkpoint": "${cache_dir}/checkpoints/digits_cnn_at.safetensors"}
+
+
+def _verify(tmp_path: Path, model: dict[str, Any], claims: list[tuple[float, float]], *extra: str,
+            out: str = "out", n: int = 12) -> tuple[int, dict[str, Any], str]:
+    import io
+    import json
+    from contextlib import redirect_stderr, redirect_stdout
+
+    import yaml
+
+    from engine.claims.cli import main
+
+    path = tmp_path / "claim.yaml"
+    path.write_text(yaml.safe_dump({"model": model, "dataset": "digits", "n_examples": n, "claims": [
+        {"threat_model": {"norm": "linf", "eps": e}, "claimed_accuracy": c} for e, c in claims]}))
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with redirect_stdout(stdout), redirect_stderr(stderr):
+        rc = main([str(path), f"out_dir={tmp_path / out}", "budget=0.05", "progress=false", *extra])
+    assert rc != 2, stderr.getvalue()[-3000:]
+    return rc, json.loads((tmp_path / out / "verdict.json").read_text()), stdout.getvalue()
+
+
+def test_a_claim_refuted_by_the_base_run_skips_the_whole_ladder(embedded_checkpoints: dict[str, str],
+                                                                tmp_path: Path) -> None:
+    # logit scaling: cross-entropy gradients vanish, APGD-T's DLR loss does not: refuted before any escalation
+    rc, doc, text = _verify(tmp_path, _front("LogitScaled", scale=1000.0), [(0.2, 0.97)])
+    (v,) = doc["claims"]
+    assert v["verdict"] == "REFUTED" and rc == 1 and v["rule"] == "interval_below_claim"
+    assert v["reason"].startswith("rule interval_below_claim:")
+    assert v["escalations"] and all(e["status"] == "skipped" for e in v["escalations"])
+    assert all("already refuted" in e["why"] for e in v["escalations"])
+    assert v["ladder"]["stopped"] == "refuted" and v["ladder"]["spent_evals"] == 0
+    assert not (tmp_path / "out" / "escalations").exists()  # nothing ran
+    assert "ladder: stopped: every claim it could still change is refuted" in text
+
+
+def test_a_randomised_model_climbs_the_ladder_rescored(embedded_checkpoints: dict[str, str], tmp_path: Path) -> None:
+    model = _front("InputNoise", sigma=0.1)
+    rc, doc, text = _verify(tmp_path, model, [(0.2, 0.4)])
+    (v,) = doc["claims"]
+    assert v["verdict"] != "CONSISTENT" and doc["rule"]["rescore"] == 20
+    assert "classified 20 times" in text and f"rule {v['rule']}" in v["reason"]
+    ran = [e for e in v["escalations"] if e["status"] == "ran"]
+    assert ran and ran[0]["kind"] == "eot" and ran[0]["rung"] == 1
+    for e in ran:
+        assert e["samples"] > 0 and e["cost"] > 0 and 0 <= e["broke"] <= e["samples"]
+        assert e["cost"] <= e["cost_estimate"] and {"changed", "wall_s", "attack", "still_breaking_at"} <= set(e)
+    lad = v["ladder"]
+    assert lad["stopped"] in ("converged", "top_rung", "refuted", "nothing_left")
+    assert lad["spent_evals"] == sum(e["cost"] for e in ran) <= lad["budget_evals"] == 50_000 * 12 * 0.05
+    assert (tmp_path / "out" / "escalations" / "escalation_eot_linf").is_dir()
+
+    # the same run with no ladder budget: nothing escalates, so the randomness is not cleared and nothing converged
+    rc, doc, text = _verify(tmp_path, model, [(0.2, 0.0)], "ladder_budget=0")
+    (v,) = doc["claims"]
+    assert v["verdict"] == "INCONCLUSIVE" and rc == 3 and v["ladder"]["stopped"] == "budget"
+    assert v["ladder"]["converged"] is False and "budget" in v["ladder"]["not_converged"]
+    assert v["rule"] == "attack_failure" and "did not converge" in v["reason"]  # the first rule decides; all named
+    assert "NOT converged at this ε" in text
+
+
+def test_settings_come_from_the_claim_file_and_the_command_line() -> None:
+    from engine.claims.settings import settings
+
+    cf = parse_claim_file("c.yaml", _doc(tolerance=0.01, resolution=0.05))
+    st = settings(cf, {})
+    assert (st.tolerance, st.resolution, st.budget, st.ladder_evals) == (0.01, 0.05, 1.0, 50_000)
+    st = settings(cf, {"tolerance": "0", "ladder_budget": "2000", "budget": "0.5"})
+    assert (st.tolerance, st.ladder_evals, st.budget) == (0.0, 2000, 0.5) and st.rule().tolerance == 0.0
+    assert not st.rule(upper_bound=False).upper_bound
+    for over, needle in (({"tolerance": "0.5"}, "tolerance='0.5' must be a fraction in [0, 0.5)"),
+                         ({"tolerance": "x"}, "tolerance='x'"), ({"ladder_budget": "-1"}, "ladder_budget='-1'"),
+                         ({"ladder_budget": "lots"}, "model evaluations per sample")):
+        with pytest.raises(ConfigError, match=re.escape(needle)):
+            settings(cf, over)
+    with pytest.raises(ConfigError, match=r"tolerance=0\.6 must be a fraction"):
+        parse_claim_file("c.yaml", _doc(tolerance=0.6))

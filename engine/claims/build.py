@@ -24,7 +24,7 @@ from engine.compose.targets import TargetPolicy, opt_ins_from_files
 from engine.errors import ConfigError
 
 BASE_SUITE = "autoattack_standard_{norm}"
-CLAIM_OVERRIDE_KEYS = ("n_examples", "resolution", "budget")
+CLAIM_OVERRIDE_KEYS = ("n_examples", "resolution", "tolerance", "budget", "ladder_budget")
 # Where the claim's data and weights live on this machine (not what the claim is about): may be overridden.
 LOCATION_KEYS = ("dataset.root", "dataset.path", "model.checkpoint")
 BUDGET_KEYS = ("n_iter", "n_queries")  # what ``budget=`` scales (EOT counts and restarts are kept)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,19 +33,19 @@ from engine.claims.indicators import (
     trace_indicators,
     trace_member,
 )
+from engine.claims.ladder import LADDER_EVALS, Ladder, Live, RoundResult, climb
 from engine.claims.provenance import attack_record, provenance
 from engine.claims.schema import Claim, ClaimFile, load_claim_file
+from engine.claims.settings import Settings, settings
 from engine.claims.transfer import transfer_indicator
 from engine.claims.verdict import (
     ClaimVerdict,
     VerifyReport,
-    cap_reduced_budget,
     clean_part,
     corruption_verdict,
     finish_verdict,
 )
 from engine.data import Dataset
-from engine.errors import ConfigError
 from engine.evaluation.resources import Resources, resolve_device
 from engine.perturbations.adaptive import GradientView
 from engine.perturbations.suite import AttackSuite
@@ -87,11 +88,13 @@ class NormCheck:
     gradients_alive: bool = True
     base_robust: dict[float, list[int]] = field(default_factory=dict)  # before any escalation
     budget: float = 1.0
+    ladder: Ladder = field(default_factory=lambda: Ladder(0))
+    claims: list[Claim] = field(default_factory=list)
 
 
 def _rows(outcome: SweepOutcome, out_dir: str) -> list[dict[str, Any]]:
     table = ResultStore(out_dir).read(t.task_id for t in outcome.plan.tasks)
-    cols = ["model", "perturbation", "level", "sample_id", "correct", "broken_by", "margin"]
+    cols = ["model", "perturbation", "level", "sample_id", "correct", "broken_by", "margin", "grad_evals", "queries"]
     return table.select(cols).to_pylist()
 
 
@@ -165,31 +168,56 @@ def _traces(nc: NormCheck, model: torch.nn.Module, data: Dataset, suite: AttackS
     return found
 
 
-def _escalate(nc: NormCheck, cfg: dict[str, Any], model_name: str, kinds: dict[str, list[str]],
-              base_suite: dict[str, Any], fired_at: dict[str, list[float]]) -> None:
-    """Run the chosen escalations in order at every claimed ε, each on the samples still robust at some ε."""
-    root = Path(str(cfg["out_dir"])).expanduser() / "escalations"
-    for kind, reasons in kinds.items():
-        ids = sorted(set().union(*(set(o.robust_ids()) for o in nc.outcomes.values())))
-        esc = escalate.build(kind, base_suite, nc.norm, nc.eps, nc.at, nc.randomised, nc.budget)
-        record: dict[str, Any] = {
-            "kind": kind, "perturbation": esc.perturbation, "reasons": reasons,
-            "fired_at": {r: [f"{e:g}" for e in fired_at[r]] for r in reasons if r in fired_at},
-            "eps": list(nc.eps), "attack": attack_record(esc.config), "samples": len(ids), "changed": {}}
-        nc.ran.add(kind)
+def _live(nc: NormCheck) -> Live:
+    """The claimed ε still worth attacking: some claim there not refuted and some sample there still robust."""
+    live, dead = {}, {}
+    for eps in nc.eps:
+        ids = nc.outcomes[eps].robust_ids()
+        est = estimate([1.0 if ok else 0.0 for ok in nc.outcomes[eps].correct.values()])
+        claims = [c.claimed_accuracy for c in nc.claims if c.eps is not None and _same(float(c.eps), eps)]
         if not ids:
-            record["changed"] = "nothing left to attack: every sample was already broken"
-            nc.escalations.append(record)
-            continue
-        out_dir = root / esc.perturbation
-        log.info("escalation %s on %d sample(s) still robust (%s)", esc.perturbation, len(ids), ", ".join(reasons))
-        ecfg = claim_build.escalation_config(cfg, {esc.perturbation: esc.config}, ids, out_dir)
-        rows = _rows(run_sweep(ecfg), str(out_dir))
-        for eps in nc.eps:
-            record["changed"][f"{eps:g}"] = _merge(nc.outcomes[eps], _outcome(rows, model_name, esc.perturbation, eps),
-                                                   esc.perturbation)
-        record["out_dir"] = str(out_dir)
-        nc.escalations.append(record)
+            dead[eps] = "nothing_left"
+        elif claims and all(est.ci_high < claimed for claimed in claims):
+            dead[eps] = "refuted"
+        else:
+            live[eps] = ids
+    return Live(live, dead)
+
+
+def _run_step(nc: NormCheck, cfg: dict[str, Any], model_name: str, step: escalate.Escalation,
+              ids: list[int]) -> RoundResult:
+    """One ladder step as its own sweep on the samples ``ids`` at the step's ε; merged into the outcomes."""
+    out_dir = Path(str(cfg["out_dir"])).expanduser() / "escalations" / step.perturbation
+    log.info("escalation %s on %d sample(s) still robust at ε %s", step.perturbation, len(ids),
+             ", ".join(f"{e:g}" for e in step.config["eps"]))
+    nc.ran.add(step.kind)
+    started = time.perf_counter()
+    ecfg = claim_build.escalation_config(cfg, {step.perturbation: step.config}, ids, out_dir)
+    rows = _rows(run_sweep(ecfg), str(out_dir))
+    before = {e: set(nc.outcomes[e].robust_ids()) for e in step.config["eps"]}
+    changed = {f"{e:g}": _merge(nc.outcomes[e], _outcome(rows, model_name, step.perturbation, e), step.perturbation)
+               for e in step.config["eps"]}
+    broke = len(set().union(*(b - set(nc.outcomes[e].robust_ids()) for e, b in before.items())))
+    cost = sum(int(r["grad_evals"]) + int(r["queries"]) for r in rows
+               if r["model"] == model_name and r["perturbation"] == step.perturbation)
+    return RoundResult(changed, broke, cost, time.perf_counter() - started,
+                       {"attack": attack_record(step.config), "out_dir": str(out_dir)})
+
+
+def _escalate(nc: NormCheck, cfg: dict[str, Any], model_name: str, kinds: dict[str, list[str]],
+              base_suite: dict[str, Any], fired_at: dict[str, list[float]], num_classes: int,
+              per_sample: int) -> None:
+    """Climb the escalation ladder (engine.claims.ladder) for the chosen families at the live claimed ε."""
+    n = max((len(o.correct) for o in nc.outcomes.values()), default=0)
+    nc.ladder = Ladder(budget=max(1, round(per_sample * n * min(nc.budget, 1.0))))
+
+    def make(kind: str, rung: int, eps: list[float]) -> escalate.Escalation:
+        return escalate.build(kind, base_suite, nc.norm, eps or list(nc.eps), nc.at, nc.randomised, nc.budget,
+                              rung, num_classes)
+
+    climb(nc.ladder, kinds, make, lambda: _live(nc),
+          lambda step, ids: _run_step(nc, cfg, model_name, step, ids), fired_at)
+    nc.escalations = nc.ladder.rounds
 
 
 def _merge(before: Outcome, got: Outcome, perturbation: str) -> dict[str, int]:
@@ -249,17 +277,18 @@ def _fired(nc: NormCheck, claims: Sequence[Claim]) -> dict[str, list[float]]:
 
 
 def check_norm(cf: ClaimFile, cfg: dict[str, Any], outcome: SweepOutcome, rows: list[dict[str, Any]],
-               res: Resources, norm: str, claims: Sequence[Claim], budget: float = 1.0) -> NormCheck:
-    """Indicators (at every claimed ε), escalations and clearing for the adversarial claims of one norm."""
+               res: Resources, norm: str, claims: Sequence[Claim], budget: float = 1.0,
+               randomised: bool = False, ladder_evals: int = LADDER_EVALS) -> NormCheck:
+    """Indicators (at every claimed ε), the escalation ladder and clearing for the adversarial claims of one norm."""
     base = claim_build.BASE_SUITE.format(norm=norm)
     eps_list = sorted({float(c.eps) for c in claims if c.eps is not None})
     nc = NormCheck(norm, base, eps_list, {e: _outcome(rows, cf.model_name, base, e) for e in eps_list},
-                   budget=budget)
+                   budget=budget, claims=list(claims))
     suite = res.perturbation(base, cfg["perturbation"][base])
     assert isinstance(suite, AttackSuite)
     nc.threat_model = suite.threat_model
     model, x, y = _probe(res, cfg, cf.model_name)
-    nc.randomised = cf.randomised or _randomised(model, x)
+    nc.randomised = randomised or cf.randomised or _randomised(model, x)
     data = res.dataset(cfg["dataset"])
     for eps in eps_list:
         nc.indicators[eps] = _sanity(outcome, cf.model_name, base, eps)
@@ -270,7 +299,7 @@ def check_norm(cf: ClaimFile, cfg: dict[str, Any], outcome: SweepOutcome, rows: 
     nc.gradients_alive = alive(model, x, y)
     kinds = escalate.choose(list(fired), nc.randomised, nc.at, nc.gradients_alive)
     nc.base_robust = {e: o.robust_ids() for e, o in nc.outcomes.items()}
-    _escalate(nc, cfg, cf.model_name, kinds, cfg["perturbation"][base], fired)
+    _escalate(nc, cfg, cf.model_name, kinds, cfg["perturbation"][base], fired, data.num_classes, ladder_evals)
     if "transfer" in nc.ran and nc.at is not None:
         for eps in eps_list:
             nc.indicators[eps].append(transfer_indicator(nc, model, data, suite, res.device, eps))
@@ -283,88 +312,67 @@ def verify(path: str, args: Sequence[str], command: str | None = None) -> Verify
     verdicts with what they were computed on."""
     cf = load_claim_file(path)
     claim_over, hydra_over = claim_build.split_overrides(args)
-    n = _int_override(claim_over.get("n_examples"))
-    resolution = _float_override(claim_over.get("resolution"), cf.resolution)
-    budget = _budget_override(claim_over.get("budget"))
-    cfg = claim_build.base_config(cf, hydra_over, n, claim_over, budget)
+    st = settings(cf, claim_over)
+    cfg = claim_build.base_config(cf, hydra_over, st.n_examples, claim_over, st.budget)
+    res = Resources(resolve_device(str(cfg["device"])))
+    randomised = _rescore_if_randomised(cf, cfg, res)
     outcome = run_sweep(cfg)
     out_dir = str(cfg["out_dir"])
     rows = _rows(outcome, out_dir)
-    res = Resources(resolve_device(str(cfg["device"])))
     checks: dict[str, NormCheck] = {}
     for norm in dict.fromkeys(c.norm for c in cf.claims if c.norm):
         assert norm is not None
         checks[norm] = check_norm(cf, cfg, outcome, rows, res, norm, [c for c in cf.claims if c.norm == norm],
-                                  budget)
-    verdicts = _verdicts(cf, checks, rows, resolution, budget)
+                                  st.budget, randomised, st.ladder_evals)
+    verdicts = _verdicts(cf, checks, rows, st)
     data = res.dataset(cfg["dataset"])
     n_eval = min(len(data), int(cfg["n_examples"]))
     sha = next((t.checkpoint_sha256 for t in outcome.plan.tasks if t.model_name == cf.model_name), None)
-    prov = provenance(cf, cfg, sha, data.name, data.num_classes, data.sample_ids[:n_eval].tolist(), budget, command,
-                      outcome.plan.identity)
+    prov = provenance(cf, cfg, sha, data.name, data.num_classes, data.sample_ids[:n_eval].tolist(), st.budget,
+                      command, outcome.plan.identity)
+    prov["rule"] = {"resolution": st.resolution, "tolerance": st.tolerance, "ladder_budget_per_sample": st.ladder_evals,
+                    "rescore": escalate.RESCORE if randomised else 1}
     return VerifyReport(verdicts, Path(out_dir).expanduser(), prov)
 
 
-def _verdicts(cf: ClaimFile, checks: dict[str, NormCheck], rows: list[dict[str, Any]], resolution: float,
-              budget: float) -> list[ClaimVerdict]:
+def _rescore_if_randomised(cf: ClaimFile, cfg: dict[str, Any], res: Resources) -> bool:
+    """Whether the model's forward pass is random (declared, or two passes differ on the probe samples); then every
+    example of the base suites is classified ``escalate.RESCORE`` times (engine.perturbations.suite)."""
+    if not any(c.norm for c in cf.claims):
+        return False
+    try:
+        model, x, _ = _probe(res, cfg, cf.model_name)
+        randomised = cf.randomised or _randomised(model, x)
+    except Exception:
+        log.debug("randomness probe failed before the base sweep", exc_info=True)
+        randomised = cf.randomised
+    if randomised:
+        for norm in {c.norm for c in cf.claims if c.norm}:
+            cfg["perturbation"][claim_build.BASE_SUITE.format(norm=norm)]["rescore"] = escalate.RESCORE
+    return randomised
+
+
+def _verdicts(cf: ClaimFile, checks: dict[str, NormCheck], rows: list[dict[str, Any]],
+              st: Settings) -> list[ClaimVerdict]:
     clean = _outcome(rows, cf.model_name, "clean", 0.0)
     verdicts: list[ClaimVerdict] = []
     for c in cf.claims:
         if c.norm:
             nc = checks[c.norm]
             eps = float(c.eps)  # type: ignore[arg-type]
-            v = finish_verdict(c, nc, nc.outcomes[eps], nc.indicators[eps], resolution, BOUNDARY)
-            cap_reduced_budget(v, budget)
+            v = finish_verdict(c, nc, nc.outcomes[eps], nc.indicators[eps], st.rule(), BOUNDARY, st.budget, eps)
         else:
             members = claim_build.suite_members(str(c.corruptions))
-            v = corruption_verdict(c, rows, cf.model_name, members, resolution)
+            v = corruption_verdict(c, rows, cf.model_name, members, st.rule(upper_bound=False))
         if c.clean_accuracy is not None:
-            clean_part(v, c.clean_accuracy, clean, resolution)
+            clean_part(v, c.clean_accuracy, clean, st.rule(upper_bound=False))
         verdicts.append(v)
     return verdicts
-
-
-def _int_override(value: str | None) -> int | None:
-    if value is None:
-        return None
-    try:
-        n = int(value)
-    except ValueError:
-        raise ConfigError(f"n_examples={value!r} must be a positive integer") from None
-    if n < 1:
-        raise ConfigError(f"n_examples={value!r} must be a positive integer")
-    return n
-
-
-def _float_override(value: str | None, default: float) -> float:
-    if value is None:
-        return default
-    try:
-        r = float(value)
-    except ValueError:
-        raise ConfigError(f"resolution={value!r} must be a fraction in (0, 1)") from None
-    if not 0 < r < 1:
-        raise ConfigError(f"resolution={value!r} must be a fraction in (0, 1), e.g. 0.1 for 10 pp")
-    return r
-
-
-def _budget_override(value: str | None) -> float:
-    if value is None:
-        return 1.0
-    try:
-        b = float(value)
-    except ValueError:
-        b = float("nan")
-    if not 0 < b <= 1:
-        raise ConfigError(f"budget={value!r} must be a fraction in (0, 1] of every attack's iterations and "
-                          "queries (1 = the full AutoAttack budget; below 1 a verdict can refute, never confirm)")
-    return b
 
 
 def load_and_check(path: str, args: Sequence[str]) -> None:
     """Only the validation of ``verify`` (claim file, overrides, composed config): for ``--check`` and tests."""
     cf = load_claim_file(path)
     claim_over, hydra_over = claim_build.split_overrides(args)
-    n = _int_override(claim_over.get("n_examples"))
-    _float_override(claim_over.get("resolution"), cf.resolution)
-    claim_build.base_config(cf, hydra_over, n, claim_over, _budget_override(claim_over.get("budget")))
+    st = settings(cf, claim_over)
+    claim_build.base_config(cf, hydra_over, st.n_examples, claim_over, st.budget)

@@ -23,7 +23,8 @@ from engine.compose.config import CONFIG_DIR, group_options
 from engine.compose.targets import DOTTED_NAME, POLICY_KEYS, iter_targets
 from engine.errors import ConfigError
 
-TOP_KEYS = ("model", "dataset", "n_examples", "subset", "claims", "defence", "resolution", "title", "source")
+TOP_KEYS = ("model", "dataset", "n_examples", "subset", "claims", "defence", "resolution", "tolerance", "title",
+            "source")
 CLAIM_KEYS = ("threat_model", "claimed_accuracy", "clean_accuracy", "source", "name")
 THREAT_KEYS = ("norm", "eps", "corruptions")
 SUBSET_KEYS = ("mode", "n", "seed")
@@ -31,6 +32,7 @@ DEFENCE_KEYS = ("non_differentiable", "randomised")
 NORMS = {"linf": "linf", "l_inf": "linf", "inf": "linf", "l∞": "linf", "l2": "l2", "l_2": "l2"}
 MAX_L2_EPS = 16.0  # an L2 radius above this in [0, 1] pixels is almost surely in 0-255 units
 DEFAULT_RESOLUTION = 0.10
+DEFAULT_TOLERANCE = 0.02  # engine.claims.decide.TOLERANCE
 INTERPOLATION = re.compile(r"\$\{([^}]*)\}")
 CLAIM_INTERPOLATIONS = ("cache_dir",)  # the only ${…} an inline block may use
 
@@ -75,6 +77,7 @@ class ClaimFile:
     resolution: float = DEFAULT_RESOLUTION
     title: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    tolerance: float = DEFAULT_TOLERANCE  # how far above the measured accuracy an adversarial claim may sit
 
 
 def _where(path: str, key: str) -> str:
@@ -306,9 +309,12 @@ def parse_claim_file(path: str, doc: Any, config_dir: str = CONFIG_DIR) -> Claim
     res = doc.get("resolution", DEFAULT_RESOLUTION)
     if isinstance(res, bool) or not isinstance(res, (int, float)) or not 0 < res < 1:
         raise ConfigError(f"{path}: resolution={res!r} must be a fraction in (0, 1), e.g. 0.1 for 10 points")
+    tol = doc.get("tolerance", DEFAULT_TOLERANCE)
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 <= tol < 0.5:
+        raise ConfigError(f"{path}: tolerance={tol!r} must be a fraction in [0, 0.5), e.g. 0.02 for 2 points")
     return ClaimFile(path, model_name, model, dataset, n, subset, claims, nd, rnd, float(res),
                      None if doc.get("title") is None else str(doc["title"]),
-                     {"source": doc["source"]} if doc.get("source") is not None else {})
+                     {"source": doc["source"]} if doc.get("source") is not None else {}, float(tol))
 
 
 def load_claim_file(path: str | Path, config_dir: str = CONFIG_DIR) -> ClaimFile:

@@ -5,9 +5,12 @@
 engine/claims/provenance.py) and ``{"claims": [...]}``, each with ``verdict``,
 ``measured_accuracy``, ``ci_low``, ``ci_high``, ``n``, ``claimed_accuracy``,
 ``difference_pp``, ``threat_model`` (ε also in /255), ``statement``, ``caveat``,
-``indicators`` (measured at this claim's ε), ``escalations``, ``near_boundary``,
-``strongest_attack``, ``samples_needed`` (when inconclusive for lack of samples)
-and ``source`` (docs/claims.md). ``verdict.txt`` is the same, rendered.
+``indicators`` (measured at this claim's ε), ``escalations`` (every ladder round,
+run or skipped), ``ladder`` (its budget, what it spent, why it stopped, whether it
+converged at this claim's ε), ``rule`` (the rule of engine.claims.decide that
+decided), ``near_boundary``, ``strongest_attack``, ``samples_needed`` (when more
+samples would decide) and ``source`` (docs/claims.md). ``verdict.txt`` is the
+same, rendered.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.claims.decide import decide, estimate
+from engine.claims.decide import Blockers, Rule, decide, estimate
 from engine.claims.schema import Claim
 from engine.compose.threat_model import ThreatModel, describe, parse_tags
 
@@ -54,6 +57,8 @@ class ClaimVerdict:
     clean: dict[str, Any] | None = None
     difference_pp: float | None = None  # measured − claimed, in percentage points
     caveat: str | None = None
+    rule: str = ""  # the rule that decided (engine.claims.decide.RULES)
+    ladder: dict[str, Any] | None = None  # the escalation ladder of this claim's norm (engine.claims.ladder)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -91,24 +96,18 @@ def _caveat(verdict: str) -> str:
     return UPPER_BOUND.format(what=what)
 
 
-def cap_reduced_budget(v: ClaimVerdict, budget: float) -> None:
-    """Attacks run below their full budget (``budget=`` < 1) can refute a claim, never support it."""
-    if budget >= 1 or v.verdict != "CONSISTENT":
-        return
-    v.verdict = "INCONCLUSIVE"
-    v.reason += (f"; but the attacks ran at {budget:g}× their iterations and queries (budget={budget:g}), so the "
-                 "measured accuracy may be an overestimate: re-run with the full budget to confirm")
-    v.caveat = _caveat("INCONCLUSIVE")
-
-
-def finish_verdict(c: Claim, nc: Any, outcome: Any, indicators: Sequence[Any], resolution: float,
-                   boundary: float) -> ClaimVerdict:
-    """The verdict on adversarial claim ``c`` from its per-sample worst case ``outcome`` and the indicators
-    measured at its ε (``nc``: its NormCheck)."""
+def finish_verdict(c: Claim, nc: Any, outcome: Any, indicators: Sequence[Any], rule: Rule, boundary: float,
+                   budget: float = 1.0, eps: float | None = None) -> ClaimVerdict:
+    """The verdict on adversarial claim ``c`` from its per-sample worst case ``outcome``, the indicators measured
+    at its ε and the escalation ladder (``nc``: its NormCheck); attacks below their full ``budget`` cannot
+    support a claim."""
     scores = [1.0 if ok else 0.0 for ok in outcome.correct.values()]
     est = estimate(scores)
     uncleared = [i.check for i in indicators if i.fired and not i.cleared]
-    d = decide(est, c.claimed_accuracy, resolution, uncleared)
+    ladder = getattr(nc, "ladder", None)
+    at = float(c.eps if eps is None else eps)  # type: ignore[arg-type]
+    d = decide(est, c.claimed_accuracy, rule,
+               Blockers(uncleared, ladder.not_converged(at) if ladder is not None else "", budget))
     broken = [s for s, ok in outcome.correct.items() if not ok]
     counts = Counter(outcome.breaker[s] for s in broken)
     attacks = {k: v for k, v in counts.items() if k != "clean"}
@@ -122,12 +121,12 @@ def finish_verdict(c: Claim, nc: Any, outcome: Any, indicators: Sequence[Any], r
         strongest_attack=max(attacks, key=lambda k: attacks[k]) if attacks else None,
         broken_by=dict(sorted(counts.items(), key=lambda kv: -kv[1])), samples_needed=d.samples_needed,
         source=c.source, claim=c.name or c.label(), difference_pp=pp(est.accuracy, c.claimed_accuracy),
-        caveat=_caveat(d.verdict),
+        caveat=_caveat(d.verdict), rule=d.rule, ladder=ladder.as_dict(at) if ladder is not None else None,
     )
 
 
 def corruption_verdict(c: Claim, rows: Sequence[dict[str, Any]], model: str, members: Sequence[str],
-                       resolution: float) -> ClaimVerdict:
+                       rule: Rule) -> ClaimVerdict:
     """Mean accuracy over the suite's corruptions and severities; the interval is over samples (normal)."""
     per: dict[int, list[bool]] = {}
     for r in rows:
@@ -137,7 +136,7 @@ def corruption_verdict(c: Claim, rows: Sequence[dict[str, Any]], model: str, mem
     est = estimate(scores)
     sd = None if est.binary or est.n < 2 else \
         (sum((s - est.accuracy) ** 2 for s in scores) / (est.n - 1)) ** 0.5
-    d = decide(est, c.claimed_accuracy, resolution, [], sd)
+    d = decide(est, c.claimed_accuracy, rule, None, sd)
     tm = parse_tags("corruptions", ["natural-shift"], "corruption")
     return ClaimVerdict(
         verdict=d.verdict, measured_accuracy=est.accuracy, ci_low=est.ci_low, ci_high=est.ci_high, n=est.n,
@@ -145,18 +144,20 @@ def corruption_verdict(c: Claim, rows: Sequence[dict[str, Any]], model: str, mem
         threat_model={"corruptions": c.corruptions, "members": list(members), **tm.as_dict()},
         statement=describe(tm, None, None), reason=d.reason, samples_needed=d.samples_needed,
         source=c.source, claim=c.name or c.label(), difference_pp=pp(est.accuracy, c.claimed_accuracy),
+        rule=d.rule,
     )
 
 
-def clean_part(v: ClaimVerdict, claimed: float, clean: Any, resolution: float) -> None:
-    """Add the clean-accuracy check; a refuted clean claim refutes the claim as a whole."""
+def clean_part(v: ClaimVerdict, claimed: float, clean: Any, rule: Rule) -> None:
+    """Add the clean-accuracy check (an estimate, not a bound: ``rule`` with ``upper_bound`` False); a refuted
+    clean claim refutes the claim as a whole."""
     est = estimate([1.0 if ok else 0.0 for ok in clean.correct.values()])
-    d = decide(est, claimed, resolution, [])
+    d = decide(est, claimed, rule)
     v.clean = {"verdict": d.verdict, "claimed_accuracy": claimed, "measured_accuracy": est.accuracy,
                "ci_low": est.ci_low, "ci_high": est.ci_high, "n": est.n, "reason": d.reason,
-               "difference_pp": pp(est.accuracy, claimed)}
+               "difference_pp": pp(est.accuracy, claimed), "rule": d.rule}
     if SEVERITY[d.verdict] > SEVERITY[v.verdict]:
-        v.verdict = d.verdict
+        v.verdict, v.rule = d.verdict, f"clean: {d.rule}"
         if v.caveat is not None:
             v.caveat = _caveat(d.verdict)
         v.reason += f"; clean accuracy: {d.reason}"
@@ -234,8 +235,30 @@ def _render_evidence(v: ClaimVerdict) -> list[str]:
         lines.append(f"  indicators checked at this ε, not fired: {', '.join(quiet)}")
     eps = v.threat_model.get("eps")
     for e in v.escalations:
-        lines.append(f"  escalation {e['perturbation']} ({', '.join(map(str, e['reasons']))}): {_changed(e, eps)}")
+        rung = f" rung {e['rung']}" if "rung" in e else ""
+        cost = f"; {e['cost']:,} model evaluations, {e.get('wall_s', 0):g} s" if e.get("status") == "ran" else ""
+        lines.append(f"  escalation {e['perturbation']}{rung} ({', '.join(map(str, e['reasons']))}): "
+                     f"{_changed(e, eps)}{cost}")
+    if v.ladder:
+        lines.append(f"  {_ladder_text(v.ladder)}")
     return lines
+
+
+STOPPED = {"not_needed": "not needed (no indicator fired, no thin margin, no declared defence)",
+           "converged": "converged (the last round of every family broke at most {share:.0%} of what it attacked)",
+           "top_rung": "stopped at the strongest rung of a family that was still breaking samples",
+           "budget": "stopped at its budget",
+           "refuted": "stopped: every claim it could still change is refuted",
+           "nothing_left": "stopped: no sample left to break"}
+
+
+def _ladder_text(lad: dict[str, Any]) -> str:
+    how = STOPPED.get(lad.get("stopped", ""), str(lad.get("stopped"))).format(share=lad.get("converged_share", 0))
+    text = (f"ladder: {how}; {lad.get('spent_evals', 0):,} of {lad.get('budget_evals', 0):,} model evaluations "
+            "spent")
+    if lad.get("not_converged"):
+        text += f"; NOT converged at this ε: {lad['not_converged']}"
+    return text
 
 
 def _changed(e: dict[str, Any], eps: Any = None) -> str:
@@ -268,6 +291,13 @@ def render_provenance(p: dict[str, Any]) -> list[str]:
             lines.append(f"attacks: {name} at ε {[eps_255(float(e)) for e in rec.get('eps', [])]}: {members}")
     if a.get("budget", 1) < 1:
         lines.append(f"attack budget: {a['budget']:g}× the iterations and queries (reduced: can refute, not confirm)")
+    rule = p.get("rule") or {}
+    if rule:
+        lines.append(f"rule: resolution ±{100 * rule['resolution']:g} pp, tolerance {100 * rule['tolerance']:g} pp; "
+                     f"escalation ladder budget {rule['ladder_budget_per_sample']:,} model evaluations per sample")
+    if rule.get("rescore", 1) > 1:
+        lines.append(f"randomised model: every adversarial example is classified {rule['rescore']} times and a "
+                     f"sample counts as robust only if all {rule['rescore']} classify it correctly")
     lines.append(f"gauntlet {p['gauntlet_version']}: {p.get('command') or '(command not recorded)'}")
     return lines
 

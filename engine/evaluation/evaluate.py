@@ -11,7 +11,7 @@ import torch
 from engine.evaluation.checks import check_logits, verify_batch
 from engine.evaluation.resources import Resources
 from engine.evaluation.tasks import Task, TaskResult
-from engine.perturbations.base import BatchContext, LevelOutput
+from engine.perturbations.base import BatchContext, LevelOutput, worst_of
 
 ProgressFn = Callable[[int], None]
 
@@ -54,7 +54,9 @@ def evaluate(task: Task, res: Resources, on_batch: ProgressFn | None = None) -> 
 
     Every perturbed batch passes ``verify_batch`` and every logit matrix
     ``check_logits`` before a row is recorded; a failure raises and nothing of
-    this task is returned.
+    this task is returned. A perturbation with ``score_draws`` R > 1 (an attack
+    suite on a randomised model) has each example classified R times: the row
+    records the draw with the smallest margin, so it is correct only if all are.
     """
     started = time.perf_counter()
     model = res.model(task.model_name, task.model)
@@ -69,8 +71,8 @@ def evaluate(task: Task, res: Resources, on_batch: ProgressFn | None = None) -> 
         ctx = BatchContext(model=model, seed=task.seed, sample_ids=batch.sample_ids)
         for out in pert.run(x, y, ctx):
             sizes = verify_batch(pert, out.level, x, out.x)
-            with torch.no_grad():
-                logits = model(out.x)
+            # a randomised model's example counts as correct only when every one of these draws classifies it so
+            logits, _ = worst_of(model, out.x, y, pert.score_draws)
             check_logits(logits, len(y), data.num_classes, task.model_name,
                          f"{pert.name} level {out.level:g}")
             chunks.append(_rows(out, logits, y, batch.sample_ids, sizes, default_breaker))

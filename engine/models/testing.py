@@ -1,6 +1,7 @@
-"""Deliberately flawed defences for tests and demos: input quantisation (masks gradients), input noise (randomised),
-an input ripple (rugged, noisy gradients), and front ends that break the autograd graph (JPEG through PIL,
-bit-depth reduction under ``torch.no_grad()``), the commonest way published defences masked gradients.
+"""Deliberately flawed defences for tests and demos: input quantisation (masks gradients), quantisation followed by a
+median filter, input noise (randomised), an input ripple (rugged, noisy gradients), logit scaling (saturates the
+softmax, so cross-entropy gradients vanish), and front ends that break the autograd graph (JPEG through PIL,
+bit-depth reduction under ``torch.no_grad()``), the commonest ways published defences masked gradients.
 
 Each wraps any architecture (``net``) and loads that architecture's checkpoint
 unchanged (``load_state_dict`` is delegated), so a claim file can put one in
@@ -30,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -71,6 +73,44 @@ class InputQuantised(_PixelFrontEnd):
     def pre(self, x: torch.Tensor) -> torch.Tensor:
         k = self.levels - 1
         return torch.round(x.clamp(0.0, 1.0) * k) / k
+
+
+class QuantisedMedian(InputQuantised):
+    """Quantisation to ``levels`` grey levels, then a ``kernel`` × ``kernel`` median filter (Xu et al.'s feature
+    squeezing, as a single model): piecewise constant, every input gradient is zero."""
+
+    def __init__(self, net: nn.Module, levels: int = 16, kernel: int = 3, mean: Sequence[float] = (0.0,),
+                 std: Sequence[float] = (1.0,)) -> None:
+        super().__init__(net, levels, mean, std)
+        if kernel < 1 or kernel % 2 == 0:
+            raise ValueError(f"kernel must be an odd size ≥ 1, got {kernel}")
+        self.kernel = int(kernel)
+
+    def pre(self, x: torch.Tensor) -> torch.Tensor:
+        q = super().pre(x)
+        k, pad = self.kernel, self.kernel // 2
+        n, c, h, w = q.shape
+        windows = F.unfold(F.pad(q, (pad, pad, pad, pad), mode="reflect"), k)  # N × (C·k·k) × (H·W)
+        return windows.view(n, c, k * k, h * w).median(dim=2).values.view(n, c, h, w)
+
+
+class LogitScaled(nn.Module):
+    """``net``'s logits times ``scale``: the same predictions, but the softmax saturates, so the cross-entropy
+    loss and its gradient are exactly zero in float32 on confidently classified inputs (Carlini & Wagner's
+    defensive-distillation finding). Margin-based losses (DLR, FAB, Square) are unaffected."""
+
+    def __init__(self, net: nn.Module, scale: float = 1000.0) -> None:
+        super().__init__()
+        if not scale > 0:
+            raise ValueError(f"scale must be > 0, got {scale}")
+        self.net, self.scale = net, float(scale)
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        return self.net.load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.net(z) * self.scale
+        return out
 
 
 class InputNoise(_PixelFrontEnd):

@@ -13,7 +13,12 @@ implementation (``pyautoattack`` 0.2.0: ``autopgd_base.py``, ``fab_base.py``,
 * A sample leaves the working batch as soon as it is broken at the current ε
   (the original keeps iterating on it). Every per-sample computation of these
   attacks is independent of the other rows, so this changes no verdict, only the
-  cost; the example returned is the first adversarial iterate found.
+  cost; the example returned is the first adversarial iterate found. Under EOT
+  (``eot`` > 1, a randomised model) one misclassified draw is luck, not a break:
+  APGD keeps iterating, as the original does, and returns the iterate
+  misclassified by the largest share of its EOT draws (the latest on ties, as the
+  original keeps the last misclassified iterate); a row leaves early only when
+  every draw of an iterate misclassifies it, and its restarts go on until then.
 * Redundant forward passes are dropped (target ranking is computed once per
   call; the last APGD iteration does not compute a gradient nobody uses).
 * Targeted members may run several target classes of a sample in one batch
@@ -163,6 +168,7 @@ class APGD(SuiteMember):
                 order = ctx.model(x).sort(dim=1)[1]
             queries += 1
             ranks = list(range(2, min(self.n_target_classes, ctx.num_classes - 1) + 2))
+        best = torch.zeros(n, device=x.device)  # share of the EOT draws that misclassify the best example
         for chunk in target_chunks(ranks, self.target_batch, ctx.max_rows, lambda: int((~found).sum())):
             for _ in range(self.n_restarts):
                 rows = (~found).nonzero().squeeze(1)
@@ -173,22 +179,30 @@ class APGD(SuiteMember):
                 # target at a time would draw them
                 start = random_start(x[sample], ctx.eps, ctx.norm.name, [gens[i] for i in sample.tolist()])
                 group = sample if len(chunk) > 1 else None
-                hit, x_hit, cost, q = self._single_run(ctx, x[sample], y[sample], target, start, group)
+                share, x_hit, cost, q = self._single_run(ctx, x[sample], y[sample], target, start, group)
                 grads.index_add_(0, sample, cost)
                 queries.index_add_(0, sample, q)
-                found[sample[hit]] = True
-                x_found[sample[hit]] = x_hit[hit]
-        return MemberResult(x_found, found, grads, queries)
+                for r in (share > 0).nonzero().squeeze(1).tolist():  # at most one row per sample without EOT
+                    s = int(sample[r])
+                    if share[r] > best[s]:
+                        best[s], x_found[s] = share[r], x_hit[r]
+                found[:] = best >= 1  # every draw misclassifies it (without EOT: the one draw): no more restarts
+        return MemberResult(x_found, best > 0, grads, queries)
 
     def _grad(self, ctx: MemberContext, x_adv: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None,
               need_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Mean gradient over ``eot`` passes, with the logits and per-sample loss of the last pass."""
+        """Mean gradient over ``eot`` passes, the share of those passes that misclassify each row, and the
+        per-sample loss of the last pass."""
         loss_fn = LOSSES[self.loss]
-        if not need_grad:
+        if not need_grad:  # the last iterate: its share of misclassifying draws, from ``eot`` plain passes
             with torch.no_grad():
-                logits = ctx.model(x_adv)
-                return torch.zeros_like(x_adv), logits, loss_fn(logits, y, target)
+                wrong = torch.zeros(x_adv.shape[0], device=x_adv.device)
+                for _ in range(self.eot):
+                    logits = ctx.model(x_adv)
+                    wrong += (logits.argmax(1) != y).float()
+                return torch.zeros_like(x_adv), wrong / float(self.eot), loss_fn(logits, y, target)
         grad = torch.zeros_like(x_adv)
+        wrong = torch.zeros(x_adv.shape[0], device=x_adv.device)
         for _ in range(self.eot):
             xg = x_adv.detach().requires_grad_(True)
             with torch.enable_grad():
@@ -196,7 +210,8 @@ class APGD(SuiteMember):
                 loss_indiv = loss_fn(logits, y, target)
                 g = input_gradient(loss_indiv.sum(), xg)  # zeros when the model broke the graph
             grad += g.detach()
-        return grad / float(self.eot), logits.detach(), loss_indiv.detach()
+            wrong += (logits.detach().argmax(1) != y).float()
+        return grad / float(self.eot), wrong / float(self.eot), loss_indiv.detach()
 
     def _step(self, s: _APGDRows, eps: float, norm: str, a: float) -> torch.Tensor:
         """One momentum step of the original (two projections, momentum ``a``)."""
@@ -214,18 +229,19 @@ class APGD(SuiteMember):
     def _single_run(self, ctx: MemberContext, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None,
                     start: torch.Tensor, group: torch.Tensor | None = None,
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One APGD run from ``start``; returns (broken, example, gradient evaluations, queries) per row.
+        """One APGD run from ``start``; returns (share of the draws misclassifying the example, example, gradient
+        evaluations, queries) per row; without EOT the share is 1 (broken) or 0.
 
         With ``group`` (the sample of each row, rows of a sample adjacent), a sample
         leaves as soon as any of its rows is broken; only that row counts as a hit.
         """
         n, eps, norm = x.shape[0], ctx.eps, ctx.norm.name
-        hit = torch.zeros(n, dtype=torch.bool, device=x.device)
+        hit = torch.zeros(n, device=x.device)
         x_hit = x.clone()
         cost = torch.full((n,), self.eot, dtype=torch.int64, device=x.device)
         queries = torch.zeros(n, dtype=torch.int64, device=x.device)
         x_adv = start.clamp(0.0, 1.0)
-        grad, logits, loss = self._grad(ctx, x_adv, y, target, need_grad=True)
+        grad, wrong, loss = self._grad(ctx, x_adv, y, target, need_grad=True)
         n_iter_2 = max(int(0.22 * self.n_iter), 1)
         n_iter_min, size_decr = max(int(0.06 * self.n_iter), 1), max(int(0.03 * self.n_iter), 1)
         s = _APGDRows(
@@ -235,7 +251,7 @@ class APGD(SuiteMember):
             loss_steps=torch.zeros(self.n_iter, n, device=x.device),
             loss_best_last=loss.clone(), reduced_last=torch.ones_like(loss), group=group,
         )
-        self._retire(s, logits, hit, x_hit)
+        self._retire(s, wrong, hit, x_hit)
         k, counter3 = n_iter_2, 0
         for i in range(self.n_iter):
             if s.idx.numel() == 0:
@@ -243,9 +259,9 @@ class APGD(SuiteMember):
             new = self._step(s, eps, norm, 0.75 if i > 0 else 1.0)
             s.x_old, s.x_adv = s.x_adv, new
             last = i == self.n_iter - 1
-            s.grad, logits, loss = self._grad(ctx, s.x_adv, s.y, s.target, need_grad=not last)
+            s.grad, wrong, loss = self._grad(ctx, s.x_adv, s.y, s.target, need_grad=not last)
             if last:
-                queries[s.idx] += 1
+                queries[s.idx] += self.eot
             else:
                 cost[s.idx] += self.eot
             s.loss_steps[i] = loss
@@ -258,7 +274,7 @@ class APGD(SuiteMember):
                 self._check_step_size(s, i, k)
                 k = max(k - size_decr, n_iter_min)
                 counter3 = 0
-            self._retire(s, logits, hit, x_hit)
+            self._retire(s, wrong, hit, x_hit)
         return hit, x_hit, cost, queries
 
     def _check_step_size(self, s: _APGDRows, i: int, k: int) -> None:
@@ -279,17 +295,25 @@ class APGD(SuiteMember):
             s.grad[fl] = s.grad_best[fl]
 
     @staticmethod
-    def _retire(s: _APGDRows, logits: torch.Tensor, hit: torch.Tensor, x_hit: torch.Tensor) -> None:
-        """Rows misclassified at the current iterate are broken: record them and drop them from the batch."""
-        wrong = logits.argmax(1) != s.y
-        if not bool(wrong.any()):
+    def _retire(s: _APGDRows, wrong: torch.Tensor, hit: torch.Tensor, x_hit: torch.Tensor) -> None:
+        """Rows misclassified by every draw at the current iterate are broken: record them and drop them from the
+        batch. Under EOT, an iterate that some draws misclassify is kept when no earlier one was misclassified
+        by a larger share (``hit``), and the row goes on."""
+        partial = (wrong > 0) & (wrong < 1)
+        if bool(partial.any()):
+            better = partial & (wrong >= hit[s.idx])
+            rows = s.idx[better]
+            hit[rows] = wrong[better]
+            x_hit[rows] = s.x_adv[better]
+        solid = wrong >= 1
+        if not bool(solid.any()):
             return
         if s.group is None:
-            first, drop = wrong, wrong
+            first, drop = solid, solid
         else:
-            first, drop = _first_in_group(wrong, s.group)
+            first, drop = _first_in_group(solid, s.group)
         rows = s.idx[first]
-        hit[rows] = True
+        hit[rows] = 1.0
         x_hit[rows] = s.x_adv[first]
         s.keep(~drop)
 

@@ -104,6 +104,12 @@ class Perturbation:
         """Model samples averaged per gradient (Expectation over Transformation); 1 means no EOT."""
         return 1
 
+    @property
+    def score_draws(self) -> int:
+        """How many times the evaluator classifies each perturbed input (1: once). Above 1, for a randomised
+        model: a sample counts as correct only when every one of these classifications is (:func:`worst_of`)."""
+        return 1
+
     def threat_of(self, breaker: str) -> str | None:
         """'white-box' or 'black-box' for the attack named ``breaker`` (suites ask their member), from the tags."""
         if self.family != "attack" or not breaker:
@@ -141,3 +147,27 @@ def check_severities(name: str, severities: Sequence[float]) -> None:
                 f"perturbation {name!r}: severity {s!r} is outside 1-5; "
                 "corruption severities are the integers 1, 2, 3, 4, 5"
             )
+
+
+def margins_of(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Logit of the true class minus the largest other logit (> 0 ⇔ correct, barring ties)."""
+    true = logits.gather(1, labels[:, None]).squeeze(1)
+    others = logits.scatter(1, labels[:, None], float("-inf"))
+    return true - others.amax(dim=1)
+
+
+def worst_of(model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Classify ``x`` ``draws`` times (no gradients): per row the logits of the draw with the smallest margin
+    (the worst case: misclassified if any draw is) and how many draws misclassified it."""
+    with torch.no_grad():
+        worst = model(x)
+        margin = margins_of(worst, y)
+        count = (worst.argmax(1) != y).long()
+        for _ in range(draws - 1):
+            logits = model(x)
+            m = margins_of(logits, y)
+            count += (logits.argmax(1) != y).long()
+            lower = m < margin
+            worst = torch.where(lower[:, None], logits, worst)
+            margin = torch.where(lower, m, margin)
+    return worst, count

@@ -12,6 +12,14 @@ Every claimed success is checked here before a sample leaves the cascade: the
 example must lie in the ε ball and the [0, 1] box (else ``ThreatModelViolation``)
 and the model must misclassify it (else the claim is ignored and the next member
 attacks the sample). The evaluator re-checks and re-classifies the final batch.
+
+``rescore: R`` > 1 is for a randomised model (after AutoAttack's pull request
+#105): every member's example, claimed or not, is classified R times; a sample
+keeps the example misclassified by the most of its R draws and stays in the
+cascade until one is misclassified by all R (one lucky draw neither breaks a
+sample nor ends its attack). The evaluator then classifies the kept example R
+times afresh, and the sample counts as robust only if all R classify it correctly
+(``score_draws``). Minimal-norm results are not reused across ε then.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from engine.perturbations.base import (
     LevelOutput,
     Perturbation,
     check_eps_list,
+    worst_of,
     zero_cost,
 )
 from engine.perturbations.norms import Norm
@@ -174,9 +183,12 @@ class AttackSuite(Perturbation):
 
     eps: Sequence[float] = field(default_factory=tuple)
     attacks: Sequence[SuiteMember] = field(default_factory=tuple)
+    rescore: int = 1  # classifications per example (module docstring); > 1 for a randomised model
 
     def __post_init__(self) -> None:
         check_eps_list(self.name, list(self.eps))
+        if isinstance(self.rescore, bool) or not isinstance(self.rescore, int) or self.rescore < 1:
+            raise ConfigError(f"perturbation {self.name!r}: rescore must be an integer ≥ 1, got {self.rescore!r}")
         object.__setattr__(self, "eps", tuple(sorted(float(e) for e in self.eps)))
         object.__setattr__(self, "attacks", tuple(self.attacks))
         if self.norm is None:
@@ -204,6 +216,10 @@ class AttackSuite(Perturbation):
     def eot_iter(self) -> int:
         return min(a.eot_iter for a in self.attacks)
 
+    @property
+    def score_draws(self) -> int:
+        return self.rescore
+
     def threat_of(self, breaker: str) -> str | None:
         for a in self.attacks:
             if a.name == breaker:
@@ -214,6 +230,9 @@ class AttackSuite(Perturbation):
         return {"batch_size": batch_size} if any(a.batch_dependent for a in self.attacks) else {}
 
     def run(self, x: torch.Tensor, y: torch.Tensor, ctx: BatchContext) -> Iterator[LevelOutput]:
+        if self.rescore > 1:
+            yield from self._run_rescored(x, y, ctx)
+            return
         n = x.shape[0]
         with torch.no_grad():
             logits = ctx.model(x)
@@ -232,6 +251,64 @@ class AttackSuite(Perturbation):
                         break
                     self._run_member(member, level, pool, x, y, ctx, num_classes, state, grads, queries)
             yield LevelOutput(level, state.x_out.clone(), grads, queries, tuple(state.breaker))
+
+    def _run_rescored(self, x: torch.Tensor, y: torch.Tensor, ctx: BatchContext) -> Iterator[LevelOutput]:
+        """The cascade for a randomised model (module docstring): per sample, the example misclassified by the
+        most of ``rescore`` draws; a sample leaves the cascade when all draws misclassify its example."""
+        n = x.shape[0]
+        logits, wrong = worst_of(ctx.model, x, y, self.rescore)
+        num_classes = int(logits.shape[1])
+        state = _SuiteState(x.clone(), torch.zeros(n, dtype=torch.bool), [""] * n, {})
+        best = wrong.cpu()  # misclassifying draws of each sample's kept example (the clean input first)
+        first_query = torch.full((n,), self.rescore, dtype=torch.int64)
+        for level in self.levels:
+            grads, queries = zero_cost(n), zero_cost(n)
+            queries += first_query
+            first_query = zero_cost(n)
+            if level > 0:
+                for member in self.attacks:
+                    pool = (best < self.rescore).nonzero().squeeze(1)
+                    if pool.numel() == 0:
+                        break
+                    res = member.attack(x[pool.to(x.device)], y[pool.to(x.device)],
+                                        self._member_context(member, level, pool, ctx, num_classes, x))
+                    grads[pool] += res.grad_evals.cpu()
+                    queries[pool] += res.queries.cpu()
+                    self._keep_worse(member, level, pool, res, x, y, ctx, state, best, queries)
+            yield LevelOutput(level, state.x_out.clone(), grads, queries, tuple(state.breaker))
+
+    def _member_context(self, member: SuiteMember, level: float, pool: torch.Tensor, ctx: BatchContext,
+                        num_classes: int, x: torch.Tensor) -> MemberContext:
+        ids = ctx.sample_ids[pool].tolist()
+        return MemberContext(
+            model=ctx.model, norm=self._norm, eps=level, num_classes=num_classes,
+            sample_seeds=tuple(derive_seed(ctx.seed, int(s), self.name, member.name, level) for s in ids),
+            shared_seed=derive_seed(ctx.seed, self.name, member.name, level), max_rows=int(x.shape[0]),
+        )
+
+    def _keep_worse(self, member: SuiteMember, level: float, pool: torch.Tensor, res: MemberResult,
+                    x: torch.Tensor, y: torch.Tensor, ctx: BatchContext, state: _SuiteState, best: torch.Tensor,
+                    queries: torch.Tensor) -> None:
+        """Classify every example of the member ``rescore`` times; keep it where more draws misclassify it than
+        the sample's kept example. Claimed successes must lie in the ball; other examples count only inside it."""
+        claimed = res.success.cpu()
+        dev_pool = pool.to(x.device)
+        if bool(claimed.any()):
+            self._check_ball(member, level, x[dev_pool[claimed.to(x.device)]], res.x_adv[claimed.to(x.device)])
+        inside = (self._norm.measure(res.x_adv - x[dev_pool]) <= self._norm.bound(level)).cpu()
+        inside &= torch.isfinite(res.x_adv).flatten(1).all(1).cpu()
+        inside &= ((res.x_adv >= -1e-6) & (res.x_adv <= 1 + 1e-6)).flatten(1).all(1).cpu()
+        if not bool(inside.any()):
+            return
+        rows, keep = pool[inside], inside.nonzero().squeeze(1)
+        _, wrong = worst_of(ctx.model, res.x_adv[keep.to(x.device)], y[rows.to(x.device)], self.rescore)
+        queries[rows] += self.rescore
+        wrong = wrong.cpu()
+        for r, k, w in zip(rows.tolist(), keep.tolist(), wrong.tolist(), strict=True):
+            if w > int(best[r]):
+                best[r] = w
+                state.x_out[r] = res.x_adv[k]
+                state.breaker[r] = member.name
 
     # -- one member at one ε ------------------------------------------------------------------
 
