@@ -135,8 +135,9 @@ def test_a_noisy_defence_claimed_15_points_above_its_eot_accuracy_is_never_consi
     assert v["verdict"] in ("REFUTED", "INCONCLUSIVE") and rc in (1, 3), v["reason"]
     assert v["n"] == 100 and v["measured_accuracy"] < claimed
     lad = v["ladder"]
-    assert lad["stopped"] in ("converged", "top_rung", "budget", "refuted", "nothing_left") and lad["rounds"]
-    for r in lad["rounds"]:  # what ran (or why not), samples broken, cost
+    assert lad["stopped"] in ("converged", "top_rung", "budget", "refuted", "nothing_left") and v["escalations"]
+    assert lad["rounds_run"] + lad["rounds_skipped"] == len(v["escalations"])
+    for r in v["escalations"]:  # every round: what ran (or why not), samples broken, cost
         assert r["status"] in ("ran", "skipped") and r["kind"] in ("eot", "plus", "bpda", "transfer", "square")
         assert ("cost" in r and "broke" in r and "samples" in r) if r["status"] == "ran" else r["why"]
     assert "classified 20 times" in text and f"rule {v['rule']}" in v["reason"]
