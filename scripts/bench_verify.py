@@ -154,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--label", default="")
     ap.add_argument("--log", type=Path, default=Path("bench_verify.jsonl"))
+    ap.add_argument("--keep", type=Path, default=None, help="keep each run's claim file and out_dir under this folder")
     ap.add_argument("extra", nargs="*", help="more verify overrides (key=value)")
     args = ap.parse_args(argv)
     for case in args.cases:
@@ -161,8 +162,13 @@ def main(argv: list[str] | None = None) -> int:
         claimed = args.claim if args.claim is not None else min(1.0, basis(case, args.n) + args.offset)
         print(f"{case}: claim {claimed:.4f} ({args.claim_from} accuracy + {args.offset:g})", flush=True)
         for i in range(args.repeat):
-            with tempfile.TemporaryDirectory(prefix=f"bench_verify_{case}_") as tmp:
-                rec = run_one(case, args.n, claimed, args.tree.resolve(), Path(tmp), list(args.extra))
+            if args.keep is not None:
+                work = args.keep / f"{args.label or 'run'}_{case}_{i}"
+                work.mkdir(parents=True, exist_ok=True)
+                rec = run_one(case, args.n, claimed, args.tree.resolve(), work, list(args.extra))
+            else:
+                with tempfile.TemporaryDirectory(prefix=f"bench_verify_{case}_") as tmp:
+                    rec = run_one(case, args.n, claimed, args.tree.resolve(), Path(tmp), list(args.extra))
             rec.update(label=args.label, repeat=i)
             print(json.dumps(rec), flush=True)
             with args.log.open("a") as f:

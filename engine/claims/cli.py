@@ -12,11 +12,13 @@ from engine.errors import GauntletError
 USAGE = """usage: gauntlet verify CLAIM.yaml [key=value …]
 
 Check a vendor's robustness claims (docs/claims.md): AutoAttack standard per norm, the corruption suites,
-indicators of attack failure, escalation (plus, EOT, BPDA, transfer, Square) where needed, and a verdict per
-claim, printed and written to OUT_DIR/verdict.json.
+indicators of attack failure, an escalation ladder (EOT, BPDA, transfer, plus, Square; stronger rungs while
+they still break samples, skipped where no verdict can change) and a verdict per claim naming the rule that
+decided it, printed and written to OUT_DIR/verdict.json.
 
-Overrides after the file: n_examples=N (a subset's n too), resolution=0.1, budget=F (a fraction of every
-attack's iterations and queries for a quick look: such a run can refute a claim, never confirm it), where the
+Overrides after the file: n_examples=N (a subset's n too), resolution=0.1, tolerance=0.02,
+ladder_budget=E (model evaluations per sample for the whole ladder; default 50000), budget=F (a fraction of
+every attack's iterations and queries for a quick look: such a run can refute a claim, never confirm it), where the
 data and weights live (dataset.root=…, dataset.path=…, model.checkpoint=…), and sweep keys such as out_dir=…,
 device=…, batch_size=…, seed=…, progress=false (default out_dir: runs/verify/<claim file name>).
 

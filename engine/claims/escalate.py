@@ -106,8 +106,9 @@ def _suite(norm: str, eps: list[float], members: list[dict[str, Any]], tags: lis
 
 
 def _eot(norm: str, eps: list[float], rung: int) -> dict[str, Any]:
-    """Rung 1: AutoAttack rand (APGD-CE, APGD-DLR, EOT 20); 2: with 3 restarts and the targeted APGD-T under EOT;
-    3: EOT 50, 200 iterations, 2 restarts."""
+    """Rung 1: AutoAttack rand (APGD-CE, APGD-DLR, EOT 20); 2: with 3 restarts; 3: EOT 50, 200 iterations,
+    2 restarts. (APGD-T under EOT 20 broke 1 of 34 samples left by rung 2 on the σ = 0.1 noisy digits model at
+    2.4× rung 2's cost: docs/BENCHMARKS.md, so it is not a rung.)"""
     if rung == 1:
         cfg = compose([f"perturbation=[autoattack_rand_{norm}]"])["perturbation"][f"autoattack_rand_{norm}"]
         cfg["eps"] = eps
@@ -115,7 +116,6 @@ def _eot(norm: str, eps: list[float], rung: int) -> dict[str, Any]:
     tags = [*WB, "AML.T0015"]
     if rung == 2:
         return _suite(norm, eps, [_apgd("apgd-ce", "ce", restarts=3, eot=EOT_SAMPLES),
-                                  _apgd("apgd-t", "dlr-targeted", eot=EOT_SAMPLES),
                                   _apgd("apgd-dlr", "dlr", restarts=3, eot=EOT_SAMPLES)], tags)
     return _suite(norm, eps, [_apgd("apgd-ce", "ce", n_iter=200, restarts=2, eot=EOT_TOP),
                               _apgd("apgd-dlr", "dlr", n_iter=200, restarts=2, eot=EOT_TOP)], tags)

@@ -75,8 +75,11 @@ class Ladder:
         return "; ".join(why) + tail
 
     def as_dict(self, eps: float | None = None) -> dict[str, Any]:
-        out = {"stopped": self.stopped, "budget_evals": self.budget, "spent_evals": self.spent,
-               "converged_share": self.share, "rounds": self.rounds}
+        """The record without its rounds (a verdict lists them as ``escalations``), with the convergence at ``eps``."""
+        ran = sum(1 for r in self.rounds if r["status"] == "ran")
+        out: dict[str, Any] = {"stopped": self.stopped, "budget_evals": self.budget, "spent_evals": self.spent,
+                               "converged_share": self.share, "rounds_run": ran,
+                               "rounds_skipped": len(self.rounds) - ran}
         if eps is not None:
             why = self.not_converged(eps)
             out |= {"converged": not why, "not_converged": why or None}

@@ -179,7 +179,7 @@ class APGD(SuiteMember):
                 # target at a time would draw them
                 start = random_start(x[sample], ctx.eps, ctx.norm.name, [gens[i] for i in sample.tolist()])
                 group = sample if len(chunk) > 1 else None
-                share, x_hit, cost, q = self._single_run(ctx, x[sample], y[sample], target, start, group)
+                share, x_hit, cost, q = self._run_shares(ctx, x[sample], y[sample], target, start, group)
                 grads.index_add_(0, sample, cost)
                 queries.index_add_(0, sample, q)
                 for r in (share > 0).nonzero().squeeze(1).tolist():  # at most one row per sample without EOT
@@ -229,12 +229,20 @@ class APGD(SuiteMember):
     def _single_run(self, ctx: MemberContext, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None,
                     start: torch.Tensor, group: torch.Tensor | None = None,
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One APGD run from ``start``; returns (share of the draws misclassifying the example, example, gradient
-        evaluations, queries) per row; without EOT the share is 1 (broken) or 0.
+        """One APGD run from ``start``; returns (broken, example, gradient evaluations, queries) per row (under
+        EOT, "broken": some draw misclassified the example returned).
 
         With ``group`` (the sample of each row, rows of a sample adjacent), a sample
         leaves as soon as any of its rows is broken; only that row counts as a hit.
         """
+        share, x_hit, cost, queries = self._run_shares(ctx, x, y, target, start, group)
+        return share > 0, x_hit, cost, queries
+
+    def _run_shares(self, ctx: MemberContext, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None,
+                    start: torch.Tensor, group: torch.Tensor | None = None,
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`_single_run`, with the share of the draws misclassifying each row's example (without EOT: 1 for
+        a broken row, else 0) in place of "broken"."""
         n, eps, norm = x.shape[0], ctx.eps, ctx.norm.name
         hit = torch.zeros(n, device=x.device)
         x_hit = x.clone()
