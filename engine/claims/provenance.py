@@ -15,6 +15,7 @@ from typing import Any
 import engine
 from engine.claims.schema import ClaimFile
 from engine.claims.subset import ids_digest
+from engine.models.checkpoint import sha256_of
 
 SUBSET_TARGET = "engine.claims.subset.subset_of"
 LOCATION_KEYS = ("root", "path", "class_index")  # dataset config keys naming files or folders it reads
@@ -24,17 +25,9 @@ MEMBER_KEYS = ("loss", "n_iter", "n_restarts", "n_queries", "n_target_classes", 
                "at", "mode")
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def claim_file_record(cf: ClaimFile) -> dict[str, Any]:
     p = Path(cf.path)
-    return {"path": str(p.resolve()), "sha256": sha256_file(p), "title": cf.title,
+    return {"path": str(p.resolve()), "sha256": sha256_of(p), "title": cf.title,
             "source": cf.extra.get("source")}
 
 
