@@ -334,7 +334,7 @@ def test_a_reduced_budget_scales_every_rung_exactly_once() -> None:
 
     assert [m["n_queries"] for m in members("square")] == [4 * 250]  # 4× the scaled base budget
     assert [m["n_queries"] for m in members("square", 2)] == [10 * 250]
-    assert {m["n_iter"] for m in members("eot")} == {5} and {m["n_iter"] for m in members("eot", 3)} == {10}
+    assert {m["n_iter"] for m in members("eot")} == {5} and {m["eot"] for m in members("eot", 3)} == {50}
     assert {m["n_iter"] for m in members("bpda")} == {5} and {m["n_iter"] for m in members("bpda", 2)} == {5}
     assert {m["n_iter"] for m in members("plus", 2)} == {50}
     assert all(m["n_iter"] == 5 for m in members("plus") if "n_iter" in m)
