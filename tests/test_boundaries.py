@@ -54,7 +54,7 @@ def test_no_engine_module_outside_the_ray_runner_imports_ray() -> None:
 FLOORS: dict[str, int] = {
     "errors": 0, "seeding": 0, "__init__": 0,  # the ground floor: plain helpers anyone may use
     "compose": 1,  # config schemas, the _target_ policy, levels, threat models
-    "data": 2,
+    "data": 2, "remote": 2,  # remote: the oracle takes an nn.Module or an endpoint; models/perturbations use it
     "models": 3, "perturbations": 3,  # the components a sweep is made of
     "evaluation": 4,  # tasks, resources, the one evaluation loop and its checks
     "planning": 5, "runners": 5, "store": 5,
@@ -62,6 +62,7 @@ FLOORS: dict[str, int] = {
     "sinks": 7,
     "sweep": 8,  # the driver
     "claims": 9,  # gauntlet verify drives sweeps
+    "extraction": 9, "probe": 9,  # gauntlet extract / gauntlet probe drive the oracle, training and sinks
     "cli": 10,  # the entry point wires everything
 }
 TOP_LEVEL_MODULES = {"__init__", "cli", "sweep", "errors", "seeding"}
