@@ -54,6 +54,9 @@ class LevelOutput:
     # Per sample, the attack whose example is returned ("" when none changed the
     # input); suites fill it, single attacks leave it None (= the attack itself).
     broken_by: tuple[str, ...] | None = None
+    # Per sample, the queries the oracle had counted when the attack's success check passed (-1: never broken);
+    # query-based attacks fill it (engine/perturbations/query.py), the Parquet column queries_to_success.
+    queries_to_success: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,27 @@ from engine.errors import ConfigError
 from engine.perturbations.autoattack import expand_rows, lp_norm, normalize
 from engine.perturbations.suite import MemberContext, MemberResult, SuiteMember
 
+
+class Scorer:
+    """Where Square's margins come from: the model itself (this class), or an oracle (engine/perturbations/
+    square_query.py) that also puts each candidate on the pixels the target receives and says which rows may
+    still query. The local path calls nothing else, so it stays draw for draw the original."""
+
+    def __init__(self, ctx: MemberContext) -> None:
+        self.ctx = ctx
+
+    def margin(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
+        """Margin loss of rows ``idx`` of the run (None: all rows) at ``x``."""
+        return Square._margin(self.ctx, x, y)
+
+    def place(self, x_clean: torch.Tensor, cand: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
+        """The candidate as it will be asked about (locally: unchanged)."""
+        return cand
+
+    def live(self, n: int, device: torch.device) -> torch.Tensor:
+        """Rows that may still query (locally: all)."""
+        return torch.ones(n, dtype=torch.bool, device=device)
+
 # (iteration threshold, divisor of p_init once the iteration exceeds it), from the original p_selection
 P_SCHEDULE = ((10, 2), (50, 4), (200, 8), (500, 16), (1000, 32), (2000, 64), (4000, 128), (6000, 256), (8000, 512))
 
@@ -74,18 +95,20 @@ class Square(SuiteMember):
         return y_corr - logits.max(dim=-1)[0]
 
     def _single_run(self, ctx: MemberContext, x: torch.Tensor, y: torch.Tensor, gens: list[torch.Generator],
-                    shared: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                    shared: torch.Generator, scorer: Scorer | None = None,
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         eps = ctx.eps
+        sc = scorer or Scorer(ctx)
         c, h, w = x.shape[1:]
         n_features = c * h * w
         with torch.inference_mode():
             stripes = torch.stack([torch.sign(2 * torch.rand(c, 1, w, generator=g) - 1) for g in gens]).to(x.device)
-            x_best = torch.clamp(x + eps * stripes, 0.0, 1.0)
-            margin_min = self._margin(ctx, x_best, y)
+            x_best = sc.place(x, torch.clamp(x + eps * stripes, 0.0, 1.0), None)
+            margin_min = sc.margin(x_best, y, None)
             loss_min = margin_min.clone()
             queries = torch.ones(x.shape[0], dtype=torch.int64, device=x.device)
             for i_iter in range(self.n_queries):
-                idx = (margin_min > 0.0).nonzero().squeeze(1)
+                idx = ((margin_min > 0.0) & sc.live(x.shape[0], x.device)).nonzero().squeeze(1)
                 if idx.numel() == 0:
                     break
                 x_curr, x_best_curr, y_curr = x[idx], x_best[idx], y[idx]
@@ -97,7 +120,8 @@ class Square(SuiteMember):
                 new_deltas = torch.zeros([c, h, w], device=x.device)
                 new_deltas[:, vh:vh + s, vw:vw + s] = 2.0 * eps * sign
                 x_new = torch.min(torch.max(x_best_curr + new_deltas, x_curr - eps), x_curr + eps).clamp(0.0, 1.0)
-                self._keep_better(self._margin(ctx, x_new, y_curr), idx, x_new, x_best_curr, loss_min, margin_min,
+                x_new = sc.place(x_curr, x_new, idx)
+                self._keep_better(sc.margin(x_new, y_curr, idx), idx, x_new, x_best_curr, loss_min, margin_min,
                                   x_best, queries)
         return (margin_min <= 0.0).clone(), x_best.clone(), queries.clone()
 
@@ -125,8 +149,10 @@ class Square(SuiteMember):
         return delta.to(device)
 
     def _single_run_l2(self, ctx: MemberContext, x: torch.Tensor, y: torch.Tensor, gens: list[torch.Generator],
-                       shared: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                       shared: torch.Generator, scorer: Scorer | None = None,
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         eps, dev = ctx.eps, x.device
+        sc = scorer or Scorer(ctx)
         n, c, h, w = x.shape
         n_features = c * h * w
         # per-sample signs: 25 initial windows, then one draw per iteration
@@ -145,12 +171,12 @@ class Square(SuiteMember):
                     vw += s
                     k += 1
                 vh += s
-            x_best = torch.clamp(x + normalize(delta_init, "l2") * eps, 0.0, 1.0)
-            margin_min = self._margin(ctx, x_best, y)
+            x_best = sc.place(x, torch.clamp(x + normalize(delta_init, "l2") * eps, 0.0, 1.0), None)
+            margin_min = sc.margin(x_best, y, None)
             loss_min = margin_min.clone()
             queries = torch.ones(n, dtype=torch.int64, device=dev)
             for i_iter in range(self.n_queries):
-                idx = (margin_min > 0.0).nonzero().squeeze(1)
+                idx = ((margin_min > 0.0) & sc.live(n, dev)).nonzero().squeeze(1)
                 if idx.numel() == 0:
                     break
                 x_curr, x_best_curr, y_curr = x[idx], x_best[idx], y[idx]
@@ -177,8 +203,8 @@ class Square(SuiteMember):
                               torch.zeros_like(new_deltas)) / c + norms_windows**2).sqrt()
                 delta_curr[:, :, vh2:vh2 + s, vw2:vw2 + s] = 0.0
                 delta_curr[:, :, vh:vh + s, vw:vw + s] = new_deltas + 0
-                x_new = torch.clamp(x_curr + normalize(delta_curr, "l2") * eps, 0.0, 1.0)
-                self._keep_better(self._margin(ctx, x_new, y_curr), idx, x_new, x_best_curr, loss_min, margin_min,
+                x_new = sc.place(x_curr, torch.clamp(x_curr + normalize(delta_curr, "l2") * eps, 0.0, 1.0), idx)
+                self._keep_better(sc.margin(x_new, y_curr, idx), idx, x_new, x_best_curr, loss_min, margin_min,
                                   x_best, queries)
         return (margin_min <= 0.0).clone(), x_best.clone(), queries.clone()
 
