@@ -28,6 +28,7 @@ from engine.runners.signals import Interrupted, interruptible
 from engine.sanity.confirm import SweepConfirmer
 from engine.sanity.flags import SETUP, Flag, clean_accuracy_flags, probe_model, result_flags
 from engine.sinks.attack_summary import render_attack_summary
+from engine.sinks.budget_summary import render_budget_summary
 from engine.sinks.corruption_summary import render_corruption_summary
 from engine.sinks.summary import render_flags, render_table
 from engine.sinks.wandb_sink import log_sweep, settings_of
@@ -108,10 +109,17 @@ def _summarise(cfg: Mapping[str, Any], plan: Plan, table: Any, resources: Resour
     flags = sanity_flags(cfg, models, table, resources, built)
     suites = [n for n, p in built.items() if isinstance(p, AttackSuite) and len(p.attacks) > 1]
     blocks = [render_corruption_summary(rows, models, cfg.get("corruption_baseline")),
-              render_attack_summary(table, suites)]
+              render_attack_summary(table, suites), render_budget_summary(table, black_box_only(built))]
     summary = (render_table(rows, models, perts, labels) + "".join(f"\n\n{b}" for b in blocks if b)
                + render_flags(flags))
     return rows, summary, flags
+
+
+def black_box_only(built: Mapping[str, Perturbation]) -> list[str]:
+    """Perturbations whose every attack is black-box: their accuracies are upper bounds (said in the summary)."""
+    return [n for n, p in built.items()
+            if p.family == "attack" and "black-box" in p.threat_model.knowledge and "white-box" not in
+            p.threat_model.knowledge]
 
 
 def recomputed_because_data_changed(plan: Plan, store: ResultStore) -> list[str]:

@@ -18,12 +18,31 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from engine.claims.schema import ClaimFile
+from engine.claims.schema import Claim, ClaimFile
 from engine.compose.config import ModelConfig, compose_sweep
 from engine.compose.targets import TargetPolicy, opt_ins_from_files
 from engine.errors import ConfigError
 
 BASE_SUITE = "autoattack_standard_{norm}"
+# The base attacks of a black-box claim (threat_model.access), per norm: query-based, through the oracle.
+QUERY_SUITES: dict[str, dict[str, tuple[str, ...]]] = {
+    "label_only": {"linf": ("hopskipjump_linf", "rays_linf"), "l2": ("hopskipjump_l2",)},
+    "score_based": {"linf": ("square_linf_remote",), "l2": ("square_l2_remote",)},
+}
+
+
+def query_perturbations(claims: Sequence[Claim]) -> dict[str, dict[str, Any]]:
+    """Per query-based base perturbation of the black-box ``claims``: its ε list and budget (the largest
+    ``queries`` of the claims it serves; each claim is judged at its own budget from queries_to_success)."""
+    out: dict[str, dict[str, Any]] = {}
+    for c in claims:
+        if not c.black_box or c.norm is None:
+            continue
+        for name in QUERY_SUITES[c.access][c.norm]:
+            entry = out.setdefault(name, {"eps": set(), "budget": 0})
+            entry["eps"].add(float(c.eps))  # type: ignore[arg-type]
+            entry["budget"] = max(entry["budget"], int(c.queries or 0))
+    return out
 CLAIM_OVERRIDE_KEYS = ("n_examples", "resolution", "tolerance", "budget", "ladder_budget")
 # Where the claim's data and weights live on this machine (not what the claim is about): may be overridden.
 LOCATION_KEYS = ("dataset.root", "dataset.path", "model.checkpoint")
@@ -160,9 +179,10 @@ def base_config(cf: ClaimFile, hydra_overrides: Sequence[str], n_examples: int |
                 locations: dict[str, str] | None = None, budget: float = 1.0) -> dict[str, Any]:
     """The composed sweep for the claims: clean, AutoAttack standard per norm (at the claims' ε, its iterations
     and queries times ``budget``), corruptions. ``n_examples`` overrides the file's count (a subset's ``n``)."""
-    norms = sorted({c.norm for c in cf.claims if c.norm})
+    norms = sorted({c.norm for c in cf.claims if c.norm and not c.black_box})
     suites = list(dict.fromkeys(c.corruptions for c in cf.claims if c.corruptions))
-    perts = ["clean", *[BASE_SUITE.format(norm=n) for n in norms], *suites]
+    queried = query_perturbations(cf.claims)
+    perts = ["clean", *[BASE_SUITE.format(norm=n) for n in norms], *queried, *suites]
     stem = Path(cf.path).stem
     overrides = [
         f"model=[{cf.model}]" if isinstance(cf.model, str) else "model=[]",
@@ -182,8 +202,11 @@ def base_config(cf: ClaimFile, hydra_overrides: Sequence[str], n_examples: int |
     apply_locations(cfg, cf.model_name, {k: v for k, v in (locations or {}).items() if "." in k})
     _check_locations(cfg, cf.model_name)
     _check_inline_targets(cf, cfg)
+    for name, q in queried.items():  # a reduced budget= scales the queries too (can refute, not confirm)
+        cfg["perturbation"][name]["eps"] = sorted(q["eps"])
+        cfg["perturbation"][name]["budget"] = max(2, round(q["budget"] * budget))
     for norm in norms:
-        eps = sorted({float(c.eps) for c in cf.claims if c.norm == norm and c.eps is not None})
+        eps = sorted({float(c.eps) for c in cf.claims if c.norm == norm and c.eps is not None and not c.black_box})
         name = BASE_SUITE.format(norm=norm)
         cfg["perturbation"][name] = scale_budget(cfg["perturbation"][name], budget)
         cfg["perturbation"][name]["eps"] = eps

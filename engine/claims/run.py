@@ -23,6 +23,7 @@ import torch
 
 from engine.claims import build as claim_build
 from engine.claims import escalate
+from engine.claims.blackbox import blackbox_verdict
 from engine.claims.decide import estimate, thin_margin
 from engine.claims.indicators import (
     TRACE_SAMPLES,
@@ -94,7 +95,8 @@ class NormCheck:
 
 def _rows(outcome: SweepOutcome, out_dir: str) -> list[dict[str, Any]]:
     table = ResultStore(out_dir).read(t.task_id for t in outcome.plan.tasks)
-    cols = ["model", "perturbation", "level", "sample_id", "correct", "broken_by", "margin", "grad_evals", "queries"]
+    cols = ["model", "perturbation", "level", "sample_id", "correct", "broken_by", "margin", "grad_evals", "queries",
+            "queries_to_success"]
     return table.select(cols).to_pylist()
 
 
@@ -320,11 +322,12 @@ def verify(path: str, args: Sequence[str], command: str | None = None) -> Verify
     out_dir = str(cfg["out_dir"])
     rows = _rows(outcome, out_dir)
     checks: dict[str, NormCheck] = {}
-    for norm in dict.fromkeys(c.norm for c in cf.claims if c.norm):
+    white = [c for c in cf.claims if c.norm and not c.black_box]  # black-box claims: engine/claims/blackbox.py
+    for norm in dict.fromkeys(c.norm for c in white):
         assert norm is not None
-        checks[norm] = check_norm(cf, cfg, outcome, rows, res, norm, [c for c in cf.claims if c.norm == norm],
+        checks[norm] = check_norm(cf, cfg, outcome, rows, res, norm, [c for c in white if c.norm == norm],
                                   st.budget, randomised, st.ladder_evals)
-    verdicts = _verdicts(cf, checks, rows, st)
+    verdicts = _verdicts(cf, checks, rows, st, res, cfg)
     data = res.dataset(cfg["dataset"])
     n_eval = min(len(data), int(cfg["n_examples"]))
     sha = next((t.checkpoint_sha256 for t in outcome.plan.tasks if t.model_name == cf.model_name), None)
@@ -338,7 +341,7 @@ def verify(path: str, args: Sequence[str], command: str | None = None) -> Verify
 def _rescore_if_randomised(cf: ClaimFile, cfg: dict[str, Any], res: Resources) -> bool:
     """Whether the model's forward pass is random (declared, or two passes differ on the probe samples); then every
     example of the base suites is classified ``escalate.RESCORE`` times (engine.perturbations.suite)."""
-    if not any(c.norm for c in cf.claims):
+    if not any(c.norm and not c.black_box for c in cf.claims):
         return False
     try:
         model, x, _ = _probe(res, cfg, cf.model_name)
@@ -347,17 +350,21 @@ def _rescore_if_randomised(cf: ClaimFile, cfg: dict[str, Any], res: Resources) -
         log.debug("randomness probe failed before the base sweep", exc_info=True)
         randomised = cf.randomised
     if randomised:
-        for norm in {c.norm for c in cf.claims if c.norm}:
+        for norm in {c.norm for c in cf.claims if c.norm and not c.black_box}:
             cfg["perturbation"][claim_build.BASE_SUITE.format(norm=norm)]["rescore"] = escalate.RESCORE
     return randomised
 
 
 def _verdicts(cf: ClaimFile, checks: dict[str, NormCheck], rows: list[dict[str, Any]],
-              st: Settings) -> list[ClaimVerdict]:
+              st: Settings, res: Resources, cfg: dict[str, Any]) -> list[ClaimVerdict]:
     clean = _outcome(rows, cf.model_name, "clean", 0.0)
     verdicts: list[ClaimVerdict] = []
     for c in cf.claims:
-        if c.norm:
+        if c.norm and c.black_box:
+            names = list(claim_build.QUERY_SUITES[c.access][c.norm])
+            tm = res.perturbation(names[0], cfg["perturbation"][names[0]]).threat_model
+            v = blackbox_verdict(c, rows, cf.model_name, names, tm, st.rule(), BOUNDARY, st.budget)
+        elif c.norm:
             nc = checks[c.norm]
             eps = float(c.eps)  # type: ignore[arg-type]
             v = finish_verdict(c, nc, nc.outcomes[eps], nc.indicators[eps], st.rule(), BOUNDARY, st.budget, eps)

@@ -26,7 +26,12 @@ from engine.errors import ConfigError
 TOP_KEYS = ("model", "dataset", "n_examples", "subset", "claims", "defence", "resolution", "tolerance", "title",
             "source")
 CLAIM_KEYS = ("threat_model", "claimed_accuracy", "clean_accuracy", "source", "name")
-THREAT_KEYS = ("norm", "eps", "corruptions")
+THREAT_KEYS = ("norm", "eps", "corruptions", "access", "queries")
+# threat_model.access: what the adversary gets from the model (engine.compose.threat_model.ACCESS); a
+# black-box claim is checked with query-based attacks within ``queries`` per sample (defaults below).
+ACCESS = {"white_box": "white_box", "white-box": "white_box", "label_only": "label_only",
+          "label-only": "label_only", "score_based": "score_based", "score-based": "score_based"}
+DEFAULT_QUERIES = {"label_only": 10_000, "score_based": 5_000}  # BlackboxBench's cap; AutoAttack's Square
 SUBSET_KEYS = ("mode", "n", "seed")
 DEFENCE_KEYS = ("non_differentiable", "randomised")
 NORMS = {"linf": "linf", "l_inf": "linf", "inf": "linf", "l∞": "linf", "l2": "l2", "l_2": "l2"}
@@ -50,14 +55,22 @@ class Claim:
     clean_accuracy: float | None = None
     source: str | None = None
     name: str | None = None
+    access: str = "white_box"  # white_box | score_based | label_only (threat_model.access)
+    queries: int | None = None  # query budget per sample, for score_based / label_only
 
     @property
     def adversarial(self) -> bool:
         return self.norm is not None
 
+    @property
+    def black_box(self) -> bool:
+        """Checked with query-based attacks through the oracle, not the white-box suite."""
+        return self.access != "white_box"
+
     def label(self) -> str:
         if self.adversarial:
-            return f"{'L∞' if self.norm == 'linf' else 'L2'} ε={self.eps_text}"
+            access = f", {self.access.replace('_', '-')}, {self.queries:,} queries" if self.black_box else ""
+            return f"{'L∞' if self.norm == 'linf' else 'L2'} ε={self.eps_text}{access}"
         return f"corruptions {self.corruptions}"
 
 
@@ -163,7 +176,24 @@ def _parse_claim(path: str, i: int, raw: Any, corruption_names: Sequence[str]) -
     if norm is None:
         raise ConfigError(f"{where}.threat_model.norm={tm['norm']!r}; valid norms: linf, l2")
     eps, text = parse_eps(f"{where}.threat_model.eps", tm["eps"], norm)
-    return Claim(norm=norm, eps=eps, eps_text=text, **common)
+    access, queries = _parse_access(f"{where}.threat_model", tm)
+    return Claim(norm=norm, eps=eps, eps_text=text, access=access, queries=queries, **common)
+
+
+def _parse_access(where: str, tm: Mapping[str, Any]) -> tuple[str, int | None]:
+    """``access`` (default white_box) and ``queries`` (a positive integer; only with a black-box access)."""
+    access = ACCESS.get(str(tm.get("access", "white_box")).strip().lower())
+    if access is None:
+        raise ConfigError(f"{where}.access={tm.get('access')!r}; valid: white_box, score_based, label_only")
+    queries = tm.get("queries")
+    if queries is None:
+        return access, DEFAULT_QUERIES.get(access)
+    if access == "white_box":
+        raise ConfigError(f"{where}.queries applies to access: label_only or score_based (a query budget); "
+                          "a white-box claim is checked with gradient attacks")
+    if isinstance(queries, bool) or not isinstance(queries, int) or not 2 <= queries <= 10_000_000:
+        raise ConfigError(f"{where}.queries={queries!r} must be an integer from 2 to 10,000,000 (queries per sample)")
+    return access, queries
 
 
 def corruption_choices(config_dir: str = CONFIG_DIR) -> list[str]:

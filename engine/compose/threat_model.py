@@ -9,6 +9,8 @@ spells the structure out::
       goal: untargeted              # untargeted | targeted | natural-shift | none
       atlas: [AML.T0043.000, AML.T0015]
       stride: tampering
+      access: label_only            # black-box only: label_only | score_based (what the target answers)
+      queries: 10000                # black-box only: the query budget per sample
       labels: [my-label]            # free words, kept as they are
 
 Both forms are parsed by :func:`parse_tags` into a :class:`ThreatModel`; ATLAS
@@ -57,7 +59,11 @@ STRIDE = ("spoofing", "tampering", "repudiation", "information-disclosure", "den
           "elevation-of-privilege")
 # List-form words that mean "no adversary": corruptions and the clean baseline.
 NO_ADVERSARY = frozenset({"natural-shift", "non-adversarial", "baseline"})
-MAPPING_KEYS = ("knowledge", "goal", "atlas", "stride", "labels")
+MAPPING_KEYS = ("knowledge", "goal", "atlas", "stride", "labels", "access", "queries")
+# What a black-box adversary sees of the target (a claim's threat_model.access; list-form words label-only,
+# score-based); white_box is a claim's default and means the weights and gradients.
+ACCESS = ("white_box", "score_based", "label_only")
+ACCESS_WORDS = {"label-only": "label_only", "score-based": "score_based"}
 
 
 @dataclass(frozen=True)
@@ -69,10 +75,18 @@ class ThreatModel:
     atlas: tuple[str, ...]
     stride: str | None
     labels: tuple[str, ...] = field(default_factory=tuple)
+    access: str | None = None  # black-box: label_only | score_based (None: not stated)
+    queries: int | None = None  # black-box: the query budget per sample (None: not stated)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"knowledge": list(self.knowledge), "goal": self.goal,
-                "atlas": {i: ATLAS[i] for i in self.atlas}, "stride": self.stride, "labels": list(self.labels)}
+        out: dict[str, Any] = {"knowledge": list(self.knowledge), "goal": self.goal,
+                               "atlas": {i: ATLAS[i] for i in self.atlas}, "stride": self.stride,
+                               "labels": list(self.labels)}
+        if self.access is not None:
+            out["access"] = self.access
+        if self.queries is not None:
+            out["queries"] = self.queries
+        return out
 
     def adversary(self) -> str:
         """'a white-box adversary who knows the weights' and the like, for a verdict's sentence."""
@@ -82,7 +96,9 @@ class ThreatModel:
         if "white-box" in self.knowledge:
             parts.append("a white-box adversary who knows the weights and gradients")
         if "black-box" in self.knowledge:
-            parts.append("a black-box adversary with query access to the scores")
+            sees = {"label_only": "the top-1 label only", None: "the scores"}.get(self.access, "the scores")
+            budget = f", at most {self.queries:,} queries per sample" if self.queries else ""
+            parts.append(f"a black-box adversary with query access to {sees}{budget}")
         return " and ".join(parts)
 
     def not_covered(self) -> list[str]:
@@ -115,12 +131,15 @@ def _from_list(where: str, tags: Sequence[Any], family: str | None) -> ThreatMod
     atlas: list[str] = []
     labels: list[str] = []
     goal, stride = None, None
+    access: str | None = None
     for raw in tags:
         tag = str(raw)
         if tag.upper().startswith("AML."):
             atlas.append(tag)
         elif tag in ("white-box", "black-box"):
             knowledge.append(tag)
+        elif tag in ACCESS_WORDS:
+            access = ACCESS_WORDS[tag]
         elif tag.startswith("goal:"):
             goal = _check_word(where, "goal", tag[5:], GOALS)
         elif tag.startswith("stride:"):
@@ -139,7 +158,7 @@ def _from_list(where: str, tags: Sequence[Any], family: str | None) -> ThreatMod
             "none" if "baseline" in labels else "natural-shift")
     if stride is None and adversarial:
         stride = "tampering"  # the adversary tampers with the model's inputs
-    return ThreatModel(tuple(knowledge), goal, _check_atlas(where, atlas), stride, tuple(labels))
+    return ThreatModel(tuple(knowledge), goal, _check_atlas(where, atlas), stride, tuple(labels), access)
 
 
 def _from_mapping(where: str, tags: Mapping[str, Any]) -> ThreatModel:
@@ -157,8 +176,18 @@ def _from_mapping(where: str, tags: Mapping[str, Any]) -> ThreatModel:
     atlas = tags.get("atlas", [])
     atlas = [atlas] if isinstance(atlas, str) else list(atlas)
     labels = tuple(str(x) for x in tags.get("labels", []) or [])
+    access, queries = _access(where, tags.get("access"), tags.get("queries"))
     return ThreatModel(tuple(str(k) for k in knowledge), goal, _check_atlas(where, [str(a) for a in atlas]),
-                       stride, labels)
+                       stride, labels, access, queries)
+
+
+def _access(where: str, access: Any, queries: Any) -> tuple[str | None, int | None]:
+    """A checked ``access`` word and ``queries`` budget (a positive integer), each optional."""
+    if access is not None:
+        access = _check_word(where, "access", str(access).replace("-", "_"), ACCESS)
+    if queries is not None and (isinstance(queries, bool) or not isinstance(queries, int) or queries < 1):
+        raise ConfigError(f"{where}: queries={queries!r} must be a positive integer (queries per sample)")
+    return access, queries
 
 
 def parse_tags(where: str, tags: Any, family: str | None = None) -> ThreatModel:
@@ -183,6 +212,7 @@ def canonical_tags(tags: Any) -> tuple[str, ...]:
         return tuple(str(t) for t in (tags or ()))
     tm = _from_mapping("tags", tags)
     out = [k for k in tm.knowledge if k != "none"] + list(tm.atlas) + [f"goal:{tm.goal}"]
+    out += [w for w, a in ACCESS_WORDS.items() if a == tm.access]
     if tm.stride:
         out.append(f"stride:{tm.stride}")
     if "none" in tm.knowledge:

@@ -46,7 +46,18 @@ def _rows(out: LevelOutput, logits: torch.Tensor, y: torch.Tensor, ids: torch.Te
         "broken_by": breaker,
         "grad_evals": out.grad_evals.cpu().numpy().astype(np.int64),
         "queries": out.queries.cpu().numpy().astype(np.int64),
+        "queries_to_success": _to_success(out, correct, n),
     }
+
+
+def _to_success(out: LevelOutput, correct: torch.Tensor, n: int) -> np.ndarray:
+    """Queries to success per row (query-based attacks), None where the sample was not broken: the attack's
+    count stands only where the engine's own classification agrees that the example is misclassified."""
+    q = out.queries_to_success
+    if q is None:
+        return np.full(n, None, dtype=object)
+    keep = (q.cpu() >= 0) & ~correct.cpu()
+    return np.array([int(v) if k else None for v, k in zip(q.tolist(), keep.tolist(), strict=True)], dtype=object)
 
 
 def evaluate(task: Task, res: Resources, on_batch: ProgressFn | None = None) -> TaskResult:

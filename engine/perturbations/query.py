@@ -17,12 +17,13 @@ whose sent pixels leave the ε ball (possible only below one grid step) is not c
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import ClassVar, Literal
 
 import torch
 from torch import nn
 
+from engine.compose.threat_model import ThreatModel
 from engine.errors import ConfigError
 from engine.perturbations.base import BatchContext, Family, LevelOutput, Perturbation, check_eps_list
 from engine.perturbations.norms import Norm
@@ -156,6 +157,13 @@ class QueryAttack(Perturbation):
     @property
     def levels(self) -> tuple[float, ...]:
         return tuple(self.eps)
+
+    @property
+    def threat_model(self) -> ThreatModel:
+        """The tags' threat model with what the attack needs of the target and its budget stated."""
+        tm = super().threat_model
+        return replace(tm, access=tm.access or ("label_only" if self.needs == "label" else "score_based"),
+                       queries=self.budget)
 
     @property
     def ball(self) -> Norm:

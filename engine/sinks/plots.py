@@ -3,7 +3,7 @@
 Accuracy vs ε with 95 % bands (one line per model, a checked claim as a star on it), accuracy vs
 severity per corruption as small multiples (a y-axis fitted to the data, each model's clean accuracy
 as a dashed reference), a model × perturbation heat map at one level, and who broke a suite's
-samples (stacked bars per ε, one distinct colour per attack).
+samples (stacked bars per ε, one distinct colour per attack), query budget curves of black-box attacks.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from engine.stats.aggregate import AccuracyRow
+from engine.stats.budget import BudgetCurve
 
 DPI = 110
 # "who broke": a colour per attack, none of them the green of "robust" or the grey of "clean error"
@@ -195,4 +196,27 @@ def broken_by_bars(table: pa.Table, suite: str, models: Sequence[str]) -> bytes 
     axes[0].set_ylabel("samples")
     axes[-1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
     fig.suptitle(f"{suite}: who broke the samples", fontsize=10)
+    return _png(fig)
+
+
+def budget_curves_plot(curves: Sequence[BudgetCurve]) -> bytes | None:
+    """Success rate vs queries (log scale) per (model, perturbation, ε): one line each, the points the run
+    reached; the Kaplan-Meier estimate (unbroken samples censored at what they spent)."""
+    if not curves:
+        return None
+    fig = Figure(figsize=(6.4, 3.8))
+    ax = fig.subplots()
+    for i, c in enumerate(curves):
+        pts = [(p.budget, 100 * p.success) for p in c.points if p.success is not None]
+        if not pts:
+            continue
+        ax.step([b for b, _ in pts], [s for _, s in pts], where="post",
+                color=ATTACK_COLOURS[i % len(ATTACK_COLOURS)], label=f"{c.model} · {c.perturbation} · ε={c.level:g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("queries per sample")
+    ax.set_ylabel("success % (attacked samples)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=7)
+    fig.suptitle("query budget curves (black-box: accuracy = 100 − success is an upper bound)", fontsize=10)
     return _png(fig)

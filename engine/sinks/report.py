@@ -24,6 +24,7 @@ from typing import Any
 
 from engine.errors import GauntletError
 from engine.sinks import plots
+from engine.sinks.budget_summary import budget_html, dense_curves
 from engine.sinks.leaderboard import Gathered, board_html, configs_html, gather, headline_html, runs_html
 from engine.sinks.summary_doc import ALL_PAIRS_UP_TO, build_summary, ordered_models, ordered_perturbations
 from engine.stats.aggregate import AccuracyRow, accuracy_table
@@ -114,6 +115,9 @@ def make_figures(run: RunFolder, rows: Sequence[AccuracyRow], eps: float | None,
         figs.append(Figure("corruptions: accuracy vs severity (dashed: clean accuracy)", "corruptions", grid))
     heat = _heatmap(rows, models, perts, eps, severity, marks)
     figs += [heat] if heat is not None else []
+    budget_png = plots.budget_curves_plot(dense_curves(run.rows))
+    if budget_png is not None:
+        figs.append(Figure("query budget curves: success % vs queries per sample", "budget_curves", budget_png))
     for p in perts:
         members = (run.config.get("perturbation", {}).get(p) or {}).get("attacks")
         if isinstance(members, list) and len(members) > 1:
@@ -343,6 +347,10 @@ def _notes(notes: Sequence[str]) -> str:
     return "".join(f"<p class='flag'>note: {_e(n)}</p>" for n in notes)
 
 
+def _budget(summary: dict[str, Any]) -> str:
+    return budget_html(summary.get("budget_curves") or [])
+
+
 def render_html(summary: dict[str, Any], figures: Sequence[Figure], gathered: Gathered) -> str:
     """The page; every image is a data: URI, nothing is fetched. The headline comes first."""
     run = gathered.run
@@ -358,7 +366,7 @@ def render_html(summary: dict[str, Any], figures: Sequence[Figure], gathered: Ga
             f" · <code>{_e(run.out_dir)}</code></p>{_unfinished(summary)}{_notes(summary['notes'])}"
             f"{_verdicts(run.verdicts)}{board_html(summary['leaderboard'] if len(summary['models']) > 1 else None)}"
             f"{runs_html(summary['runs'])}<h2>Command{'s' if several else ''}</h2><pre>{_e(command)}</pre>"
-            f"{_models(summary)}{_accuracy(summary)}{_extras(summary)}<h2>Figures</h2>{imgs}"
+            f"{_models(summary)}{_accuracy(summary)}{_extras(summary)}{_budget(summary)}<h2>Figures</h2>{imgs}"
             f"{_comparisons(summary)}{_flags(run.flags)}{_tags(summary, run)}"
             f"<h2>Resolved config</h2>{configs_html(gathered.sources)}</body></html>")
 

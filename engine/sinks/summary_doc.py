@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from engine.stats import budget, leaderboard
 from engine.stats import corruption as cm
-from engine.stats import leaderboard
 from engine.stats.aggregate import AccuracyRow, accuracy_area, accuracy_table, worst_case
 from engine.stats.compare import PairedRow, norms_of, outcomes_of, pair_headline, paired_comparison
 from engine.stats.intervals import clopper_pearson_interval
@@ -202,4 +202,14 @@ def build_summary(run: RunFolder, eps: float | None = None, severity: int | None
         "comparisons": [r.as_dict() for r in paired],
         "flags": run.flags,
         "verdicts": run.verdicts,
+        "budget_curves": budget_entries(run),
     }
+
+
+def budget_entries(run: RunFolder) -> list[dict[str, Any]]:
+    """Budget curves of the query-based attacks (engine/stats/budget.py), [] when the run has none."""
+    t = run.rows
+    if t.num_rows == 0 or "queries_to_success" not in t.column_names:
+        return []
+    cols = ["model", "perturbation", "level", "correct", "queries", "queries_to_success"]
+    return [budget.as_dict(c) for c in budget.budget_curves(t.select(cols).to_pylist())]

@@ -52,8 +52,13 @@ SCHEMA = pa.schema(
         pa.field("grad_evals", pa.int64(), nullable=False),
         pa.field("queries", pa.int64(), nullable=False),
         pa.field("seed", pa.int64(), nullable=False),
+        # queries the oracle had counted when a query-based attack's success check passed; null when the sample
+        # was never broken and for every other perturbation. Added after schema 2 without a version bump: files
+        # written before it read back with the column all null and keep their digests (content_digest).
+        pa.field("queries_to_success", pa.int64(), nullable=True),
     ]
 )
+OPTIONAL = frozenset({"queries_to_success"})  # left out of the digest when all null (older files never had it)
 SCHEMA_VERSION = "2"  # 2: task id and content digest in the metadata
 TASK_FILE = re.compile(r"^[0-9a-f]{20}\.parquet$")
 COMPACT_FILE = re.compile(r"^compact-[0-9a-f]{16}\.parquet$")
@@ -69,6 +74,13 @@ def content_digest(table: pa.Table) -> str:
     h = hashlib.sha256()
     for field in SCHEMA:
         col = table.column(field.name).combine_chunks() if table.num_rows else pa.array([], field.type)
+        if field.name in OPTIONAL:
+            if col.null_count == len(col):
+                continue
+            h.update(field.name.encode() + b"\0")
+            for v in col.to_pylist():
+                h.update(b"\1" if v is None else str(v).encode() + b"\0")
+            continue
         h.update(field.name.encode() + b"\0")
         if pa.types.is_string(field.type):
             for value in col.to_pylist():
@@ -108,6 +120,8 @@ def to_table(result: TaskResult) -> pa.Table:
     }
     for name, values in result.columns.items():
         arrays[name] = pa.array(values, type=SCHEMA.field(name).type)
+    for name in OPTIONAL - set(result.columns):
+        arrays[name] = pa.nulls(n, type=SCHEMA.field(name).type)
     table = pa.table([arrays[f.name] for f in SCHEMA], schema=SCHEMA)
     check_unique_keys(table, f"task {t.task_id} ({t.describe()})")
     meta = {
