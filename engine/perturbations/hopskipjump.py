@@ -90,7 +90,7 @@ class HopSkipJump(QueryAttack):
                 step = self._step_size(decide, send, best, update, dist, t)
                 if step is None:
                     break
-                moved = send((best + step * update).clamp(0.0, 1.0))
+                moved = send((best + step * update).clamp(0.0, 1.0)[None])[0]
                 best, dist_post = self._binary_search(decide, send, x0, moved, theta)
                 dist = self._dist(best, x0)
         except OutOfBudget:

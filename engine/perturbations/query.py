@@ -27,7 +27,7 @@ from engine.compose.threat_model import ThreatModel
 from engine.errors import ConfigError
 from engine.perturbations.base import BatchContext, Family, LevelOutput, Perturbation, check_eps_list
 from engine.perturbations.norms import Norm
-from engine.remote.api import Oracle, oracle_of
+from engine.remote.api import Answer, Oracle, QueryBudgetExhausted, oracle_of
 from engine.seeding import derive_seed
 
 Needs = Literal["label", "scores"]
@@ -38,7 +38,15 @@ class OutOfBudget(Exception):
     """Raised by :class:`Asker` before a query a sample cannot afford; caught by the attack, never escapes."""
 
 
-def query_oracle(model: nn.Module, needs: Needs, name: str) -> Oracle:
+def _classes(model: nn.Module, shape: tuple[int, ...]) -> int:
+    """The class count of a local checkpoint: one forward pass on a blank image (not a query to a target, so
+    not counted; a remote model's oracle states its own)."""
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    with torch.no_grad():
+        return int(model(torch.zeros((1, *shape), device=device)).shape[1])
+
+
+def query_oracle(model: nn.Module, needs: Needs, name: str, shape: tuple[int, ...]) -> Oracle:
     """The oracle behind ``model`` (a remote model's), or a local one around it (same accounting).
 
     A score-based attack on a label-only target is refused here, naming what the target returns.
@@ -47,7 +55,8 @@ def query_oracle(model: nn.Module, needs: Needs, name: str) -> Oracle:
     if oracle is None:
         from engine.remote.local import LocalOracle  # floor 2: the local stand-in for an endpoint
 
-        oracle = LocalOracle(model, output="logits" if needs == "scores" else "label")
+        oracle = LocalOracle(model, output="logits" if needs == "scores" else "label",
+                             num_classes=_classes(model, shape))
     if needs == "scores" and oracle.output not in SCORE_OUTPUTS:
         raise ConfigError(f"perturbation {name!r} is score-based but the target returns only {oracle.output!r}; "
                           "label-only attacks: hopskipjump_l2, hopskipjump_linf, rays_linf")
@@ -62,19 +71,29 @@ class Asker:
 
     def __init__(self, oracle: Oracle, ids: torch.Tensor, y: torch.Tensor, reserve: int = 1) -> None:
         self.oracle, self.ids, self.y, self.reserve = oracle, ids.cpu(), y, reserve
+        self.run_spent = False  # the run's budget (shared by all samples) refused a query: nobody asks again
 
     def left(self, rows: torch.Tensor) -> torch.Tensor:
         """Queries each of ``rows`` may still spend on its search (int64, CPU)."""
+        if self.run_spent:
+            return torch.zeros(len(rows), dtype=torch.int64)
         return (self.oracle.remaining(self.ids[rows.cpu()]) - self.reserve).clamp(min=0)
+
+    def _ask(self, x: torch.Tensor, rows: torch.Tensor) -> Answer:
+        """One query, after checking every row's sample can pay; the run's budget (which ``remaining`` may not
+        show) refusing it ends every sample's search instead of the sweep."""
+        need = torch.bincount(rows, minlength=len(self.ids))
+        if bool((need > self.left(torch.arange(len(self.ids)))).any()):
+            raise OutOfBudget
+        try:
+            return self.oracle.query(x, self.ids[rows])
+        except QueryBudgetExhausted:
+            self.run_spent = True
+            raise OutOfBudget from None
 
     def labels(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """The target's labels for ``x``; row k is charged to batch row ``rows[k]`` (rows may repeat)."""
-        rows = rows.cpu()
-        need = torch.bincount(rows, minlength=len(self.ids))
-        have = self.left(torch.arange(len(self.ids)))
-        if bool((need > have).any()):
-            raise OutOfBudget
-        return self.oracle.query(x, self.ids[rows]).labels.to(self.y.device)
+        return self._ask(x, rows.cpu()).labels.to(self.y.device)
 
     def wrong(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """True where the target's label for ``x`` is not the true label of its row (label-only decision)."""
@@ -86,9 +105,7 @@ class Asker:
         Scores the contract leaves out (top-k, non-finite entries) count as -inf; a true class outside the
         top-k is therefore misclassified."""
         rows = rows.cpu()
-        if bool((torch.bincount(rows, minlength=len(self.ids)) > self.left(torch.arange(len(self.ids)))).any()):
-            raise OutOfBudget
-        ans = self.oracle.query(x, self.ids[rows])
+        ans = self._ask(x, rows)
         if ans.scores is None:
             raise ConfigError("a score-based attack got no scores from its target")
         s = ans.scores.to(x.device, torch.float64)
@@ -172,7 +189,7 @@ class QueryAttack(Perturbation):
         return norm
 
     def run(self, x: torch.Tensor, y: torch.Tensor, ctx: BatchContext) -> Iterator[LevelOutput]:
-        oracle = query_oracle(ctx.model, self.needs, self.name)
+        oracle = query_oracle(ctx.model, self.needs, self.name, tuple(x.shape[1:]))
         for level in self.levels:
             yield self.attack_level(oracle, x, y, float(level), ctx)
 
@@ -185,18 +202,20 @@ class QueryAttack(Perturbation):
         with oracle.scope(f"{self.name}@{level:g}", self.budget):
             if level > 0:
                 ask = Asker(oracle, ids, y)
-                start = oracle.sent(x)
-                wrong = ask.wrong(start, torch.arange(n))
+                try:
+                    wrong = ask.wrong(oracle.sent(x), torch.arange(n))
+                except OutOfBudget:  # no budget for the clean check: nothing is attacked at this ε
+                    wrong = torch.ones(n, dtype=torch.bool)
                 pool = (~wrong).nonzero().squeeze(1).cpu()
                 if pool.numel():
                     found = self.search(ask, x, y, pool, level, ctx)
-                    self._check(oracle, ask, x, y, pool, found, level, x_out, to_success)
+                    self._check(oracle, ask, x, pool, found, level, x_out, to_success)
             used = oracle.used(ids).to(torch.int64).clone()
         return LevelOutput(level, x_out, torch.zeros(n, dtype=torch.int64), used,
                            queries_to_success=to_success)
 
-    def _check(self, oracle: Oracle, ask: Asker, x: torch.Tensor, y: torch.Tensor, pool: torch.Tensor,
-               found: Found, level: float, x_out: torch.Tensor, to_success: torch.Tensor) -> None:
+    def _check(self, oracle: Oracle, ask: Asker, x: torch.Tensor, pool: torch.Tensor, found: Found, level: float,
+               x_out: torch.Tensor, to_success: torch.Tensor) -> None:
         """Count a claim only if its sent pixels lie in the ball and the target, asked once more, misclassifies."""
         dev = x.device
         inside = (self.ball.measure(found.x_adv - x[pool.to(dev)]) <= self.ball.bound(level)).cpu()
@@ -205,7 +224,13 @@ class QueryAttack(Perturbation):
             return
         rows = pool[keep]
         ask.reserve = 0  # the check spends the query each search kept back
-        confirmed = ask.wrong(found.x_adv[keep.to(dev)], rows).cpu()
+        try:
+            confirmed = ask.wrong(found.x_adv[keep.to(dev)], rows).cpu()
+        except OutOfBudget:  # the run's budget ran out before the check: unconfirmed claims do not count
+            return
+        mark = getattr(oracle, "mark_success", None)  # the oracle's own queries-to-success record, where it keeps one
+        if mark is not None and bool(confirmed.any()):
+            mark(ask.ids[rows[confirmed]])
         used = oracle.used(ask.ids[rows])
         for r, k, ok, u in zip(rows.tolist(), keep.tolist(), confirmed.tolist(), used.tolist(), strict=True):
             if ok:

@@ -23,7 +23,7 @@ import torch
 
 from engine.errors import ConfigError
 from engine.perturbations.base import BatchContext
-from engine.perturbations.query import Asker, Found, QueryAttack
+from engine.perturbations.query import Asker, Found, OutOfBudget, QueryAttack
 
 
 @dataclass
@@ -85,7 +85,10 @@ class RayS(QueryAttack):
         st.active[rows[~can].cpu()] = False
         out = torch.zeros(len(rows), dtype=torch.bool)
         if bool(can.any()):
-            out[can.cpu()] = ask.wrong(imgs[can.to(imgs.device)], pool[rows[can]]).cpu()
+            try:
+                out[can.cpu()] = ask.wrong(imgs[can.to(imgs.device)], pool[rows[can]]).cpu()
+            except OutOfBudget:  # the run's budget is spent: every sample stops with what it has
+                st.active[:] = False
         return out
 
     def _at(self, ask: Asker, st: _Rays, rows: torch.Tensor, v: torch.Tensor, d: torch.Tensor) -> torch.Tensor:

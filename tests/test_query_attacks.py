@@ -1,0 +1,166 @@
+"""Query-based attacks through the oracle (Square on scores, HopSkipJump L2/L∞, RayS L∞) on the embedded digits_cnn.
+
+Each attack is run on a model reached only through a LocalOracle (what a remote model looks like to an attack):
+it lowers accuracy, every example is in the ball as the engine checks it, per-sample queries stay within the
+budget and equal the oracle's own count, results are deterministic per seed and do not depend on the batch,
+and no budget (per sample or per run) ever ends the sweep with QueryBudgetExhausted.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from engine.errors import ConfigError
+from engine.evaluation.checks import verify_batch
+from engine.evaluation.resources import Resources
+from engine.perturbations.base import BatchContext, LevelOutput
+from engine.perturbations.hopskipjump import HopSkipJump
+from engine.perturbations.query import QueryAttack
+from engine.perturbations.rays import RayS
+from engine.perturbations.square_query import SquareQuery
+from engine.remote.api import Answer, Output
+from engine.remote.local import LocalOracle
+from tests.conftest import compose_dict
+
+TAGS = ("black-box", "AML.T0043.001", "AML.T0040")
+
+
+class CountingOracle(LocalOracle):
+    """A LocalOracle that also logs every row it is asked about, as (sample id): the test's own count."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.asked: list[int] = []
+
+    def query(self, x: torch.Tensor, sample_ids: torch.Tensor) -> Answer:
+        ans = super().query(x, sample_ids)  # refused queries raise before anything is logged
+        self.asked += [int(s) for s in sample_ids.tolist()]
+        return ans
+
+
+class Served(nn.Module):
+    """A model reached only through its oracle (engine.remote.api.oracle_of finds ``.oracle``)."""
+
+    def __init__(self, model: nn.Module, output: Output = "logits", **kwargs: Any) -> None:
+        super().__init__()
+        self.model = model
+        self.oracle = CountingOracle(model, output=output, num_classes=10, **kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.model(x)
+        return out
+
+
+@pytest.fixture(scope="module")
+def digits(embedded_checkpoints: dict[str, str]) -> tuple[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor]:
+    cfg = compose_dict()
+    res = Resources(torch.device("cpu"))
+    data = res.dataset(cfg["dataset"]).slice(0, 6)
+    return res.model("digits_cnn", cfg["model"]["digits_cnn"]), data.images, data.labels, data.sample_ids
+
+
+ATTACKS = {
+    "square_linf": lambda b: SquareQuery(name="sq", norm="linf", eps=[0.2], budget=b or 300, tags=TAGS),
+    "square_l2": lambda b: SquareQuery(name="sq2", norm="l2", eps=[3.0], budget=b or 300, tags=TAGS),
+    "hopskipjump_linf": lambda b: HopSkipJump(name="hsj", norm="linf", eps=[0.2], budget=b or 1000, tags=TAGS),
+    "hopskipjump_l2": lambda b: HopSkipJump(name="hsj2", norm="l2", eps=[3.0], budget=b or 1000, tags=TAGS),
+    "rays_linf": lambda b: RayS(name="rays", norm="linf", eps=[0.2], budget=b or 300, tags=TAGS),
+}
+
+
+def _run(att: QueryAttack, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor,
+         **oracle: Any) -> tuple[list[LevelOutput], Served]:
+    served = Served(model, "label" if att.needs == "label" else "logits", **oracle)
+    return list(att.run(x, y, BatchContext(served, 7, ids))), served
+
+
+@pytest.mark.parametrize("name", list(ATTACKS))
+def test_attack_lowers_accuracy_within_eps_and_counts_every_query(name: str, digits: Any) -> None:
+    model, x, y, ids = digits
+    att = ATTACKS[name](None)
+    (out,), served = _run(att, model, x, y, ids)
+    with torch.no_grad():
+        clean = int((model(x).argmax(1) == y).sum())
+        robust = int((model(out.x).argmax(1) == y).sum())
+    assert robust < clean, f"{name} broke nothing ({robust}/{clean})"
+    sizes = verify_batch(att, out.level, x, out.x)  # the engine's own ball and box check (raises if outside)
+    assert float(sizes.max()) <= att.ball.bound(out.level)
+    broken = out.queries_to_success >= 0
+    assert torch.equal(out.x[broken], served.oracle.sent(out.x[broken])), "not the pixels the target received"
+    assert torch.equal(out.x[~broken], x[~broken])  # an unbroken sample is returned as it was
+    assert int(out.queries.max()) <= att.budget
+    counted = torch.tensor([served.oracle.asked.count(int(s)) for s in ids])
+    assert torch.equal(out.queries, counted), "reported queries differ from the oracle's own count"
+    assert int(out.queries.sum()) == served.oracle.stats.rows
+    with torch.no_grad():
+        wrong = model(out.x).argmax(1) != y
+    assert bool(broken.any()) and torch.equal(broken & ~wrong, torch.zeros_like(broken))
+    assert torch.equal(out.queries_to_success[broken], out.queries[broken])  # it stops when broken
+
+
+@pytest.mark.parametrize("name", ["square_linf", "hopskipjump_linf", "rays_linf"])
+def test_deterministic_per_seed_and_independent_of_the_batch(name: str, digits: Any) -> None:
+    model, x, y, ids = digits
+    att = ATTACKS[name](200)
+    (a,), _ = _run(att, model, x, y, ids)
+    (b,), _ = _run(att, model, x, y, ids)
+    assert torch.equal(a.x, b.x) and torch.equal(a.queries, b.queries)
+    pick = torch.tensor([4, 1])  # two samples alone, in another order
+    (c,), _ = _run(att, model, x[pick], y[pick], ids[pick])
+    assert torch.equal(c.x, a.x[pick]) and torch.equal(c.queries, a.queries[pick])
+    assert torch.equal(c.queries_to_success, a.queries_to_success[pick])
+    (d,), _ = _run(att, model, x, y, ids + 1000)  # other sample ids: other draws (RayS draws none)
+    if name != "rays_linf":
+        assert not torch.equal(d.x, a.x)
+
+
+@pytest.mark.parametrize("name", list(ATTACKS))
+@pytest.mark.parametrize("budget", [2, 3, 17])
+def test_a_spent_budget_stops_the_sample_never_the_sweep(name: str, budget: int, digits: Any) -> None:
+    model, x, y, ids = digits
+    (out,), served = _run(ATTACKS[name](budget), model, x[:3], y[:3], ids[:3])
+    assert int(out.queries.max()) <= budget
+    assert int(out.queries.sum()) == served.oracle.stats.rows
+
+
+@pytest.mark.parametrize("name", ["square_linf", "hopskipjump_linf", "rays_linf"])
+def test_the_run_budget_running_out_ends_the_attack_not_the_sweep(name: str, digits: Any) -> None:
+    model, x, y, ids = digits
+    (out,), served = _run(ATTACKS[name](500), model, x[:3], y[:3], ids[:3], run_budget=40)
+    assert served.oracle.limiter.spent() <= 40  # rows that reached the model (cache hits are free for the run)
+    assert int(out.queries.sum()) == served.oracle.stats.rows
+    assert torch.isfinite(out.x).all()
+
+
+def test_a_score_based_attack_on_a_label_only_target_is_refused(digits: Any) -> None:
+    model, x, y, ids = digits
+    served = Served(model, "label")
+    with pytest.raises(ConfigError, match="label-only attacks: hopskipjump_l2, hopskipjump_linf, rays_linf"):
+        list(ATTACKS["square_linf"](10).run(x, y, BatchContext(served, 0, ids)))
+
+
+def test_a_local_model_gets_a_local_oracle_with_the_same_numbers(digits: Any) -> None:
+    model, x, y, ids = digits
+    att = ATTACKS["rays_linf"](200)
+    (served_out,), _ = _run(att, model, x, y, ids)
+    (local_out,) = list(att.run(x, y, BatchContext(model, 7, ids)))
+    assert torch.equal(local_out.x, served_out.x) and torch.equal(local_out.queries, served_out.queries)
+
+
+@pytest.mark.parametrize("bad", [{"budget": 1}, {"budget": 2.5}, {"eps": [-0.1]}, {"norm": "l2", "cls": RayS}])
+def test_bad_settings_are_one_config_error(bad: dict[str, Any]) -> None:
+    cls = bad.pop("cls", HopSkipJump)
+    kwargs = {"name": "x", "norm": "linf", "eps": [0.1], "tags": TAGS, **bad}
+    with pytest.raises(ConfigError):
+        cls(**kwargs)
+
+
+def test_the_threat_model_states_access_and_budget() -> None:
+    tm = ATTACKS["hopskipjump_linf"](1234).threat_model
+    assert tm.access == "label_only" and tm.queries == 1234 and "AML.T0040" in tm.atlas
+    assert "top-1 label only, at most 1,234 queries" in tm.adversary()
+    assert ATTACKS["square_linf"](50).threat_model.as_dict()["access"] == "score_based"
