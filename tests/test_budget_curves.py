@@ -131,3 +131,8 @@ def test_the_report_has_the_budget_table_and_plot(query_run: tuple[Path, str]) -
     assert curves == {("rays_linf", 0.2), ("square_linf_remote", 0.1), ("square_linf_remote", 0.2)}
     tms = json.loads((out / "sweep.json").read_text())["threat_models"]
     assert tms["rays_linf"]["access"] == "label_only" and tms["rays_linf"]["queries"] == 150
+
+
+def test_when_every_sample_is_broken_every_budget_is_known() -> None:
+    (c,) = budget_curves([_row(40, 40, False), _row(7, 7, False)])
+    assert [p.success for p in c.points] == [1.0, 1.0, 1.0] and [p.robust for p in c.points] == [0.0, 0.0, 0.0]

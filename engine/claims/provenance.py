@@ -109,7 +109,7 @@ def samples_record(cfg: Mapping[str, Any], ids: Sequence[int]) -> dict[str, Any]
 def attack_record(block: Mapping[str, Any]) -> dict[str, Any]:
     """A perturbation config as a reviewer reads it: what it is, its levels and each member's budget."""
     rec: dict[str, Any] = {"type": str(block.get("_target_", "")).rsplit(".", 1)[-1] or "suite"}
-    for key in ("norm", "eps", "severities"):
+    for key in ("norm", "eps", "severities", "budget"):  # budget: a query-based attack's queries per sample
         if key in block:
             rec[key] = block[key]
     if isinstance(block.get("attacks"), list):

@@ -289,6 +289,9 @@ def render_provenance(p: dict[str, Any]) -> list[str]:
         if rec.get("members"):
             members = ", ".join(_budget_text(mm) for mm in rec["members"])
             lines.append(f"attacks: {name} at ε {[eps_255(float(e)) for e in rec.get('eps', [])]}: {members}")
+        elif rec.get("budget") is not None:  # a query-based attack (black-box claims)
+            lines.append(f"attacks: {name} ({rec['type']}) at ε {[eps_255(float(e)) for e in rec.get('eps', [])]}: "
+                         f"{int(rec['budget']):,} queries per sample through the oracle")
     if a.get("budget", 1) < 1:
         lines.append(f"attack budget: {a['budget']:g}× the iterations and queries (reduced: can refute, not confirm)")
     rule = p.get("rule") or {}

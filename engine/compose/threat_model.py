@@ -230,5 +230,6 @@ def describe(tm: ThreatModel, norm: str | None, eps: str | None) -> str:
     gaps = ["black-box API abuse"] if "black-box" not in tm.knowledge else []
     gaps += ["poisoning", "extraction", "membership inference", "denial of service"]
     who = tm.adversary().replace("a white-box adversary", f"a white-box {ball}adversary{radius}", 1) \
-        if "white-box" in tm.knowledge else f"{ball}{tm.adversary()}{radius}"
+        if "white-box" in tm.knowledge else \
+        tm.adversary().replace("a black-box adversary", f"a black-box {ball}adversary{radius}", 1)
     return f"holds for {who}; says nothing about {', '.join(gaps[:-1])} or {gaps[-1]}"

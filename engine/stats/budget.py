@@ -6,8 +6,9 @@ spent (``queries``). An unbroken sample is *censored* at what it spent: it might
 queries. The success rate at budget B is the Kaplan-Meier estimate 1 − S(B) over those times (equal to the
 plain fraction ``broken within B / attacked`` when every unbroken sample spent at least B); robust accuracy at
 B is ``(attacked − broken within B) / n``, an upper bound on the model's robust accuracy (a stronger or
-longer attack can only lower it). A budget above the largest number of queries any attacked sample spent is
-not reported (the run did not reach it). Pure: rows in, numbers out.
+longer attack can only lower it). A budget above the most queries any attacked sample spent is not reported
+when some sample is still unbroken (the run did not reach it; with every sample broken it is known). Pure:
+rows in, numbers out.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def _curve(key: tuple[str, str, float], rows: Sequence[Mapping[str, Any]],
     points = []
     for b in budgets:
         within = sum(1 for e in events if e <= b)
-        if b > top or not attacked:
+        if not attacked or (b > top and cens):  # unbroken samples stopped before b: the run did not reach it
             points.append(BudgetPoint(b, None, None, within))
             continue
         points.append(BudgetPoint(b, kaplan_meier(events, cens, b), (len(attacked) - within) / len(rows), within))
