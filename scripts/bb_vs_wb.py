@@ -1,0 +1,122 @@
+"""Black box vs white box on the same checkpoint: query-based attacks beside AutoAttack.
+
+    python scripts/bb_vs_wb.py                         # digits_cnn and digits_cnn_at, n=30, L∞ 0.1 / 0.2
+    python scripts/bb_vs_wb.py --n 50 --jobs 2 --out runs/bb_vs_wb
+
+For each model: the white-box AutoAttack standard suite (L∞) and the black-box Square (on the scores), HopSkipJump
+and RayS (label only), each within ``--budget`` queries per sample (10,000 by default, BlackboxBench's cap), all
+through ``gauntlet``'s own sweep (``engine.sweep.run_sweep``): the evaluator checks every example against the
+threat model and classifies it again, and the query attacks ask the target only through the oracle (a
+LocalOracle around the checkpoint: 8-bit pixels, every query counted). Each (model, attack) is one sweep in its
+own folder under ``--out``, run ``--jobs`` at a time.
+
+Prints, per model and ε: the white-box robust accuracy, each black-box one, the gap (black − white, points;
+positive: the black-box attack leaves more samples standing, as expected), and flags a black-box number
+*below* the white-box one (the white-box suite missed examples a query attack found: a sign the white-box
+evaluation is weaker than it should be, e.g. masked gradients). Writes the table as Markdown and JSON to
+``--out``. Not a test: numbers go to docs/BENCHMARKS.md and docs/attacks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+WHITE = "autoattack_standard_linf"
+BLACK = ("square_linf_remote", "hopskipjump_linf", "rays_linf")
+
+
+def _one(model: str, pert: str, n: int, eps: list[float], budget: int, out: str, seed: int) -> dict[str, Any]:
+    """One sweep (model × perturbation); its accuracy per ε and the mean queries, read from its rows."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
+    from engine.compose.config import compose_sweep
+    from engine.sweep import run_sweep
+
+    over = [f"model=[{model}]", f"perturbation=[{pert}]", f"perturbation.{pert}.eps=[{','.join(map(str, eps))}]",
+            f"n_examples={n}", "batch_size=50", "progress=false", "wandb=disabled", f"seed={seed}",
+            f"out_dir={out}/{model}__{pert}"]
+    if pert != WHITE:
+        over.append(f"perturbation.{pert}.budget={budget}")
+    from engine.store.results import read
+
+    started = time.perf_counter()
+    outcome = run_sweep(compose_sweep(over))
+    rows = read(f"{out}/{model}__{pert}", run_id=outcome.plan.run_id).to_pylist()
+    per: dict[float, dict[str, Any]] = {}
+    for e in eps:
+        mine = [r for r in rows if abs(r["level"] - e) < 1e-12]
+        q2s = [r["queries_to_success"] for r in mine if r.get("queries_to_success") is not None]
+        per[e] = {"n": len(mine), "robust": sum(r["correct"] for r in mine),
+                  "mean_queries": sum(r["queries"] for r in mine) / max(1, len(mine)),
+                  "median_queries_to_success": sorted(q2s)[len(q2s) // 2] if q2s else None}
+    return {"model": model, "perturbation": pert, "seconds": time.perf_counter() - started, "levels": per}
+
+
+def _table(results: list[dict[str, Any]], eps: list[float], n: int, budget: int) -> tuple[str, list[dict[str, Any]]]:
+    by = {(r["model"], r["perturbation"]): r for r in results}
+    models = list(dict.fromkeys(r["model"] for r in results))
+    lines = [f"n = {n} digits test samples (the first {n}), L∞, black-box budget {budget:,} queries per sample; "
+             "robust accuracy % (white-box AutoAttack standard vs black-box attacks through a LocalOracle); "
+             "gap = black − white (points)", "",
+             "| model | ε | AutoAttack (white-box) | " + " | ".join(BLACK) + " | flags |",
+             "|---|---|---|" + "---|" * len(BLACK) + "---|"]
+    gaps = []
+    for m in models:
+        for e in eps:
+            wb = by[(m, WHITE)]["levels"][e]
+            w = 100 * wb["robust"] / wb["n"]
+            cells, flags = [], []
+            for b in BLACK:
+                lv = by[(m, b)]["levels"][e]
+                acc = 100 * lv["robust"] / lv["n"]
+                gap = acc - w
+                gaps.append({"model": m, "eps": e, "attack": b, "white_box": w, "black_box": acc, "gap_points": gap,
+                             "mean_queries": lv["mean_queries"], "median_queries_to_success":
+                             lv["median_queries_to_success"], "below_white_box": gap < 0})
+                cells.append(f"{acc:.1f} ({gap:+.1f})")
+                if gap < 0:
+                    flags.append(f"{b} BELOW white-box")
+            lines.append(f"| {m} | {e:g} | {w:.1f} | " + " | ".join(cells) + f" | {'; '.join(flags) or '-'} |")
+    return "\n".join(lines), gaps
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", nargs="+", default=["digits_cnn", "digits_cnn_at"])
+    ap.add_argument("--eps", nargs="+", type=float, default=[0.1, 0.2])
+    ap.add_argument("--n", type=int, default=30)
+    ap.add_argument("--budget", type=int, default=10_000)
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="runs/bb_vs_wb")
+    args = ap.parse_args(argv)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    work = [(m, p) for m in args.models for p in (WHITE, *BLACK)]
+    # the slowest first (a robust model's label-only attacks spend their whole budget), so the pool stays busy
+    work.sort(key=lambda mp: (mp[0] != "digits_cnn_at", mp[1] == WHITE))
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        futures = [pool.submit(_one, m, p, args.n, args.eps, args.budget, args.out, args.seed) for m, p in work]
+        results = []
+        for f in futures:
+            r = f.result()
+            print(f"done {r['model']} × {r['perturbation']} in {r['seconds']:.0f} s", flush=True)
+            results.append(r)
+    text, gaps = _table(results, args.eps, args.n, args.budget)
+    secs = "\n".join(f"- {r['model']} × {r['perturbation']}: {r['seconds']:.0f} s" for r in results)
+    print(text)
+    (Path(args.out) / "bb_vs_wb.md").write_text(text + "\n\nwall time per sweep (one core each):\n" + secs + "\n")
+    (Path(args.out) / "bb_vs_wb.json").write_text(json.dumps({"args": vars(args), "results": results,
+                                                              "gaps": gaps}, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
