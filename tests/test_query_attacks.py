@@ -164,3 +164,66 @@ def test_the_threat_model_states_access_and_budget() -> None:
     assert tm.access == "label_only" and tm.queries == 1234 and "AML.T0040" in tm.atlas
     assert "top-1 label only, at most 1,234 queries" in tm.adversary()
     assert ATTACKS["square_linf"](50).threat_model.as_dict()["access"] == "score_based"
+
+
+class FloatOracle:
+    """An oracle that sends the float pixels as they are (no 8-bit grid), counting per scope: to compare
+    Square through the oracle with the suite member draw for draw."""
+
+    output: Output = "logits"
+    num_classes = 10
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model, self.counts, self.key, self.budget = model, {}, "", None  # type: dict[tuple[str, int], int]
+
+    def sent(self, x: torch.Tensor) -> torch.Tensor:
+        return x.clone()
+
+    def query(self, x: torch.Tensor, sample_ids: torch.Tensor) -> Answer:
+        for s in sample_ids.tolist():
+            self.counts[(self.key, s)] = self.counts.get((self.key, s), 0) + 1
+        with torch.no_grad():
+            logits = self.model(x)
+        return Answer(logits.argmax(1), logits, torch.zeros(len(x), dtype=torch.bool))
+
+    def remaining(self, sample_ids: torch.Tensor) -> torch.Tensor:
+        return torch.tensor([10**9 if self.budget is None else self.budget - self.counts.get((self.key, s), 0)
+                             for s in sample_ids.tolist()])
+
+    def used(self, sample_ids: torch.Tensor) -> torch.Tensor:
+        return torch.tensor([self.counts.get((self.key, s), 0) for s in sample_ids.tolist()])
+
+    def scope(self, key: str, budget_per_sample: int | None) -> Any:
+        from contextlib import contextmanager
+
+        @contextmanager
+        def cm() -> Any:
+            self.key, self.budget = key, budget_per_sample
+            yield
+
+        return cm()
+
+
+@pytest.mark.parametrize("norm, eps", [("linf", 0.1), ("l2", 2.0)])
+def test_square_through_an_oracle_is_the_suite_member_draw_for_draw(norm: str, eps: float, digits: Any) -> None:
+    """Same seeds, float pixels: the oracle route returns the member's examples; it adds the clean check and
+    the success check to the member's own count, nothing else."""
+    from engine.perturbations.norms import get_norm
+    from engine.perturbations.square import Square
+    from engine.perturbations.suite import MemberContext
+    from engine.seeding import derive_seed
+
+    model, x, y, ids = digits
+    att = SquareQuery(name="sq", norm=norm, eps=[eps], budget=400, tags=TAGS)
+    served = nn.Module()
+    served.oracle = FloatOracle(model)  # type: ignore[assignment]
+    (out,) = list(att.run(x, y, BatchContext(served, 3, ids)))
+    mctx = MemberContext(model, get_norm(norm), eps, 10, tuple(derive_seed(3, int(s), "sq", eps) for s in ids),
+                         derive_seed(3, "sq", eps))
+    member = Square(name="sq", n_queries=400)
+    run = member._single_run if norm == "linf" else member._single_run_l2
+    hit, x_best, q = run(mctx, x, y, mctx.generators(), mctx.shared_generator())
+    broken = out.queries_to_success >= 0
+    assert torch.equal(broken, hit.cpu()) and bool(broken.any())
+    assert torch.equal(out.x[broken], x_best[broken])
+    assert torch.equal(out.queries[broken], q[broken] + 2)  # + the clean check + the success check

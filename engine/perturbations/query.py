@@ -121,16 +121,21 @@ class Asker:
 def grid_ball(oracle: Oracle, x: torch.Tensor, cand: torch.Tensor, norm: Norm, eps: float) -> torch.Tensor:
     """The pixels the oracle sends for ``cand``, pulled into the ε ball around ``x`` where rounding left it.
 
-    L∞: ``cand`` is clipped to the grid values inside the ball first (so rounding cannot leave it); other
-    norms: the step from ``x`` is shortened until the sent pixels fit (rows that never fit keep the sent
-    ``x``; the frame does not count those as broken).
+    Rows whose sent pixels already fit are kept as sent (an oracle that sends floats changes nothing). L∞:
+    the others are clipped to the 8-bit grid values inside the ball and sent again (rounding commutes with that
+    clip, so only the pixels rounding pushed out move); then, any norm, the step from ``x`` is shortened until
+    the sent pixels fit (rows that never fit keep the sent ``x``; the frame does not count those as broken).
     """
-    if norm.name == "linf":
-        lo = torch.ceil((x - eps).clamp(0.0, 1.0) * 255 - 1e-4) / 255
-        hi = torch.floor((x + eps).clamp(0.0, 1.0) * 255 + 1e-4) / 255
-        cand = torch.maximum(torch.minimum(cand, hi), lo)
     sent = oracle.sent(cand)
     bad = norm.measure(sent - x) > norm.bound(eps)
+    if norm.name == "linf" and bool(bad.any()):
+        rows = bad.nonzero().squeeze(1).to(x.device)
+        lo = torch.ceil((x[rows] - eps).clamp(0.0, 1.0) * 255 - 1e-4) / 255
+        hi = torch.floor((x[rows] + eps).clamp(0.0, 1.0) * 255 + 1e-4) / 255
+        cand = cand.clone()
+        cand[rows] = torch.maximum(torch.minimum(cand[rows], hi), lo)
+        sent[rows] = oracle.sent(cand[rows])
+        bad = norm.measure(sent - x) > norm.bound(eps)
     for t in (0.99, 0.97, 0.9, 0.75, 0.5, 0.0):
         if not bool(bad.any()):
             break
