@@ -39,7 +39,7 @@ def test_curves_count_successes_within_each_budget_and_censor_failures() -> None
             _row(None, 1, False),  # wrong before the attack: not attacked, counts against robust accuracy
             _row(None, 0, True, level=0.0)]  # ε = 0 rows are not a curve
     (c,) = budget_curves(rows)
-    assert (c.n, c.attacked, c.broken, c.censored, c.max_queries) == (5, 4, 3, 1, 10_000)
+    assert (c.n, c.attacked, c.broken, c.censored, c.max_queries) == (5, 4, 3, 1, 10_001)
     assert [p.broken for p in c.points] == [1, 2, 3]
     assert [p.success for p in c.points] == [0.25, 0.5, 0.75]
     assert [p.robust for p in c.points] == [3 / 5, 2 / 5, 1 / 5]

@@ -37,7 +37,7 @@ def _pct(x: float | None) -> str:
 def _lines(curves: Sequence[BudgetCurve]) -> tuple[list[str], list[list[str]]]:
     budgets = [p.budget for p in curves[0].points]
     head = ["model", "perturbation", "level", *(f"succ%@{b:,}" for b in budgets),
-            *(f"rob%@{b:,}" for b in budgets), "mean q", "median q", "censored", "spent ≤"]
+            *(f"rob%@{b:,}" for b in budgets), "mean q", "median q", "censored", "reach"]
     body = [[c.model, c.perturbation, f"ε={c.level:g}", *(_pct(p.success) for p in c.points),
              *(_pct(p.robust) for p in c.points),
              "—" if c.mean_queries is None else f"{c.mean_queries:.0f}",
@@ -47,7 +47,8 @@ def _lines(curves: Sequence[BudgetCurve]) -> tuple[list[str], list[list[str]]]:
 
 
 TITLE = ("query budget curves: success % among samples correct before the attack (Kaplan-Meier, unbroken samples "
-         "censored at the queries they spent), robust accuracy % at each budget; — = budget not reached")
+         "censored at the queries they spent + 1), robust accuracy % at each budget; — = budget not reached; "
+         "reach = the largest success or censoring time")
 
 
 def render_budget_table(curves: Sequence[BudgetCurve]) -> str:
@@ -80,7 +81,7 @@ def budget_html(entries: Sequence[dict[str, Any]]) -> str:
         return ""
     budgets = [p["budget"] for p in entries[0]["points"]]
     head = ["model", "perturbation", "level", *(f"succ % @{b:,}" for b in budgets),
-            *(f"rob % @{b:,}" for b in budgets), "mean q", "median q", "censored", "spent ≤"]
+            *(f"rob % @{b:,}" for b in budgets), "mean q", "median q", "censored", "reach"]
     rows = []
     for c in entries:
         cells = [c["model"], c["perturbation"], f"ε={c['level']:g}",

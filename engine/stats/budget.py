@@ -2,8 +2,9 @@
 
 Per (model, perturbation, ε) the rows give each attacked sample (one the target classified correctly before
 the attack) either its queries to success (``queries_to_success``) or, if it was never broken, the queries it
-spent (``queries``). An unbroken sample is *censored* at what it spent: it might have been broken with more
-queries. The success rate at budget B is the Kaplan-Meier estimate 1 − S(B) over those times (equal to the
+spent (``queries``). An unbroken sample is *censored* at what it spent plus one (a success needs the query
+that finds it and the success check, so one more query could not have broken it): it might have been broken
+with more queries. The success rate at budget B is the Kaplan-Meier estimate 1 − S(B) over those times (equal to the
 plain fraction ``broken within B / attacked`` when every unbroken sample spent at least B); robust accuracy at
 B is ``(attacked − broken within B) / n``, an upper bound on the model's robust accuracy (a stronger or
 longer attack can only lower it). A budget above the most queries any attacked sample spent is not reported
@@ -44,7 +45,7 @@ class BudgetCurve:
     attacked: int  # correctly classified before the attack
     broken: int  # broken at all (within the run's budget)
     censored: int  # attacked and never broken: censored at the queries they spent
-    max_queries: int  # the most queries any attacked sample spent (the run's effective budget)
+    max_queries: int  # how far the run's answers reach: the largest success or censoring time
     mean_queries: float | None  # over successes
     median_queries: float | None  # over successes
     points: tuple[BudgetPoint, ...]
@@ -79,9 +80,10 @@ def _curve(key: tuple[str, str, float], rows: Sequence[Mapping[str, Any]],
            budgets: Sequence[int]) -> BudgetCurve:
     attacked = [r for r in rows if r["correct"] or r["queries_to_success"] is not None]
     events = [int(r["queries_to_success"]) for r in attacked if r["queries_to_success"] is not None]
-    cens = [int(r["queries"]) for r in attacked if r["queries_to_success"] is None]
-    spent = [int(r["queries"]) for r in attacked]
-    top = max(spent, default=0)
+    # an unbroken sample that spent c queries is known unbroken within c + 1: a success counts the query that
+    # found it and its check, so it needs two more (the frame keeps the last query of a budget for the check)
+    cens = [int(r["queries"]) + 1 for r in attacked if r["queries_to_success"] is None]
+    top = max([*events, *cens], default=0)
     points = []
     for b in budgets:
         within = sum(1 for e in events if e <= b)
