@@ -8,6 +8,7 @@ and no budget (per sample or per run) ever ends the sweep with QueryBudgetExhaus
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -227,3 +228,37 @@ def test_square_through_an_oracle_is_the_suite_member_draw_for_draw(norm: str, e
     assert torch.equal(broken, hit.cpu()) and bool(broken.any())
     assert torch.equal(out.x[broken], x_best[broken])
     assert torch.equal(out.queries[broken], q[broken] + 2)  # + the clean check + the success check
+
+
+@pytest.mark.parametrize("name", list(ATTACKS))
+def test_three_channel_images_on_the_8bit_grid(name: str) -> None:
+    """CIFAR-like data (3 channels, pixels already on the 8-bit grid, as CIFAR, image folders and .npz of
+    uint8 hold them): the examples stay on the grid inside ε (checked by the engine), the counts hold."""
+    import numpy as np
+
+    from tests.data_fixtures import smooth_images
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(),
+                        nn.Linear(128, 10)).eval()
+    x = torch.from_numpy(np.ascontiguousarray(smooth_images(4, seed=3).transpose(0, 3, 1, 2))).float() / 255
+    with torch.no_grad():
+        y = net(x).argmax(1)  # every sample starts correct
+    att = ATTACKS[name](60)
+    eps = 8 / 255 if att.norm == "linf" else 0.5
+    att = dataclasses.replace(att, eps=[eps])
+    (out,), served = _run(att, net, x, y, torch.arange(4))
+    verify_batch(att, eps, x, out.x)
+    assert torch.equal(out.x * 255, torch.round(out.x * 255))  # on the grid, broken or not
+    counted = torch.tensor([served.oracle.asked.count(i) for i in range(4)])
+    assert torch.equal(out.queries, counted) and int(out.queries.max()) <= 60
+
+
+def test_the_report_says_black_box_numbers_are_upper_bounds_without_curves() -> None:
+    from engine.sinks.budget_summary import black_box_names, budget_html
+
+    perts = [{"name": "square_linf", "family": "attack", "tags": ["black-box", "AML.T0043.001"]},
+             {"name": "aa", "family": "attack", "tags": ["white-box", "black-box"]},
+             {"name": "pgd", "family": "attack", "tags": ["white-box"]}]
+    assert black_box_names(perts) == ["square_linf"]
+    assert "upper bounds on robust accuracy" in budget_html([], ["square_linf"]) and budget_html([], []) == ""

@@ -8,6 +8,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from engine.compose.threat_model import canonical_tags
+from engine.errors import ConfigError
 from engine.stats.budget import UPPER_BOUND_NOTE, BudgetCurve, budget_curves
 
 COLUMNS = ["model", "perturbation", "level", "correct", "queries", "queries_to_success"]
@@ -75,10 +77,27 @@ def render_budget_summary(table: pa.Table, black_box: Sequence[str] = ()) -> str
     return f"black-box perturbations ({', '.join(black_box)}): {UPPER_BOUND_NOTE}"
 
 
-def budget_html(entries: Sequence[dict[str, Any]]) -> str:
-    """The report's section from summary.json's ``budget_curves`` ("" when empty)."""
+def black_box_names(perturbations: Sequence[dict[str, Any]]) -> list[str]:
+    """Perturbations of summary.json whose tags make them black-box only."""
+    out = []
+    for p in perturbations:
+        try:
+            words = canonical_tags(p.get("tags"))
+        except ConfigError:
+            continue
+        if p.get("family") == "attack" and "black-box" in words and "white-box" not in words:
+            out.append(str(p["name"]))
+    return out
+
+
+def budget_html(entries: Sequence[dict[str, Any]], black_box: Sequence[str] = ()) -> str:
+    """The report's section from summary.json's ``budget_curves``; without curves, the upper-bound note when
+    ``black_box`` names black-box perturbations; else ""."""
     if not entries:
-        return ""
+        if not black_box:
+            return ""
+        return (f"<p class='flag'>black-box perturbations ({html.escape(', '.join(black_box))}): "
+                f"{html.escape(UPPER_BOUND_NOTE)}</p>")
     budgets = [p["budget"] for p in entries[0]["points"]]
     head = ["model", "perturbation", "level", *(f"succ % @{b:,}" for b in budgets),
             *(f"rob % @{b:,}" for b in budgets), "mean q", "median q", "censored", "reach"]

@@ -24,7 +24,7 @@ from typing import Any
 
 from engine.errors import GauntletError
 from engine.sinks import plots
-from engine.sinks.budget_summary import budget_html, dense_curves
+from engine.sinks.budget_summary import black_box_names, budget_html, dense_curves
 from engine.sinks.leaderboard import Gathered, board_html, configs_html, gather, headline_html, runs_html
 from engine.sinks.summary_doc import ALL_PAIRS_UP_TO, build_summary, ordered_models, ordered_perturbations
 from engine.stats.aggregate import AccuracyRow, accuracy_table
@@ -348,7 +348,8 @@ def _notes(notes: Sequence[str]) -> str:
 
 
 def _budget(summary: dict[str, Any]) -> str:
-    return budget_html(summary.get("budget_curves") or [])
+    """The budget curves, or, for black-box attacks without them (Square inside a suite), the upper-bound note."""
+    return budget_html(summary.get("budget_curves") or [], black_box_names(summary.get("perturbations") or []))
 
 
 def render_html(summary: dict[str, Any], figures: Sequence[Figure], gathered: Gathered) -> str:
