@@ -129,9 +129,15 @@ class BaseOracle:
             self.stats.failed += 1
             if getattr(err, "unsent", False):  # no row reached the endpoint (connection refused, say)
                 self.limiter.refund(len(grid))
+            else:
+                self.stats.sent += len(grid)  # they reached it; its answer was unusable
             raise
         self.stats.sent += len(grid)
-        return self._checked(reply, len(grid))
+        try:
+            return self._checked(reply, len(grid))
+        except RemoteError:
+            self.stats.failed += 1
+            raise
 
     needs_files = False  # True where the endpoint receives image files (upload); tensors otherwise
 

@@ -39,10 +39,20 @@ def _input(body: Any) -> torch.Tensor:
 
 
 def make_app(models: dict[str, torch.nn.Module], label_only: bool = False, rate: float | None = None,
-             fault: str = "none", count_file: str | None = None) -> FastAPI:
+             fault: str = "none", count_file: str | None = None,
+             fault_control: bool = False) -> FastAPI:
     app = FastAPI()
     counter, gate = Counter(count_file), RateGate(rate)
     app.middleware("http")(require_token)
+    state = {"fault": fault}
+
+    @app.post("/fault/{mode}")
+    def set_fault(mode: str) -> Any:
+        """Switch the injected fault (tests); only with --fault-control."""
+        if not fault_control or mode not in FAULTS:
+            return JSONResponse({"error": "fault control is off"}, 403)
+        state["fault"] = mode
+        return {"fault": mode}
 
     @app.get("/v2/health/live")
     @app.get("/v2/health/ready")
@@ -77,16 +87,16 @@ def make_app(models: dict[str, torch.nn.Module], label_only: bool = False, rate:
         with torch.no_grad():
             probs = torch.softmax(models[name](x).float(), dim=1)
         counter.add(images=len(x))
-        if fault == "malformed":
+        if state["fault"] == "malformed":
             return Response(b'{"outputs": [ {"name": "probabilities", "data": [0.1,', media_type="application/json")
         n, k = probs.shape
         label = {"name": "label", "shape": [n], "datatype": "INT64", "data": probs.argmax(1).tolist()}
-        scores = faulty(probs.tolist(), fault)
+        scores = faulty(probs.tolist(), state["fault"])
         width = len(scores[0]) if scores else k
         data = [v for row in scores for v in row]
         prob = {"name": "probabilities", "shape": [n, width], "datatype": "FP32", "data": data}
         outputs = [label] if label_only else [prob, label]
-        if fault == "missing_field":
+        if state["fault"] == "missing_field":
             return {"model_name": name, "results": outputs}
         return Response(json.dumps({"model_name": name, "outputs": outputs}), media_type="application/json")
 
@@ -100,10 +110,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--label-only", action="store_true", help="answer the top-1 label only")
     parser.add_argument("--rate-limit", type=float, default=None, help="requests/s before answering 429")
     parser.add_argument("--fault", choices=FAULTS, default="none", help="answer wrongly (fault tests)")
+    parser.add_argument("--fault-control", action="store_true", help="allow POST /fault/{mode} (tests only)")
     parser.add_argument("--count-file", default=None)
     args = parser.parse_args(argv)
     models = {name: load_model(name) for name in args.models.split(",") if name}
-    app = make_app(models, args.label_only, args.rate_limit, args.fault, args.count_file)
+    app = make_app(models, args.label_only, args.rate_limit, args.fault, args.count_file,
+                   args.fault_control)
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
 
 

@@ -57,10 +57,20 @@ async def _image_bytes(request: Request) -> bytes:
 
 def make_app(model: torch.nn.Module, size: int = 32, channels: int = 1, quality: int | None = 75,
              rate: float | None = None, label_only: bool = False, round_digits: int | None = None,
-             fault: str = "none", count_file: str | None = None) -> FastAPI:
+             fault: str = "none", count_file: str | None = None,
+             fault_control: bool = False) -> FastAPI:
     app = FastAPI()
     counter, gate = Counter(count_file), RateGate(rate)
     app.middleware("http")(require_token)
+    state = {"fault": fault}
+
+    @app.post("/fault/{mode}")
+    def set_fault(mode: str) -> Any:
+        """Switch the injected fault (tests); only with --fault-control."""
+        if not fault_control or mode not in FAULTS:
+            return JSONResponse({"error": "fault control is off"}, 403)
+        state["fault"] = mode
+        return {"fault": mode}
 
     @app.get("/health")
     def health() -> dict[str, bool]:
@@ -82,13 +92,13 @@ def make_app(model: torch.nn.Module, size: int = 32, channels: int = 1, quality:
         with torch.no_grad():
             probs = torch.softmax(model(x).float(), dim=1)[0]
         counter.add(images=1)
-        if fault == "malformed":
+        if state["fault"] == "malformed":
             return Response(b'{"label": 3, "scores": [0.1', media_type="application/json")
         scores = probs.tolist() if round_digits is None else [round(v, round_digits) for v in probs.tolist()]
         body: dict[str, Any] = {"label": int(probs.argmax())}
         if not label_only:
-            body["scores"] = faulty([scores], fault)[0]
-        if fault == "missing_field":
+            body["scores"] = faulty([scores], state["fault"])[0]
+        if state["fault"] == "missing_field":
             body = {"result": body}
         return Response(json.dumps(body), media_type="application/json")
 
@@ -105,10 +115,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--label-only", action="store_true")
     parser.add_argument("--round", type=int, default=None, dest="round_digits")
     parser.add_argument("--fault", choices=FAULTS, default="none")
+    parser.add_argument("--fault-control", action="store_true", help="allow POST /fault/{mode} (tests only)")
     parser.add_argument("--count-file", default=None)
     args = parser.parse_args(argv)
     app = make_app(load_model(args.model), args.size, 1, args.jpeg_quality or None, args.rate_limit,
-                   args.label_only, args.round_digits, args.fault, args.count_file)
+                   args.label_only, args.round_digits, args.fault, args.count_file,
+                   args.fault_control)
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
 
 
