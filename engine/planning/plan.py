@@ -17,6 +17,7 @@ from engine.evaluation.resources import build_dataset, build_perturbation
 from engine.evaluation.tasks import Task
 from engine.models.fit import check_fits
 from engine.models.loader import ensure_checkpoint
+from engine.planning.remote_fit import check_remote_perturbations
 from engine.planning.sweep_targets import check_sweep_targets
 from engine.seeding import stable_hash
 
@@ -133,6 +134,7 @@ def make_plan(
         )
     perts = {name: build_perturbation(name, pcfg) for name, pcfg in cfg["perturbation"].items()}
     _check_threat_models(perts, tuple(data.image_shape))
+    check_remote_perturbations(cfg["model"], perts)  # gradient attacks on a remote model: refused by name
     cache_dir = cfg.get("cache_dir")
     shas = {name: ensure_checkpoint(name, mcfg, progress, cache_dir) for name, mcfg in cfg["model"].items()}
     seed = int(cfg["seed"])

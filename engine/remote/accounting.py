@@ -10,9 +10,10 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -56,7 +57,8 @@ class LocalLimiter:
     """A thread-safe :class:`Limiter` for one process."""
 
     def __init__(self, run_budget: int | None = None, rate_per_s: float | None = None,
-                 concurrency: int = 4, already_spent: int = 0) -> None:
+                 concurrency: int = 4, already_spent: int = 0,
+                 on_spend: Callable[[int], None] | None = None) -> None:
         if run_budget is not None and run_budget < 0:
             raise ConfigError(f"remote run_budget must be ≥ 0 or null, got {run_budget}")
         if rate_per_s is not None and rate_per_s <= 0:
@@ -67,6 +69,7 @@ class LocalLimiter:
         self.rate_per_s = rate_per_s
         self.concurrency = concurrency
         self._spent = int(already_spent)
+        self._on_spend = on_spend  # told the new total after each change (the run folder's ledger)
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(concurrency)
         self._next_start = 0.0
@@ -79,10 +82,14 @@ class LocalLimiter:
                     f"the run's query budget ({self.run_budget}) would be exceeded: {self._spent} spent, "
                     f"{rows} more asked; nothing was sent")
             self._spent += rows
+            if self._on_spend is not None and rows:
+                self._on_spend(self._spent)  # under the lock: totals reach the ledger in order
 
     def refund(self, rows: int) -> None:
         with self._lock:
             self._spent = max(0, self._spent - rows)
+            if self._on_spend is not None and rows:
+                self._on_spend(self._spent)
 
     def spent(self) -> int:
         return self._spent
@@ -129,6 +136,9 @@ class CallStats:
     failed: int = 0  # calls that failed after their retries
     excluded: int = 0  # samples excluded under on_error: skip
     latencies: list[float] = field(default_factory=list)
+
+    COUNTS: ClassVar[tuple[str, ...]] = ("calls", "rows", "cached", "sent", "retries", "throttled", "timeouts",
+                                         "failed", "excluded")
 
     def as_dict(self) -> dict[str, Any]:
         lat = np.asarray(self.latencies, dtype=float) * 1000.0
@@ -209,3 +219,24 @@ class SampleLedger:
     def totals(self) -> dict[str, int]:
         """Rows charged per scope (cache hits included)."""
         return {k: sum(v.values()) for k, v in self._used.items()}
+
+
+def stats_mark(oracle: object) -> tuple[dict[str, Any], int] | None:
+    """A mark of an oracle's statistics (None for an oracle without them), for :func:`stats_since`."""
+    stats = getattr(oracle, "stats", None)
+    if not isinstance(stats, CallStats):
+        return None
+    return stats.as_dict(), len(stats.latencies)
+
+
+def stats_since(oracle: object, mark: tuple[dict[str, Any], int] | None) -> dict[str, Any] | None:
+    """What an oracle spent since ``mark``: counts, and the latencies (s) of the calls made since."""
+    stats = getattr(oracle, "stats", None)
+    if mark is None or not isinstance(stats, CallStats):
+        return None
+    before, n = mark
+    now = stats.as_dict()
+    delta: dict[str, Any] = {k: now[k] - before[k] for k in CallStats.COUNTS}
+    delta["latencies"] = list(stats.latencies[n:])
+    delta["endpoint"] = getattr(oracle, "endpoint", "?")
+    return delta

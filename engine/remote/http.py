@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import logging
 import os
 import threading
 import time
@@ -26,6 +27,8 @@ import torch
 from engine.errors import ConfigError
 from engine.remote.api import RemoteError
 from engine.remote.oracle import BaseOracle, Reply
+
+logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request would drown the sweep log
 
 
 def safe_url(url: str) -> str:
@@ -61,7 +64,7 @@ class HttpSettings:
 class RemoteCallError(RemoteError):
     """A RemoteError that knows whether any row reached the endpoint (``unsent``: the budget is refunded)."""
 
-    def __init__(self, message: str, unsent: bool) -> None:
+    def __init__(self, message: str, unsent: bool = False) -> None:  # one-argument form: re-raised with context
         super().__init__(message)
         self.unsent = unsent
 

@@ -1,0 +1,132 @@
+"""A remote model in a sweep: answers through a real OIP server, exact accounting, faults, the token kept out."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import engine.remote.ledger as ledger_mod
+from engine.data.digits import load_digits
+from engine.errors import ConfigError, GauntletError
+from engine.remote.ledger import LEDGER, RunLedger
+from engine.remote.local import LocalOracle
+from engine.store.results import read
+from engine.sweep import run_sweep
+from examples.targets.common import load_model
+from tests.conftest import compose_dict
+from tests.remote_servers import Server, count_file_totals, serve
+
+pytestmark = pytest.mark.timeout(400)
+TOKEN = "tok-9c1e-never-in-any-file-5b7d"
+
+
+def _overrides(url: str, out: Path, *extra: str) -> list[str]:
+    return ["model=[remote_digits_cnn]", f"model.remote_digits_cnn.remote.url={url}", f"out_dir={out}",
+            "n_examples=24", "batch_size=8", "progress=false", *extra]
+
+
+@pytest.fixture(scope="module")
+def oip(embedded_checkpoints: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    count = tmp_path_factory.mktemp("oip") / "count.jsonl"
+    with serve("oip", "--models", "digits_cnn", "--count-file", str(count), env={"TARGET_TOKEN": TOKEN}) as server:
+        server.count_file = count  # type: ignore[attr-defined]
+        yield server
+
+
+def _auth(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    monkeypatch.setenv("DIGITS_API_TOKEN", TOKEN)
+    return ["+model.remote_digits_cnn.remote.auth={env: DIGITS_API_TOKEN}"]
+
+
+def test_a_remote_sweep_matches_the_model_on_the_pixels_sent_and_the_servers_count(
+        oip: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    before = oip.stats()
+    out = tmp_path / "run"
+    cfg = compose_dict(_overrides(oip.url, out, "perturbation=[clean,gaussian_noise]", *_auth(monkeypatch)))
+    outcome = run_sweep(cfg)
+    rows = read(out).to_pandas()
+    clean = rows[rows["perturbation"] == "clean"].sort_values("sample_id")
+    data = load_digits()
+    local = LocalOracle(load_model("digits_cnn"), num_classes=10)
+    want = local.query(data.images[:24], torch.arange(24)).labels.numpy()
+    assert np.array_equal(clean["pred"].to_numpy(), want)  # the endpoint's answers on the 8-bit grid, row for row
+    after = oip.stats()
+    entry = RunLedger(out).doc["targets"]
+    (target,) = entry.values()
+    assert target["spent"] == after["images"] - before["images"]  # every image the endpoint received
+    assert target["sent"] == target["spent"] - 1  # finished tasks; the plan's fit check sent one grey image
+    assert target["calls"] == after["requests"] - before["requests"] - 1
+    assert "remote targets" in outcome.summary and "upper bound" in outcome.summary
+    again = run_sweep(cfg)  # everything reused: no query spent
+    assert again.evaluated == 0 and oip.stats()["images"] == after["images"]
+    for path in out.rglob("*"):  # the token is nowhere in the run folder
+        if path.is_file():
+            assert TOKEN.encode() not in path.read_bytes(), path
+
+
+def test_gradient_attacks_are_refused_naming_what_fits(tmp_path: Path) -> None:
+    cfg = compose_dict(_overrides("http://127.0.0.1:9", tmp_path / "r", "perturbation=[clean,pgd_linf,square_linf]"))
+    with pytest.raises(ConfigError, match=r"pgd_linf needs gradients.*that fit: clean, square_linf"):
+        run_sweep(cfg)
+    label_only = [*_overrides("http://127.0.0.1:9", tmp_path / "r2", "perturbation=[clean,square_linf]"),
+                  "model.remote_digits_cnn.remote.output=label"]
+    with pytest.raises(ConfigError, match=r"square_linf needs scores.*that fit: clean"):
+        run_sweep(compose_dict(label_only))
+    bad_key = [*_overrides("http://127.0.0.1:9", tmp_path / "r3", "perturbation=[clean]"),
+               "+model.remote_digits_cnn.remote.tokenn=x"]
+    with pytest.raises(ConfigError, match=r"remote: unknown key\(s\) \['tokenn'\]"):
+        run_sweep(compose_dict(bad_key))
+
+
+def test_server_killed_mid_sweep_then_resumed_spends_no_query_twice(
+        embedded_checkpoints: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    count = tmp_path / "count.jsonl"
+    out = tmp_path / "run"
+    with serve("oip", "--models", "digits_cnn", "--count-file", str(count)) as server:
+        cfg = compose_dict(_overrides(server.url, out, "perturbation=[clean,gaussian_noise]", "shard_size=8",
+                                      "model.remote_digits_cnn.remote.retries=1",
+                                      "model.remote_digits_cnn.remote.backoff_s=0.05"))
+        finished: list[str] = []
+        real = ledger_mod.record_task
+
+        def kill_after_two(out_dir: Path, models: Any, name: str, remote: Any) -> None:
+            real(out_dir, models, name, remote)
+            finished.append(name)
+            if len(finished) == 2:
+                server.stop()  # the endpoint dies between tasks: the next one fails
+
+        monkeypatch.setattr("engine.sweep.record_task", kill_after_two)
+        with pytest.raises(GauntletError, match=r"127\.0\.0\.1:\d+/v2/models/digits_cnn/infer: connection failed"
+                                                r"[\s\S]*2 of 6 task\(s\)"):
+            run_sweep(cfg)
+        first = count_file_totals(count)
+        spent = RunLedger(out).doc["targets"]
+        assert [t["spent"] for t in spent.values()] == [first["images"]]  # what reached the server, no more
+        monkeypatch.setattr("engine.sweep.record_task", real)
+        server.start()  # same port
+        outcome = run_sweep(cfg)
+    assert outcome.evaluated == 4 and len(outcome.plan.done) == 2  # the two finished tasks are not re-run
+    total = count_file_totals(count)
+    (target,) = RunLedger(out).doc["targets"].values()
+    assert target["spent"] == total["images"]  # killed and resumed: the ledger counts every image sent
+    rows = read(out)
+    assert rows.num_rows == 24 + 24 * 5  # every task exactly once
+    assert (ledger_path := out / LEDGER).exists() and ledger_path.stat().st_size < 10_000
+
+
+def test_429_slows_the_sweep_down_and_it_completes(embedded_checkpoints: dict[str, str], tmp_path: Path) -> None:
+    with serve("upload", "--rate-limit", "20", "--jpeg-quality", "0") as server:
+        overrides = [*_overrides(server.url + "/classify", tmp_path / "run", "perturbation=[clean]"),
+                     "model.remote_digits_cnn.remote.protocol=upload",
+                     "+model.remote_digits_cnn.remote.upload={scores_path: scores}"]
+        outcome = run_sweep(compose_dict(overrides))
+        counts = server.stats()
+    (target,) = RunLedger(tmp_path / "run").doc["targets"].values()
+    assert counts["throttled"] > 0 and target["throttled"] == counts["throttled"]
+    assert target["spent"] == counts["images"] and "throttled: the endpoint answered HTTP 429" in outcome.summary
+    assert read(tmp_path / "run").num_rows == 24
