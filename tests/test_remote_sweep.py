@@ -130,3 +130,44 @@ def test_429_slows_the_sweep_down_and_it_completes(embedded_checkpoints: dict[st
     assert counts["throttled"] > 0 and target["throttled"] == counts["throttled"]
     assert target["spent"] == counts["images"] and "throttled: the endpoint answered HTTP 429" in outcome.summary
     assert read(tmp_path / "run").num_rows == 24
+
+
+def test_on_error_skip_excludes_and_counts_the_samples(embedded_checkpoints: dict[str, str], tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "run"
+    with serve("oip", "--models", "digits_cnn") as server:
+        cfg = compose_dict(_overrides(server.url, out, "perturbation=[clean]", "shard_size=8",
+                                      "model.remote_digits_cnn.remote.on_error=skip",
+                                      "model.remote_digits_cnn.remote.retries=0"))
+        real = ledger_mod.record_task
+
+        def kill_after_first(out_dir: Path, models: Any, name: str, remote: Any) -> None:
+            real(out_dir, models, name, remote)
+            server.stop()
+
+        monkeypatch.setattr("engine.sweep.record_task", kill_after_first)
+        outcome = run_sweep(cfg)
+    (target,) = RunLedger(out).doc["targets"].values()
+    assert target["excluded"] == 16 and target["failed"] == 2  # two shards of 8 could not be answered
+    assert read(out).num_rows == 8  # no made-up prediction for them
+    assert "excluded: 16 sample(s)" in outcome.summary
+
+
+def test_sizes_are_measured_on_the_pixels_sent() -> None:
+    from engine.evaluation.evaluate import sent_sizes
+    from engine.perturbations.norms import NORMS
+    from engine.remote.model import RemoteModel
+
+    class Linf:
+        norm_obj = NORMS["linf"]
+
+    x = load_digits().images[:4]
+    x_adv = (x + 0.03 * torch.sign(torch.randn_like(x))).clamp(0, 1)
+    as_computed = NORMS["linf"].measure(x_adv - x).double()
+    jpeg = RemoteModel("m", LocalOracle(load_model("digits_cnn"), num_classes=10, encoding="jpeg", jpeg_quality=50))
+    sizes = sent_sizes(jpeg, Linf(), x, x_adv, as_computed)  # type: ignore[arg-type]
+    sent = jpeg.oracle.sent
+    assert torch.equal(sizes, NORMS["linf"].measure(sent(x_adv) - sent(x)).double())
+    assert not torch.allclose(sizes, as_computed)  # JPEG moved the pixels: the size sent is not the size computed
+    local = torch.nn.Linear(1, 1)
+    assert sent_sizes(local, Linf(), x, x_adv, as_computed) is as_computed  # type: ignore[arg-type]
