@@ -56,7 +56,7 @@ def test_a_remote_sweep_matches_the_model_on_the_pixels_sent_and_the_servers_cou
     want = local.query(data.images[:24], torch.arange(24)).labels.numpy()
     assert np.array_equal(clean["pred"].to_numpy(), want)  # the endpoint's answers on the 8-bit grid, row for row
     after = oip.stats()
-    entry = RunLedger(out).doc["targets"]
+    entry = RunLedger(out).targets()
     (target,) = entry.values()
     assert target["spent"] == after["images"] - before["images"]  # every image the endpoint received
     assert target["sent"] == target["spent"] - 1  # finished tasks; the plan's fit check sent one grey image
@@ -105,14 +105,14 @@ def test_server_killed_mid_sweep_then_resumed_spends_no_query_twice(
                                                 r"[\s\S]*2 of 6 task\(s\)"):
             run_sweep(cfg)
         first = count_file_totals(count)
-        spent = RunLedger(out).doc["targets"]
+        spent = RunLedger(out).targets()
         assert [t["spent"] for t in spent.values()] == [first["images"]]  # what reached the server, no more
         monkeypatch.setattr("engine.sweep.record_task", real)
         server.start()  # same port
         outcome = run_sweep(cfg)
     assert outcome.evaluated == 4 and len(outcome.plan.done) == 2  # the two finished tasks are not re-run
     total = count_file_totals(count)
-    (target,) = RunLedger(out).doc["targets"].values()
+    (target,) = RunLedger(out).targets().values()
     assert target["spent"] == total["images"]  # killed and resumed: the ledger counts every image sent
     rows = read(out)
     assert rows.num_rows == 24 + 24 * 5  # every task exactly once
@@ -126,7 +126,7 @@ def test_429_slows_the_sweep_down_and_it_completes(embedded_checkpoints: dict[st
                      "+model.remote_digits_cnn.remote.upload={scores_path: scores}"]
         outcome = run_sweep(compose_dict(overrides))
         counts = server.stats()
-    (target,) = RunLedger(tmp_path / "run").doc["targets"].values()
+    (target,) = RunLedger(tmp_path / "run").targets().values()
     assert counts["throttled"] > 0 and target["throttled"] == counts["throttled"]
     assert target["spent"] == counts["images"] and "throttled: the endpoint answered HTTP 429" in outcome.summary
     assert read(tmp_path / "run").num_rows == 24
@@ -147,7 +147,7 @@ def test_on_error_skip_excludes_and_counts_the_samples(embedded_checkpoints: dic
 
         monkeypatch.setattr("engine.sweep.record_task", kill_after_first)
         outcome = run_sweep(cfg)
-    (target,) = RunLedger(out).doc["targets"].values()
+    (target,) = RunLedger(out).targets().values()
     assert target["excluded"] == 16 and target["failed"] == 2  # two shards of 8 could not be answered
     assert read(out).num_rows == 8  # no made-up prediction for them
     assert "excluded: 16 sample(s)" in outcome.summary

@@ -7,10 +7,10 @@ attack that asks the same thing twice is charged twice, as the paper's query cou
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
@@ -57,8 +57,7 @@ class LocalLimiter:
     """A thread-safe :class:`Limiter` for one process."""
 
     def __init__(self, run_budget: int | None = None, rate_per_s: float | None = None,
-                 concurrency: int = 4, already_spent: int = 0,
-                 on_spend: Callable[[int], None] | None = None) -> None:
+                 concurrency: int = 4, already_spent: int = 0, spent_file: str | None = None) -> None:
         if run_budget is not None and run_budget < 0:
             raise ConfigError(f"remote run_budget must be ≥ 0 or null, got {run_budget}")
         if rate_per_s is not None and rate_per_s <= 0:
@@ -69,7 +68,9 @@ class LocalLimiter:
         self.rate_per_s = rate_per_s
         self.concurrency = concurrency
         self._spent = int(already_spent)
-        self._on_spend = on_spend  # told the new total after each change (the run folder's ledger)
+        # the run folder's record of this target's spend, rewritten (atomically) after every change, so a killed
+        # sweep leaves it behind; under Ray the one limiter actor writes it (engine/runners/ray.py)
+        self.spent_file = spent_file
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(concurrency)
         self._next_start = 0.0
@@ -82,14 +83,27 @@ class LocalLimiter:
                     f"the run's query budget ({self.run_budget}) would be exceeded: {self._spent} spent, "
                     f"{rows} more asked; nothing was sent")
             self._spent += rows
-            if self._on_spend is not None and rows:
-                self._on_spend(self._spent)  # under the lock: totals reach the ledger in order
+            self._persist(rows)
 
     def refund(self, rows: int) -> None:
         with self._lock:
             self._spent = max(0, self._spent - rows)
-            if self._on_spend is not None and rows:
-                self._on_spend(self._spent)
+            self._persist(rows)
+
+    def resync(self, spent: int) -> None:
+        """Take the total another holder of this target's budget reached (the Ray limiter actor, after a run)."""
+        with self._lock:
+            self._spent = int(spent)
+            self._persist(1)
+
+    def _persist(self, changed: int) -> None:
+        """Under the lock: totals reach the file in order."""
+        if self.spent_file is None or not changed:
+            return
+        tmp = f"{self.spent_file}.{os.getpid()}.tmp"
+        with open(tmp, "w") as fh:
+            fh.write(f"{self._spent}\n")
+        os.replace(tmp, self.spent_file)
 
     def spent(self) -> int:
         return self._spent
@@ -112,14 +126,25 @@ class LocalLimiter:
         if start > now:
             time.sleep(start - now)
 
-    @contextmanager
-    def slot(self):  # type: ignore[no-untyped-def]
+    def acquire(self) -> None:
+        """Take a slot and wait for the rate limit (the Ray limiter actor serves these to every worker)."""
         self._slots.acquire()
         try:
             self._wait_rate()
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def release(self) -> None:
+        self._slots.release()
+
+    @contextmanager
+    def slot(self):  # type: ignore[no-untyped-def]
+        self.acquire()
+        try:
             yield
         finally:
-            self._slots.release()
+            self.release()
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """The run folder's query ledger (``remote_ledger.json``): what each remote target was sent, across resumed runs.
 
-The run's budget counts what every attempt spent, killed ones included: the limiter writes the target's total
-after every reservation, so a killed sweep leaves its spend behind and the resumed run starts from it. Finished
+The run's budget counts what every attempt spent, killed ones included: the limiter writes the target's total to
+``remote_spent.<target>.txt`` after every reservation, so a killed sweep leaves its spend behind and the resumed
+run starts from it. Finished
 tasks add their counts (calls, cached, retries, 429s, timeouts, excluded samples) for the summary. No secrets:
 endpoints are written without query strings, and never a header.
 """
@@ -48,15 +49,22 @@ class RunLedger:
             return _LEDGERS[key]
 
     def _target(self, key: str) -> dict[str, Any]:
-        return self.doc["targets"].setdefault(key, {"spent": 0, **dict.fromkeys(CallStats.COUNTS, 0)})
+        return self.doc["targets"].setdefault(key, dict.fromkeys(CallStats.COUNTS, 0))
+
+    def spent_file(self, key: str) -> Path:
+        """Where the limiter of target ``key`` keeps its running total (one small file per target)."""
+        return self.path.parent / f"remote_spent.{key.replace(':', '-')}.txt"
 
     def spent(self, key: str) -> int:
-        return int(self._target(key)["spent"])
+        """Images the target received in this run folder, killed attempts included."""
+        try:
+            return int(self.spent_file(key).read_text().strip() or 0)
+        except (OSError, ValueError):
+            return 0
 
-    def set_spent(self, key: str, spent: int) -> None:
-        with self._lock:
-            self._target(key)["spent"] = int(spent)
-            self._save()
+    def targets(self) -> dict[str, dict[str, Any]]:
+        """Per target: the finished tasks' counts and the run's spend (from the limiter's file)."""
+        return {key: {**entry, "spent": self.spent(key)} for key, entry in self.doc["targets"].items()}
 
     def add_task(self, key: str, remote: Mapping[str, Any], endpoint: str, run_budget: int | None) -> None:
         with self._lock:
@@ -88,8 +96,7 @@ def install_run_limiters(models: Mapping[str, Mapping[str, Any]], out_dir: Path)
     for name, cfg in remote.items():
         block, key = remote_settings(name, cfg), target_key(name, cfg)
         limiter = LocalLimiter(block.get("run_budget"), block.get("rate_limit"), int(block.get("concurrency") or 4),
-                               already_spent=ledger.spent(key),
-                               on_spend=lambda spent, key=key: ledger.set_spent(key, spent))  # type: ignore[misc]
+                               already_spent=ledger.spent(key), spent_file=str(ledger.spent_file(key)))
         install_limiter(key, limiter)
     return ledger
 

@@ -82,6 +82,11 @@ def install_limiter(key: str, limiter: Limiter) -> None:
         _LIMITERS[key] = limiter
 
 
+def installed_limiter(key: str) -> Limiter | None:
+    with _LOCK:
+        return _LIMITERS.get(key)
+
+
 def clear_limiters() -> None:
     with _LOCK:
         _LIMITERS.clear()

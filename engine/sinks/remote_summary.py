@@ -16,7 +16,7 @@ def render_remote_summary(ledger: RunLedger | None) -> str:
     if ledger is None or not ledger.doc.get("targets"):
         return ""
     lines = []
-    for key, entry in sorted(ledger.doc["targets"].items()):
+    for key, entry in sorted(ledger.targets().items()):
         lat = ledger.percentiles(key)
         p50, p99 = (f"{lat[0]:.1f}", f"{lat[1]:.1f}") if lat else ("-", "-")
         budget = entry.get("run_budget")
