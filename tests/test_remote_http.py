@@ -63,14 +63,19 @@ def test_oip_answers_match_the_model_in_process_and_counts_match_the_server(
     assert TOKEN not in repr(stats)
 
 
+@pytest.mark.parametrize("binary", [False, True])
 def test_oip_uint8_tensors_and_label_only(oip: Server, digits: tuple[torch.Tensor, torch.Tensor],
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
+                                          monkeypatch: pytest.MonkeyPatch, binary: bool) -> None:
     x, y = digits
     label = OIPOracle(oip.url, "digits_cnn_at", num_classes=10, output="label", output_name="label",
-                      tensor="uint8", http=_auth(monkeypatch))
+                      tensor="uint8", binary=binary, http=_auth(monkeypatch))
     answer = label.query(x, torch.arange(len(x)))
     assert answer.scores is None
     assert (answer.labels == y).float().mean() > 0.8
+    scores = OIPOracle(oip.url, "digits_cnn_at", num_classes=10, binary=binary, http=_auth(monkeypatch))
+    want = LocalOracle(load_model("digits_cnn_at"), num_classes=10).query(x, torch.arange(len(x)))
+    got = scores.query(x, torch.arange(len(x)))
+    assert torch.equal(got.labels, answer.labels) and torch.allclose(got.scores, want.scores, atol=1e-5)
 
 
 def test_without_the_token_the_call_fails_naming_endpoint_and_status(

@@ -26,7 +26,7 @@ from engine.seeding import stable_hash
 PROTOCOLS = ("oip", "upload")
 KEYS = {"protocol", "url", "model_name", "output", "top_k", "round_digits", "num_classes", "encoding",
         "jpeg_quality", "size", "tensor", "input_name", "output_name", "max_batch", "auth", "timeout_s", "retries",
-        "throttle_retries", "backoff_s", "rate_limit", "concurrency", "budget_per_sample", "run_budget",
+        "throttle_retries", "backoff_s", "binary", "rate_limit", "concurrency", "budget_per_sample", "run_budget",
         "on_error", "cache", "upload"}
 UPLOAD_KEYS = {"mode", "field", "label_path", "scores_path"}
 AUTH_KEYS = {"env", "header", "scheme"}
@@ -119,7 +119,8 @@ def build_oracle(name: str, model_cfg: Mapping[str, Any], limiter: Limiter | Non
     if block["protocol"] == "oip":
         return OIPOracle(block["url"], block["model_name"], input_name=block.get("input_name", "input-0"),
                          output_name=block.get("output_name"), tensor=block.get("tensor", "fp32"),
-                         max_batch=int(block.get("max_batch", 64)), **common)
+                         max_batch=int(block.get("max_batch", 64)), binary=bool(block.get("binary", False)),
+                         **common)
     up = dict(block.get("upload") or {})
     return UploadOracle(block["url"], mode=up.get("mode", "multipart"), field=up.get("field", "file"),
                         label_path=up.get("label_path", "label"), scores_path=up.get("scores_path"), **common)
