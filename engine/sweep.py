@@ -23,6 +23,7 @@ from engine.perturbations.base import Perturbation
 from engine.perturbations.suite import AttackSuite
 from engine.planning.plan import Plan, make_plan, prepare
 from engine.remote.ledger import install_run_limiters, record_task
+from engine.remote.model import is_remote
 from engine.runners.base import RunContext, Runner
 from engine.runners.progress import SweepProgress, work_per_sample
 from engine.runners.signals import Interrupted, interruptible
@@ -203,6 +204,8 @@ def sanity_flags(cfg: Mapping[str, Any], models: list[str], table: Any, resource
         probe = data.slice(0, min(n, PROBE_SAMPLES))
         x, y = probe.images.to(resources.device), probe.labels.to(resources.device)
         for name in models:
+            if is_remote(cfg["model"][name]):  # a black box by contract: no gradient to probe, queries cost money
+                continue
             flags += probe_model(resources.model(name, cfg["model"][name]), x, y, name, attacks_eot)
     for f in flags:
         level = logging.ERROR if f.verdict == SETUP else logging.WARNING
