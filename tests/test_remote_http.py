@@ -173,3 +173,26 @@ def test_a_killed_server_fails_naming_the_endpoint_and_refunds_the_run_budget(
     answer = oracle.query(x[:8], torch.arange(8))
     assert answer.cached.tolist() == [True] * 4 + [False] * 4
     assert oip.stats()["images"] == 4  # the restarted server saw only the four never answered
+
+
+def test_5xx_is_retried_and_counted_a_timeout_fails_naming_it(upload: Server,
+                                                               digits: tuple[torch.Tensor, torch.Tensor]) -> None:
+    x = digits[0][:3] + 3 / 255
+    oracle = UploadOracle(upload.url + "/classify", num_classes=10, scores_path="scores",
+                          http=HttpSettings(retries=2, backoff_s=0.05, timeout_s=0.5), concurrency=1)
+    before = upload.stats()
+    upload.fault("flaky")
+    try:
+        answer = oracle.query(x, torch.arange(3))
+    finally:
+        upload.fault("none")
+    stats = oracle.run_stats()
+    assert len(answer.labels) == 3 and stats["retries"] >= 1 and stats["sent"] == 3
+    assert upload.stats()["images"] - before["images"] == 3  # a 503 answered nothing: no image counted twice
+    upload.fault("slow")
+    try:
+        with pytest.raises(RemoteError, match=r"127\.0\.0\.1:\d+/classify: timed out after 0\.5 s after 3 attempt"):
+            oracle.query(x + 1 / 255, torch.arange(3))
+    finally:
+        upload.fault("none")
+    assert oracle.run_stats()["timeouts"] == 3

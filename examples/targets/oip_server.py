@@ -11,6 +11,7 @@ docs/remote-targets.md says why this runs on uvicorn rather than MLServer or KSe
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 from pathlib import Path
@@ -25,7 +26,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from examples.targets.common import FAULTS, Counter, RateGate, faulty, load_model, require_token
+from examples.targets.common import FAULTS, Counter, Flaky, RateGate, faulty, load_model, require_token
 
 DTYPES = {"FP32": torch.float32, "UINT8": torch.uint8, "FP64": torch.float64}
 
@@ -63,6 +64,7 @@ def make_app(models: dict[str, torch.nn.Module], label_only: bool = False, rate:
     counter, gate = Counter(count_file), RateGate(rate)
     app.middleware("http")(require_token)
     state = {"fault": fault}
+    flaky = Flaky()
 
     @app.post("/fault/{mode}")
     def set_fault(mode: str) -> Any:
@@ -98,6 +100,10 @@ def make_app(models: dict[str, torch.nn.Module], label_only: bool = False, rate:
         if not gate.admit():
             counter.add(throttled=1)
             return JSONResponse({"error": "rate limit"}, 429, headers={"Retry-After": "1"})
+        if state["fault"] == "flaky" and flaky.fails_now():
+            return JSONResponse({"error": "unavailable"}, 503)
+        if state["fault"] == "slow":
+            await asyncio.sleep(2.0)  # past the client's timeout in the fault tests
         try:
             x = _input(await request.body(), request.headers.get("inference-header-content-length"))
         except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as err:
