@@ -171,3 +171,19 @@ def test_sizes_are_measured_on_the_pixels_sent() -> None:
     assert not torch.allclose(sizes, as_computed)  # JPEG moved the pixels: the size sent is not the size computed
     local = torch.nn.Linear(1, 1)
     assert sent_sizes(local, Linf(), x, x_adv, as_computed) is as_computed  # type: ignore[arg-type]
+
+
+def test_operational_keys_leave_task_ids_alone(tmp_path: Path) -> None:
+    """A resumed sweep with a lower rate limit, longer timeout or new token variable reuses its finished tasks;
+    a different endpoint, output or encoding is a different target."""
+    from engine.planning.plan import make_plan
+
+    def ids(*extra: str) -> list[str]:
+        cfg = compose_dict(_overrides("http://127.0.0.1:9", tmp_path / "r", "perturbation=[clean]", *extra))
+        return [t.task_id for t in make_plan(cfg, lambda _: False).tasks]
+
+    base = ids()
+    assert ids("model.remote_digits_cnn.remote.rate_limit=2", "model.remote_digits_cnn.remote.timeout_s=60",
+               "model.remote_digits_cnn.remote.concurrency=1", "+model.remote_digits_cnn.remote.auth={env: T}") == base
+    assert ids("model.remote_digits_cnn.remote.encoding=jpeg") != base
+    assert ids("model.remote_digits_cnn.remote.url=http://127.0.0.1:10") != base

@@ -19,6 +19,7 @@ from engine.models.fit import check_fits
 from engine.models.loader import ensure_checkpoint
 from engine.planning.remote_fit import check_remote_perturbations
 from engine.planning.sweep_targets import check_sweep_targets
+from engine.remote.model import is_remote, remote_identity
 from engine.seeding import stable_hash
 
 DoneFn = Callable[[str], bool]
@@ -143,6 +144,8 @@ def make_plan(
     for model_name, model_cfg in cfg["model"].items():
         identity = {k: v for k, v in model_cfg.items()
                     if k not in ("checkpoint", "sha256", "train", "train_if_missing")}
+        if is_remote(model_cfg):  # rate limits, timeouts, credentials change no row: not part of the task id
+            identity["remote"] = remote_identity(model_name, model_cfg)
         for pert_name, pert in perts.items():
             pert_cfg = dict(cfg["perturbation"][pert_name])
             for start, stop in shard_ranges(n_examples, shard_size):

@@ -72,9 +72,20 @@ def target_key(name: str, model_cfg: Mapping[str, Any]) -> str:
     return f"{name}:{stable_hash([block.get('url'), block.get('model_name')], 8)}"
 
 
+# Keys that change no answer (how fast, how often, with which credentials, how much in total): left out of task ids,
+# so a resumed sweep with a lower rate limit or a longer timeout reuses its finished tasks instead of paying again.
+OPERATIONAL = {"auth", "timeout_s", "retries", "throttle_retries", "backoff_s", "rate_limit", "concurrency",
+               "max_batch", "binary", "run_budget", "cache"}
+
+
+def remote_identity(name: str, model_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of the contract that decides the rows: endpoint, what it answers, how images are sent, budgets."""
+    return {k: v for k, v in remote_settings(name, model_cfg).items() if k not in OPERATIONAL}
+
+
 def contract_digest(name: str, model_cfg: Mapping[str, Any]) -> str:
     """Stands in for a checkpoint's sha256 in task ids: what the remote contract says (never a secret)."""
-    return "remote-" + stable_hash(remote_settings(name, model_cfg), 24)
+    return "remote-" + stable_hash(remote_identity(name, model_cfg), 24)
 
 
 def install_limiter(key: str, limiter: Limiter) -> None:
