@@ -151,6 +151,10 @@ def test_on_error_skip_excludes_and_counts_the_samples(embedded_checkpoints: dic
     assert target["excluded"] == 16 and target["failed"] == 2  # two shards of 8 could not be answered
     assert read(out).num_rows == 8  # no made-up prediction for them
     assert "excluded: 16 sample(s)" in outcome.summary
+    from engine.sinks.report import write_report
+
+    page = write_report(out).html.read_text()
+    assert "Remote targets" in page and "excluded: 16 sample(s)" in page and "upper bound" in page
 
 
 def test_sizes_are_measured_on_the_pixels_sent() -> None:

@@ -76,6 +76,12 @@ class RunLedger:
             self.latencies.setdefault(key, []).extend(float(v) for v in remote.get("latencies", []))
             self._save()
 
+    def declare(self, key: str, run_budget: int | None) -> None:
+        """A target of this run: listed (with its spend) even if no task of it finishes."""
+        with self._lock:
+            self._target(key)["run_budget"] = run_budget
+            self._save()
+
     def _save(self) -> None:
         tmp = self.path.with_name(f".{LEDGER}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(self.doc, indent=2, sort_keys=True) + "\n")
@@ -98,6 +104,7 @@ def install_run_limiters(models: Mapping[str, Mapping[str, Any]], out_dir: Path)
         limiter = LocalLimiter(block.get("run_budget"), block.get("rate_limit"), int(block.get("concurrency") or 4),
                                already_spent=ledger.spent(key), spent_file=str(ledger.spent_file(key)))
         install_limiter(key, limiter)
+        ledger.declare(key, block.get("run_budget"))
     return ledger
 
 
