@@ -77,6 +77,9 @@ def test_gradient_attacks_are_refused_naming_what_fits(tmp_path: Path) -> None:
                   "model.remote_digits_cnn.remote.output=label"]
     with pytest.raises(ConfigError, match=r"square_linf needs scores.*that fit: clean"):
         run_sweep(compose_dict(label_only))
+    for url in ("http://user:pw@127.0.0.1:9", "http://127.0.0.1:9/infer?api_key=abc"):
+        with pytest.raises(ConfigError, match=r"remote.url .*(password|credentials).*auth: \{env"):
+            run_sweep(compose_dict(_overrides(f"'{url}'", tmp_path / "r4", "perturbation=[clean]")))
     bad_key = [*_overrides("http://127.0.0.1:9", tmp_path / "r3", "perturbation=[clean]"),
                "+model.remote_digits_cnn.remote.tokenn=x"]
     with pytest.raises(ConfigError, match=r"remote: unknown key\(s\) \['tokenn'\]"):

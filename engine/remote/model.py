@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import torch
 from torch import nn
@@ -27,7 +28,7 @@ PROTOCOLS = ("oip", "upload")
 KEYS = {"protocol", "url", "model_name", "output", "top_k", "round_digits", "num_classes", "encoding",
         "jpeg_quality", "size", "tensor", "input_name", "output_name", "max_batch", "auth", "timeout_s", "retries",
         "throttle_retries", "backoff_s", "binary", "rate_limit", "concurrency", "budget_per_sample", "run_budget",
-        "on_error", "cache", "upload"}
+        "on_error", "cache", "cache_size", "upload"}
 UPLOAD_KEYS = {"mode", "field", "label_path", "scores_path"}
 AUTH_KEYS = {"env", "header", "scheme"}
 
@@ -47,6 +48,23 @@ def _check_keys(where: str, block: Mapping[str, Any], allowed: set[str]) -> None
         raise ConfigError(f"{where}: unknown key(s) {extra}; valid keys: {', '.join(sorted(allowed))}")
 
 
+SECRET_WORDS = ("key", "token", "secret", "sig", "password", "passwd", "auth", "credential")
+
+
+def _check_url(where: str, url: str) -> None:
+    """The URL is written to the run folder with the config: credentials in it would be too, so they are refused."""
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        raise ConfigError(f"{where}.url holds a user name or password; the URL is written to the run folder. Put "
+                          "the secret in an environment variable and name it in auth: {env: VAR}")
+    secret = [k for k, _ in parse_qsl(parts.query, keep_blank_values=True)
+              if any(w in k.lower() for w in SECRET_WORDS)]
+    if secret:
+        raise ConfigError(f"{where}.url has query parameter(s) {secret} that look like credentials; the URL is "
+                          "written to the run folder. Send them as a header from an environment variable "
+                          "(auth: {env: VAR, header: X-Api-Key, scheme: ''})")
+
+
 def remote_settings(name: str, model_cfg: Mapping[str, Any]) -> dict[str, Any]:
     """The checked ``remote:`` block as a plain dict (raises ConfigError naming the key)."""
     block = dict(model_cfg.get("remote") or {})
@@ -59,6 +77,7 @@ def remote_settings(name: str, model_cfg: Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"{where}.protocol must be one of {', '.join(PROTOCOLS)}, got {block['protocol']!r}")
     if block["protocol"] == "oip" and not block.get("model_name"):
         raise ConfigError(f"{where}.model_name is required for the Open Inference Protocol (/v2/models/NAME/infer)")
+    _check_url(where, str(block["url"]))
     if block.get("on_error", "fail") not in ("fail", "skip"):
         raise ConfigError(f"{where}.on_error must be 'fail' or 'skip', got {block['on_error']!r}")
     _check_keys(f"{where}.upload", dict(block.get("upload") or {}), UPLOAD_KEYS)
@@ -75,7 +94,7 @@ def target_key(name: str, model_cfg: Mapping[str, Any]) -> str:
 # Keys that change no answer (how fast, how often, with which credentials, how much in total): left out of task ids,
 # so a resumed sweep with a lower rate limit or a longer timeout reuses its finished tasks instead of paying again.
 OPERATIONAL = {"auth", "timeout_s", "retries", "throttle_retries", "backoff_s", "rate_limit", "concurrency",
-               "max_batch", "binary", "run_budget", "cache"}
+               "max_batch", "binary", "run_budget", "cache", "cache_size"}
 
 
 def remote_identity(name: str, model_cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -126,6 +145,7 @@ def build_oracle(name: str, model_cfg: Mapping[str, Any], limiter: Limiter | Non
         "output": block.get("output", "probs"), "num_classes": int(block["num_classes"]),
         "budget_per_sample": block.get("budget_per_sample"), "image": image, "top_k": block.get("top_k"),
         "round_digits": block.get("round_digits"), "cache": bool(block.get("cache", True)),
+        "cache_size": int(block.get("cache_size", 100_000)),
         "limiter": limiter or _limiter(target_key(name, model_cfg), block), "http": http}
     if block["protocol"] == "oip":
         return OIPOracle(block["url"], block["model_name"], input_name=block.get("input_name", "input-0"),
