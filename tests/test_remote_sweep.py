@@ -194,3 +194,17 @@ def test_operational_keys_leave_task_ids_alone(tmp_path: Path) -> None:
                "model.remote_digits_cnn.remote.concurrency=1", "+model.remote_digits_cnn.remote.auth={env: T}") == base
     assert ids("model.remote_digits_cnn.remote.encoding=jpeg") != base
     assert ids("model.remote_digits_cnn.remote.url=http://127.0.0.1:10") != base
+
+
+def test_a_claim_file_may_declare_a_remote_model_inline() -> None:
+    from engine.claims.schema import parse_claim_file
+
+    remote = {"protocol": "oip", "url": "http://127.0.0.1:8080", "model_name": "digits_cnn", "num_classes": 10,
+              "output": "label"}
+    doc = {"model": {"name": "vendor_api", "remote": remote}, "dataset": "digits",
+           "claims": [{"threat_model": {"norm": "linf", "eps": 0.1}, "claimed_accuracy": 0.5}]}
+    claim = parse_claim_file("vendor.yaml", doc)
+    assert claim.model_name == "vendor_api" and claim.model["remote"]["output"] == "label"  # type: ignore[index]
+    doc["model"] = {"name": "vendor_api", "remote": {**remote, "tokn": "x"}}
+    with pytest.raises(ConfigError, match=r"model.vendor_api.remote: unknown key\(s\) \['tokn'\]"):
+        parse_claim_file("vendor.yaml", doc)
