@@ -69,6 +69,26 @@ def test_a_remote_sweep_matches_the_model_on_the_pixels_sent_and_the_servers_cou
             assert TOKEN.encode() not in path.read_bytes(), path
 
 
+def test_the_token_is_in_no_file_of_a_cli_run_even_when_the_run_fails(
+        oip: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through the command line (Hydra's own files and logs included), a finished run and a failing one."""
+    from tests.conftest import run_cli
+
+    out = tmp_path / "cli"
+    ok = run_cli(*_overrides(oip.url, out, "perturbation=[clean]", *_auth(monkeypatch)))
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    monkeypatch.setenv("DIGITS_API_TOKEN", TOKEN + "-wrong")  # the server answers 401: the run fails
+    bad = run_cli(*_overrides(oip.url, tmp_path / "cli_bad", "perturbation=[clean]",
+                              "+model.remote_digits_cnn.remote.auth={env: DIGITS_API_TOKEN}"))
+    assert bad.returncode == 2 and "HTTP 401" in bad.stderr
+    for text in (ok.stdout, ok.stderr, bad.stdout, bad.stderr):
+        assert TOKEN not in text
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".parquet" for p in files) and any(p.name == "remote_ledger.json" for p in files)
+    for path in files:
+        assert TOKEN.encode() not in path.read_bytes(), path
+
+
 def test_gradient_attacks_are_refused_naming_what_fits(tmp_path: Path) -> None:
     cfg = compose_dict(_overrides("http://127.0.0.1:9", tmp_path / "r", "perturbation=[clean,pgd_linf,square_linf]"))
     with pytest.raises(ConfigError, match=r"pgd_linf needs gradients.*that fit: clean, square_linf"):
