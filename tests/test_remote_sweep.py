@@ -62,8 +62,10 @@ def test_a_remote_sweep_matches_the_model_on_the_pixels_sent_and_the_servers_cou
     assert target["sent"] == target["spent"] - 1  # finished tasks; the plan's fit check sent one grey image
     assert target["calls"] == after["requests"] - before["requests"] - 1
     assert "remote targets" in outcome.summary and "upper bound" in outcome.summary
+    assert f"received {target['spent']} image(s)" in outcome.summary
     again = run_sweep(cfg)  # everything reused: no query spent
     assert again.evaluated == 0 and oip.stats()["images"] == after["images"]
+    assert f"received 0 image(s) ({target['spent']} in earlier runs of this folder)" in again.summary
     for path in out.rglob("*"):  # the token is nowhere in the run folder
         if path.is_file():
             assert TOKEN.encode() not in path.read_bytes(), path
