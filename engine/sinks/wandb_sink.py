@@ -240,12 +240,19 @@ def verdict_values(summary: Mapping[str, Any], model: str) -> dict[str, Any]:
     if not claims:
         return {}
     order = ("REFUTED", "INCONCLUSIVE", "CONSISTENT")
-    out: dict[str, Any] = {"verdict": min((c["verdict"] for c in claims), key=lambda v: order.index(v)
-                                          if v in order else len(order))}
+    worst = min((c["verdict"] for c in claims), key=lambda v: order.index(v) if v in order else len(order))
+    out: dict[str, Any] = {"verdict": worst, "verdict/text": " ".join(verdict_sentences(summary, model))}
     for i, c in enumerate(claims, 1):
         out.update({f"verdict/{i}": c["verdict"], f"verdict/{i}/claim": c.get("claim", ""),
                     f"verdict/{i}/measured": c["measured_accuracy"], f"verdict/{i}/claimed": c["claimed_accuracy"]})
     return out
+
+
+def verdict_sentences(summary: Mapping[str, Any], model: str) -> list[str]:
+    """Per claim: ``REFUTED: L∞ ε=0.3 claimed 90.0 %, measured 0.0 % [0.0, 32.4] (n=8), rule interval_below_claim``."""
+    return [f"{c['verdict']}: {c.get('claim') or 'claim'} claimed {100 * c['claimed_accuracy']:.1f} %, measured "
+            f"{100 * c['measured_accuracy']:.1f} % [{100 * c['ci_low']:.1f}, {100 * c['ci_high']:.1f}] (n={c['n']})"
+            + (f", rule {c['rule']}" if c.get("rule") else "") for c in _verdicts_of(summary, model)]
 
 
 def verdict_rows(summary: Mapping[str, Any], model: str) -> list[list[Any]]:
@@ -316,7 +323,7 @@ def _log(s: Mapping[str, Any], cfg: Mapping[str, Any], root: Path, wid: str, job
     import wandb
 
     run = _init(wandb, s, root, wid, run_name(summary, model, job), run_config(cfg, summary, model), job,
-                notes=" ".join(summary["headline"]) or None)
+                notes=" ".join([*verdict_sentences(summary, model), *summary["headline"]]) or None)
     try:
         _curves(wandb, run, summary, model)
         _tables(wandb, run, summary, model)
