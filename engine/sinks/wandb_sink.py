@@ -136,6 +136,8 @@ def log_sweep(cfg: Mapping[str, Any], out_dir: str | Path, run_id: str, job: str
 
 def log_verify(out_dir: str | Path) -> list[str]:
     """Log a ``gauntlet verify`` run (its base sweep with the verdicts) once ``verdict.json`` is written."""
+    if os.environ.get("WANDB_MODE") == "disabled":
+        return []
     from engine.store.rundir import load_run
 
     run = load_run(out_dir)
