@@ -231,6 +231,28 @@ def test_runs_of_two_checkpoints_overlay_on_the_same_keys(two_checkpoints: dict[
     assert seen["digits_cnn"] == seen["digits_cnn_at"] == CURVE_KEYS
 
 
+def test_a_wandb_failure_is_one_message_and_records_nothing(two_checkpoints: dict[str, Path],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import engine.sinks.wandb_sink as sink
+    from engine.errors import GauntletError
+    from engine.store.rundir import load_run
+
+    out = two_checkpoints["digits_cnn"]
+    marker = (out / "wandb" / sink.MARKER).read_text()
+    run = load_run(out)
+
+    def fail(*args: object) -> None:
+        raise RuntimeError("quota exceeded")
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setattr(sink, "_log", fail)
+    cfg = {**run.config, "wandb": {**run.config["wandb"], "new_run": True}}
+    with pytest.raises(GauntletError, match="quota exceeded.*results and report are saved"):
+        sink.log_sweep(cfg, out, run.run_id)
+    assert (out / "wandb" / sink.MARKER).read_text() == marker  # not recorded: the next try logs every model
+    assert len(list((out / "wandb" / "wandb").glob("offline-run-*"))) == 1
+
+
 def test_verify_logs_one_run_with_its_verdicts_and_headline(tmp_path: Path) -> None:
     """``gauntlet verify``: the base sweep and its escalations are not logged on their own; once verdict.json is
     written, one W&B run carries the verdict (summary, table, run notes) with the sweep's keys."""

@@ -102,7 +102,10 @@ def log_sweep(cfg: Mapping[str, Any], out_dir: str | Path, run_id: str, job: str
     """Log the finished sweep in ``out_dir``, one W&B run per model; returns their W&B run ids ([] when
     disabled, already logged, or ``wandb.deferred``: ``gauntlet verify`` logs once its verdicts exist)."""
     s = settings_of(cfg)
-    if s["mode"] == "disabled" or (s.get("deferred") and job == "sweep"):
+    if s["mode"] == "disabled":
+        return []
+    if s.get("deferred") and job == "sweep":
+        log.info("W&B: not logged now (wandb.deferred): gauntlet verify logs the sweep once its verdicts exist")
         return []
     out = Path(out_dir).expanduser().resolve()
     root = Path(s["dir"]).expanduser().resolve() if s.get("dir") else out / "wandb"
@@ -120,9 +123,7 @@ def log_sweep(cfg: Mapping[str, Any], out_dir: str | Path, run_id: str, job: str
     ids = [f"gauntlet-{key}-{_slug(m['name'])}" + (f"-{logs + 1}" if logs else "") for m in summary["models"]]
     with _environment(root, s["mode"]):
         try:
-            for model, wid in zip(summary["models"], ids, strict=True):
-                _log(s, cfg, root, wid, job, model["name"], summary, files.figures, out / "results")
-            _teardown()
+            _log_models(s, cfg, root, ids, job, summary, files.figures, out / "results")
         except Exception as exc:  # W&B's own errors (login, network, quota) are many and unrelated to ours
             raise GauntletError(
                 f"W&B logging ({s['mode']}) failed: {type(exc).__name__}: {exc}. The results and report are saved "
@@ -312,11 +313,16 @@ def _tables(wandb: Any, run: Any, summary: Mapping[str, Any], model: str) -> Non
     run.log(tables)
 
 
-def _teardown() -> None:
-    """End W&B's service process once every model's run is finished (offline: flushes the run files)."""
-    import wandb
+def _log_models(s: Mapping[str, Any], cfg: Mapping[str, Any], root: Path, ids: list[str], job: str,
+                summary: Mapping[str, Any], figures: Mapping[str, Path], results: Path) -> None:
+    """Every model's run, then W&B's service process ended (also after an error: no process is left behind)."""
+    try:
+        for model, wid in zip(summary["models"], ids, strict=True):
+            _log(s, cfg, root, wid, job, model["name"], summary, figures, results)
+    finally:
+        import wandb
 
-    wandb.teardown()
+        wandb.teardown()
 
 
 def _log(s: Mapping[str, Any], cfg: Mapping[str, Any], root: Path, wid: str, job: str, model: str,
