@@ -247,13 +247,13 @@ def test_a_wandb_failure_is_one_message_and_records_nothing(two_checkpoints: dic
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setattr(sink, "_log", fail)
     cfg = {**run.config, "wandb": {**run.config["wandb"], "new_run": True}}
-    with pytest.raises(GauntletError, match="quota exceeded.*results and report are saved"):
+    with pytest.raises(GauntletError, match=r"quota exceeded.*results and report are saved"):
         sink.log_sweep(cfg, out, run.run_id)
     assert (out / "wandb" / sink.MARKER).read_text() == marker  # not recorded: the next try logs every model
     assert len(list((out / "wandb" / "wandb").glob("offline-run-*"))) == 1
 
 
-def test_verify_logs_one_run_with_its_verdicts_and_headline(tmp_path: Path) -> None:
+def test_verify_logs_one_run_with_its_verdicts_and_headline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``gauntlet verify``: the base sweep and its escalations are not logged on their own; once verdict.json is
     written, one W&B run carries the verdict (summary, table, run notes) with the sweep's keys."""
     home, out = tmp_path / "home", tmp_path / "verify"
@@ -282,12 +282,19 @@ def test_verify_logs_one_run_with_its_verdicts_and_headline(tmp_path: Path) -> N
     assert [row[:3] for row in table["data"]] == [[v["claim"], v["verdict"], v["measured_accuracy"]]]
     assert table["data"][0][8] == v["rule"] and v["rule"]
     assert json.loads(config["model"]) == "digits_cnn" and json.loads(config["n_samples"]) == 8
-    assert "wandb" not in json.loads(config["sweep"]) or "deferred" not in json.loads(config["sweep"])["wandb"]
-    # the same verify again: the same verdict is not logged twice
-    again = _gauntlet(["verify", str(claim), f"out_dir={out}", "budget=0.05", "progress=false", "batch_size=8"], home)
-    assert again.returncode == proc.returncode and "already logged" in again.stderr
-    assert len(list((out / "wandb" / "wandb").glob("offline-run-*"))) == 1
+    assert "deferred" not in json.loads(config["sweep"])["wandb"]
     assert _files(home) == []
+
+    # the same verdict is not logged twice; a different one (as if re-verified with other settings) is a new run
+    from engine.sinks.wandb_sink import log_verify
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    assert log_verify(out) == []
+    v["measured_accuracy"] = 0.5
+    (out / "verdict.json").write_text(json.dumps(doc))
+    (second,) = log_verify(out)
+    assert second.endswith("-digits_cnn") and not run_dir.name.endswith(second)
+    assert len(list((out / "wandb" / "wandb").glob("offline-run-*"))) == 2
 
 
 def _summary_doc(levels: list[tuple[float, float]], family: str = "attack") -> dict:  # type: ignore[type-arg]
