@@ -173,19 +173,30 @@ def two_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]
         save_checkpoint(SmallCNN().state_dict(), ckpts[-1], {"model": "tiny"})
     data = fx.write_npz(root / "data" / "test.npz", fx.smooth_images(N_NPZ, seed=3, channels=1),
                         np.arange(N_NPZ) % 10)
-    runs = {"digits_cnn": root / "a", "digits_cnn_at": root / "b"}
+    runs = {"digits_cnn": root / "a", "digits_cnn_at": root / "b", "folder": root / "c"}
+    common = ["perturbation=[clean,fgsm_linf]", "perturbation.fgsm_linf.eps=[0,0.1,0.2]", "batch_size=8",
+              "progress=false", "device=cpu", "wandb=offline"]
     sweeps = [[f"model=[{m}]", f"model.{m}.checkpoint={ck}", f"model.{m}.train=null", "dataset=npz",
-               f"dataset.path={data}", "dataset.num_classes=10", "perturbation=[clean,fgsm_linf]",
-               "perturbation.fgsm_linf.eps=[0,0.1,0.2]", f"n_examples={N_NPZ}", "batch_size=8", "progress=false",
-               "device=cpu", "wandb=offline", f"out_dir={out}"]
-              for (m, out), ck in zip(runs.items(), ckpts, strict=True)]
+               f"dataset.path={data}", "dataset.num_classes=10", f"n_examples={N_NPZ}", *common, f"out_dir={out}"]
+              for (m, out), ck in zip(list(runs.items())[:2], ckpts, strict=True)]
+    # a third run on other data: a 16-bit RGB image folder, read by a 3-channel model of the same name
+    folder = fx.write_image_folder(root / "folder", fx.smooth_images(12, seed=4), np.arange(12) % 10,
+                                   [f"c{i}" for i in range(10)], ".png", bits=16)
+    torch.manual_seed(2)
+    ckpts.append(root / "rgb.safetensors")
+    save_checkpoint(SmallCNN(in_channels=3, image_size=32, width=4).state_dict(), ckpts[-1], {})
+    sweeps.append(["model=[digits_cnn]", f"model.digits_cnn.checkpoint={ckpts[-1]}", "model.digits_cnn.train=null",
+                   "model.digits_cnn.arch.in_channels=3", "+model.digits_cnn.arch.image_size=32",
+                   "model.digits_cnn.arch.width=4", "model.digits_cnn.mean=[0.5,0.5,0.5]",
+                   "model.digits_cnn.std=[0.25,0.25,0.25]", "dataset=image_folder", f"dataset.root={folder}",
+                   "dataset.name=my_folder", "n_examples=12", *common, f"out_dir={runs['folder']}"])
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     env.update(HOME=str(home), MPLCONFIGDIR=str(root / "mpl"))
     proc = subprocess.run([sys.executable, "-c", SWEEPS, json.dumps(sweeps)], cwd=REPO, capture_output=True,
                           text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert _files(home) == []
-    return {**runs, "ck_digits_cnn": ckpts[0], "ck_digits_cnn_at": ckpts[1]}
+    return {**runs, "ck_digits_cnn": ckpts[0], "ck_digits_cnn_at": ckpts[1], "ck_folder": ckpts[2]}
 
 
 def _only_run(out: Path) -> Path:
@@ -229,6 +240,20 @@ def test_runs_of_two_checkpoints_overlay_on_the_same_keys(two_checkpoints: dict[
         band = _tables(run_dir)["accuracy"]
         assert band["columns"][-3:] == ["accuracy", "ci_low", "ci_high"] and len(band["data"]) == 4
     assert seen["digits_cnn"] == seen["digits_cnn_at"] == CURVE_KEYS
+
+
+def test_a_run_on_other_data_overlays_and_says_so(two_checkpoints: dict[str, Path]) -> None:
+    """A run of the same model name on other data (a 16-bit image folder) writes the same keys, so its curve lands
+    on the same chart: its config and name say which data and how many samples, to filter it out or in."""
+    out = two_checkpoints["folder"]
+    run_id = json.loads((out / "sweep.json").read_text())["run_id"]
+    run_file = next(_only_run(out).glob("run-*.wandb"))
+    history, _, config, _ = _records(run_file)
+    assert {k for c in _curves(history) for k in c} == CURVE_KEYS
+    assert json.loads(config["dataset"]) == "my_folder" and json.loads(config["n_samples"]) == 12
+    assert json.loads(config["checkpoint_sha256"]) == sha256_of(two_checkpoints["ck_folder"])
+    assert json.loads(config["model_config"])["arch"]["in_channels"] == 3
+    assert _run_record(run_file).display_name == f"digits_cnn · my_folder · 12 samples · {run_id[:6]}"  # type: ignore[attr-defined]
 
 
 def test_a_wandb_failure_is_one_message_and_records_nothing(two_checkpoints: dict[str, Path],
