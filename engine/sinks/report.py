@@ -362,7 +362,9 @@ def transfer_figures(gathered: Gathered) -> list[Figure]:
                  "scored on the target (columns); dashed: the white-box diagonal")
         png = plots.transfer_heatmaps(matrix, title)
         if png is not None:
-            figs.append(Figure(title, f"transfer{'_' + src.label if who else ''}", png))
+            safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in src.label or "")
+            slug = f"transfer_{safe}" if who else "transfer"
+            figs.append(Figure(title, slug, png))
     return figs
 
 

@@ -106,7 +106,8 @@ def _models_override(spec: TransferSpec) -> str:
 def compose_transfer(spec: TransferSpec) -> dict[str, Any]:
     """The sweep config: models under their labels, ``clean``, the attack, one transfer attack per source."""
     precheck(spec)
-    search = [f"hydra.searchpath=[{','.join('file://' + str(Path(d).expanduser().resolve()) for d in spec.config_dirs)}]"]
+    paths = ",".join(f"file://{Path(d).expanduser().resolve()}" for d in spec.config_dirs)
+    search = [f"hydra.searchpath=[{paths}]"]
     eps = [f"perturbation.{spec.attack}.eps=[{','.join(spec.eps)}]"] if spec.eps else []
     overrides = [*(search if spec.config_dirs else []), _models_override(spec),
                  f"perturbation=[clean,{spec.attack}]", f"out_dir={spec.out_dir}", *spec.overrides, *eps]
