@@ -23,9 +23,10 @@ from engine.models.checkpoint import save_checkpoint
 from engine.models.cnn import SmallCNN
 from engine.perturbations.base import BatchContext
 from engine.planning.plan import make_plan
+from engine.runners.progress import work_per_sample
 from engine.store.results import read
 from engine.sweep import run_sweep
-from engine.transfer.build import parse_models
+from engine.transfer.build import TransferSpec, compose_transfer, parse_models
 from engine.transfer.cli import main
 from tests.conftest import compose_dict
 from tests.data_fixtures import write_cifar_binary, write_npz
@@ -120,6 +121,7 @@ def test_transfer_config_errors_are_one_clear_message() -> None:
                                     "attack": {**inner, "name": "pgd_linf"}})
     assert pert.source_model["arch"]["_target_"] == "engine.models.cnn.SmallCNN"  # data, never instantiated
     assert pert.levels == tuple(inner["eps"]) and pert.norm == "linf" and pert.threat_model.knowledge == ("black-box",)
+    assert work_per_sample(pert) == len(inner["eps"]) * inner["steps"]  # the progress bar counts the inner budget
     ctx = BatchContext(model=SmallCNN(), seed=0, sample_ids=torch.arange(2))
     with pytest.raises(ConfigError, match="source model 'm' was not provided"):
         list(pert.run(torch.rand(2, 1, 32, 32), torch.tensor([0, 1]), ctx))
@@ -137,6 +139,19 @@ def test_models_are_each_given_once_under_their_own_label(given: list[str], labe
                                                            match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         parse_models(given, labels)
+
+
+def test_the_composed_sweep_labels_models_and_names_one_transfer_per_source(tmp_path: Path) -> None:
+    spec = TransferSpec((("cnn", "digits_cnn"), ("at", "digits_cnn_at")), "pgd_linf", "~/runs/x",
+                        ("model.digits_cnn.checkpoint=~/elsewhere.safetensors", "n_examples=7"), (), ("0", "8/255"))
+    cfg = compose_transfer(spec)
+    assert list(cfg["model"]) == ["cnn", "at"] and cfg["out_dir"] == "~/runs/x" and cfg["n_examples"] == 7
+    assert cfg["model"]["cnn"]["checkpoint"] == "~/elsewhere.safetensors"  # a bare ~ reaches Hydra quoted
+    assert list(cfg["perturbation"]) == ["clean", "pgd_linf", "transfer_from_cnn", "transfer_from_at"]
+    xfer = cfg["perturbation"]["transfer_from_at"]
+    assert xfer["source"] == "at" and xfer["source_model"] == cfg["model"]["at"]
+    assert xfer["attack"]["name"] == "pgd_linf" and xfer["attack"]["eps"] == [0.0, 8 / 255]
+    assert cfg["perturbation"]["pgd_linf"]["eps"] == [0.0, 8 / 255]
 
 
 def _cli(*args: str) -> tuple[int, str, str]:
@@ -247,3 +262,26 @@ def test_gauntlet_transfer_matrix_on_a_non_digits_layout(tmp_path: Path, tiny_wo
 
     files = write_report(out)
     assert "transfer" in files.figures and "crafted on the source" in files.html.read_text()
+
+
+@pytest.mark.timeout(300)
+def test_runner_ray_gives_the_local_transfer_rows_and_matrix(ray_instance: Any, tmp_path: Path,
+                                                              tiny_world: dict[str, Any]) -> None:
+    """The source model is built inside each Ray actor (engine/evaluation/resources.py) from its config."""
+    def run(runner: str) -> Path:
+        out = tmp_path / runner
+        rc, _, err = _cli("--models", "tiny_a", "tiny_b", "--config-dir", str(tiny_world["conf"]), "--attack",
+                          "pgd_linf", "--eps", "0.03", "--out", str(out), *DATASETS["npz"](tiny_world["root"]),
+                          "n_examples=24", "batch_size=8", "shard_size=8", "progress=false", f"runner={runner}",
+                          "runner.threads=1", "perturbation.pgd_linf.steps=3")
+        assert rc == 0, err[-3000:]
+        return out
+
+    ray_out, local_out = run("ray"), run("local")
+    a = read(ray_out).sort_by([("task_id", "ascending"), ("level", "ascending"), ("sample_id", "ascending")])
+    b = read(local_out).sort_by([("task_id", "ascending"), ("level", "ascending"), ("sample_id", "ascending")])
+    assert a.num_rows == b.num_rows == 2 * 24 * 4  # models × samples × (clean, attack, 2 transfers), one level each
+    for name in ("task_id", "model", "perturbation", "level", "sample_id", *COMPARED, "broken_by"):
+        assert a[name].equals(b[name]), name
+    assert pq.read_table(ray_out / "transfer.parquet").to_pylist() == pq.read_table(
+        local_out / "transfer.parquet").to_pylist()

@@ -77,6 +77,11 @@ class Transfer(Perturbation):
         return {self.source: self.source_model}
 
     @property
+    def attacks(self) -> tuple[Any, ...]:
+        """What crafts the examples: the inner suite's members, or the inner attack (its budget, for progress)."""
+        return tuple(getattr(self.attack, "attacks", None) or (self.attack,))
+
+    @property
     def eot_iter(self) -> int:
         return int(self.attack.eot_iter)
 

@@ -99,6 +99,14 @@ def precheck(spec: TransferSpec) -> None:
         raise ConfigError("; ".join(problems))
 
 
+def quote_tilde(arg: str) -> str:
+    """``key=~/x`` (the shell left ``~`` alone) → ``key="~/x"``: Hydra's grammar refuses a bare ``~`` (as gauntlet)."""
+    key, eq, value = arg.partition("=")
+    if eq and (value == "~" or value.startswith("~/")) and '"' not in value:
+        return f'{key}="{value}"'
+    return arg
+
+
 def _models_override(spec: TransferSpec) -> str:
     return f"model=[{','.join(dict.fromkeys(name for _, name in spec.models))}]"
 
@@ -110,7 +118,8 @@ def compose_transfer(spec: TransferSpec) -> dict[str, Any]:
     search = [f"hydra.searchpath=[{paths}]"]
     eps = [f"perturbation.{spec.attack}.eps=[{','.join(spec.eps)}]"] if spec.eps else []
     overrides = [*(search if spec.config_dirs else []), _models_override(spec),
-                 f"perturbation=[clean,{spec.attack}]", f"out_dir={spec.out_dir}", *spec.overrides, *eps]
+                 f"perturbation=[clean,{spec.attack}]", quote_tilde(f"out_dir={spec.out_dir}"),
+                 *map(quote_tilde, spec.overrides), *eps]
     try:
         cfg = compose_sweep(overrides)
     except (HydraException, OmegaConfBaseException) as exc:
