@@ -22,7 +22,7 @@ from engine.evaluation.resources import build_perturbation
 from engine.models.checkpoint import save_checkpoint
 from engine.models.cnn import SmallCNN
 from engine.perturbations.base import BatchContext
-from engine.planning.plan import make_plan
+from engine.planning.plan import make_plan, prepare
 from engine.runners.progress import work_per_sample
 from engine.store.results import read
 from engine.sweep import run_sweep
@@ -125,6 +125,18 @@ def test_transfer_config_errors_are_one_clear_message() -> None:
     ctx = BatchContext(model=SmallCNN(), seed=0, sample_ids=torch.arange(2))
     with pytest.raises(ConfigError, match="source model 'm' was not provided"):
         list(pert.run(torch.rand(2, 1, 32, 32), torch.tensor([0, 1]), ctx))
+
+
+def test_the_source_models_arch_goes_through_the_target_policy_as_a_model(tmp_path: Path) -> None:
+    cfg = compose_dict(["model=[digits_cnn]", "perturbation=[pgd_linf]", f"out_dir={tmp_path}"])
+    source = copy.deepcopy(cfg["model"]["digits_cnn"])
+    cfg["perturbation"]["t"] = _transfer_cfg(cfg["perturbation"]["pgd_linf"], "pgd_linf", "s", source)
+    prepare(cfg)  # an allowed architecture passes
+    for target, match in (("os.system", "perturbation.t.source_model.arch"),
+                          ("engine.perturbations.attacks.PGD", "is a PGD, not an nn.Module")):
+        cfg["perturbation"]["t"]["source_model"]["arch"] = {"_target_": target}
+        with pytest.raises(ConfigError, match=match):
+            prepare(cfg)
 
 
 @pytest.mark.parametrize(("given", "labels", "match"), [
