@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.errors import ConfigError
-from engine.evaluation.resources import build_perturbation
+from engine.evaluation.resources import Resources, build_perturbation
 from engine.models.checkpoint import save_checkpoint
 from engine.models.cnn import SmallCNN
 from engine.perturbations.base import BatchContext
@@ -104,6 +104,18 @@ def test_transfer_uses_the_source_model_and_its_sha256_is_in_the_task_id(
                                                                              "from_other")
     # an untrained source crafts other examples than the white-box attack on the model itself
     assert not np.array_equal(white["margin"], other["margin"])
+
+
+def test_a_source_model_that_does_not_fit_the_data_is_refused_before_compute(tmp_path: Path) -> None:
+    cfg = compose_dict(["model=[digits_cnn]", "perturbation=[pgd_linf]", f"out_dir={tmp_path}"])
+    rgb = tmp_path / "rgb.safetensors"
+    save_checkpoint(SmallCNN(in_channels=3).state_dict(), rgb, {"model": "rgb"})
+    source = {"arch": {"_target_": "engine.models.cnn.SmallCNN", "in_channels": 3}, "mean": MEAN, "std": STD,
+              "checkpoint": str(rgb)}
+    cfg["perturbation"]["from_rgb"] = _transfer_cfg(cfg["perturbation"]["pgd_linf"], "pgd_linf", "rgb", source)
+    res = Resources(torch.device("cpu"))
+    with pytest.raises(ConfigError, match=r"rgb \(source of from_rgb\)"):
+        make_plan(cfg, lambda _: False, check_model=res.model, progress=False)
 
 
 def test_transfer_config_errors_are_one_clear_message() -> None:

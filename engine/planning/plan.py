@@ -166,14 +166,14 @@ def make_plan(
     tasks = [replace(t, run_id=run_id) for t in tasks]
     todo = tuple(t for t in tasks if not is_done(t.task_id))
     if check_model is not None:
-        to_check = {name: cfg["model"][name] for name in dict.fromkeys(t.model_name for t in todo)}
+        to_check = {name: (name, cfg["model"][name]) for name in dict.fromkeys(t.model_name for t in todo)}
         for t in todo:  # a transfer attack's source model too: it must fit the same data
-            to_check.update({f"{n} (source of {t.perturbation_name})": c
+            to_check.update({f"{n} (source of {t.perturbation_name})": (n, c)
                              for n, c in perts[t.perturbation_name].surrogates.items()})
-        for name, model_cfg in to_check.items():
-            model = check_model(name.split(" ")[0], model_cfg)
+        for shown, (name, model_cfg) in to_check.items():
+            model = check_model(name, model_cfg)
             if isinstance(model, torch.nn.Module):  # channels, image size, classes, float logits
-                check_fits(name, model, data.image_shape, data.num_classes, data.name,
+                check_fits(shown, model, data.image_shape, data.num_classes, data.name,
                            next(model.buffers(), torch.empty(0)).device)
     return Plan(run_id, tuple(tasks), todo, content, keys, source_of(data))
 
@@ -194,4 +194,3 @@ def _surrogate_extras(perts: Mapping[str, Any], progress: bool,
                 for src, mcfg in pert.surrogates.items()}
         out[name] = {"surrogates": srcs} if srcs else {}
     return out
-
