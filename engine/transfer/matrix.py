@@ -123,7 +123,7 @@ def render_matrix(cells: Sequence[Cell], models: Sequence[str], attack: str) -> 
                 c = by_key.get((s, t, level))
                 text = "" if c is None else _pct(c) + ("*" if c.white_box else " ")
                 row += f"{text:>{width}}"
-            lines.append(row)
+            lines.append(row.rstrip())
     n_by_target = {c.target: c.n for c in cells}
     lines.append("")
     lines.append("n (clean-correct samples per target): " + ", ".join(f"{t} {n_by_target.get(t, 0)}" for t in models))
