@@ -28,7 +28,7 @@ from engine.store.results import read
 from engine.sweep import run_sweep
 from engine.transfer.build import TransferSpec, compose_transfer, parse_models
 from engine.transfer.cli import main
-from tests.conftest import compose_dict
+from tests.conftest import compose_dict, run_cli
 from tests.data_fixtures import write_cifar_binary, write_npz
 
 COMPARED = ("pred", "correct", "margin", "perturbation_size")
@@ -309,3 +309,9 @@ def test_runner_ray_gives_the_local_transfer_rows_and_matrix(ray_instance: Any, 
         assert a[name].equals(b[name]), name
     assert pq.read_table(ray_out / "transfer.parquet").to_pylist() == pq.read_table(
         local_out / "transfer.parquet").to_pylist()
+
+
+def test_gauntlet_dispatches_transfer_and_a_bad_command_exits_2(tmp_path: Path) -> None:
+    proc = run_cli("transfer", "--models", "digits_cnn", "--out", str(tmp_path / "run"))
+    assert proc.returncode == 2 and "error: a transfer matrix needs at least two models" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()
