@@ -28,7 +28,7 @@ from engine.store.results import read
 from engine.sweep import run_sweep
 from engine.transfer.build import TransferSpec, compose_transfer, parse_models
 from engine.transfer.cli import main
-from tests.conftest import compose_dict, run_cli
+from tests.conftest import REPO, compose_dict, run_cli
 from tests.data_fixtures import write_cifar_binary, write_npz
 
 COMPARED = ("pred", "correct", "margin", "perturbation_size")
@@ -195,6 +195,17 @@ def test_bad_transfer_commands_fail_with_one_message_and_write_nothing(tmp_path:
                                                                       match: str) -> None:
     rc, _, err = _cli("--models", "digits_cnn", "digits_cnn_at", "--out", str(tmp_path / "run"), *extra)
     assert rc == 2 and match in err and "Traceback" not in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_model_file_named_like_another_model_is_refused_not_merged(tmp_path: Path) -> None:
+    conf = tmp_path / "conf" / "model"
+    conf.mkdir(parents=True)
+    text = (REPO / "configs" / "model" / "digits_cnn_at.yaml").read_text()
+    (conf / "my_cnn.yaml").write_text(text.replace("# @package model.digits_cnn_at", "# @package model.digits_cnn"))
+    rc, _, err = _cli("--models", "digits_cnn", "my_cnn", "--config-dir", str(tmp_path / "conf"), "--out",
+                      str(tmp_path / "run"))
+    assert rc == 2 and "my_cnn.yaml" in err and "model.digits_cnn" in err, err
     assert not (tmp_path / "run").exists()
 
 
