@@ -64,11 +64,12 @@ def evaluate(task: Task, res: Resources, on_batch: ProgressFn | None = None) -> 
     pert = res.perturbation(task.perturbation_name, task.perturbation)
     chunks: list[dict[str, np.ndarray]] = []
     default_breaker = pert.name if pert.family == "attack" else ""
+    surrogates = res.surrogates(pert)  # a transfer attack's source model(s); empty for every other perturbation
     for b0 in range(0, len(data), task.batch_size):
         batch = data.slice(b0, b0 + task.batch_size)
         x = batch.images.to(res.device)
         y = batch.labels.to(res.device)
-        ctx = BatchContext(model=model, seed=task.seed, sample_ids=batch.sample_ids)
+        ctx = BatchContext(model=model, seed=task.seed, sample_ids=batch.sample_ids, surrogates=surrogates)
         for out in pert.run(x, y, ctx):
             sizes = verify_batch(pert, out.level, x, out.x)
             # a randomised model's example counts as correct only when every one of these draws classifies it so

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -25,6 +25,9 @@ class BatchContext:
     model: nn.Module
     seed: int
     sample_ids: torch.Tensor  # int64, CPU, one id per row of the batch
+    # source models of a transfer attack (name → model on the device), built by the evaluator's resources from
+    # the perturbation's ``surrogates``: perturbations never load a model themselves
+    surrogates: Mapping[str, nn.Module] = field(default_factory=dict)
 
     def batch_seed(self, *parts: object) -> int:
         """A seed fixed by the global seed, these sample ids, and ``parts`` (name, level, ...)."""
@@ -97,6 +100,12 @@ class Perturbation:
 
     def task_extras(self, batch_size: int) -> dict[str, object]:
         """Settings outside this config that change the rows (part of the task id)."""
+        return {}
+
+    @property
+    def surrogates(self) -> dict[str, Mapping[str, Any]]:
+        """Other models this perturbation attacks (name → model config): the source of a transfer attack. The
+        planner checks their checkpoints (sha256 in the task id), the evaluator builds them (``BatchContext``)."""
         return {}
 
     @property
