@@ -50,7 +50,7 @@ def _run(runner: Any, tasks: tuple[Task, ...], store: ResultStore, res: Resource
     """What ``engine.sweep._execute`` does, with a hook after each written result."""
     work = {t.task_id: work_per_sample(res.perturbation(t.perturbation_name, t.perturbation)) for t in tasks}
     tracker = SweepProgress(tasks, work, live=False)
-    ctx = RunContext(CPU, tracker.samples, res, events=tracker)
+    ctx = RunContext(CPU, tracker.work, res, events=tracker)
     results = []
     try:
         for result in runner.run(tasks, ctx):
