@@ -207,7 +207,7 @@ class SweepProgress(RunEvents):
         if a is None or a.finished:  # a report that arrives after the result is void: the result counts
             return
         with self._lock:
-            a.spent += max(0, spent)
+            a.spent = max(0, a.spent + spent)  # a settling report may correct an earlier one downwards
             a.skipped += skipped
             a.busy_s += max(0.0, seconds)
             self._redraw()

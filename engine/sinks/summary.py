@@ -55,20 +55,16 @@ def render_table(rows: Sequence[AccuracyRow], models: Sequence[str], perturbatio
     return "\n".join(out)
 
 
-FLAG_WIDTH = 110  # characters of one flag's line in the summary; the whole finding is in flags.json
+FLAG_WIDTH = 120  # characters of one flag's line in the summary; the whole finding is in flags.json
 VERDICT_WORDS = {"weak_evaluation": "weak evaluation", "model_defeats_evaluation": "model defeats the evaluation",
                  "broken_setup": "BROKEN SET-UP", "unconfirmed": "unconfirmed"}
 
 
 def flag_headline(message: str) -> str:
-    """A flag message's first clause: up to its first "; " (or ", " / ": " / ". " once past 40 characters) —
-    what was found, without the why and the advice."""
-    cut = message.find("; ")
-    for sep in (": ", ", ", ". "):
-        at = message.find(sep, 40)
-        if at >= 0 and (cut < 0 or at < cut):
-            cut = at
-    return message if cut < 0 else message[:cut]
+    """A flag message's first clause, up to its first "; " or ". ": what was found, without the why and the
+    advice that follow."""
+    cuts = [at for at in (message.find("; "), message.find(". ")) if at >= 0]
+    return message[:min(cuts)] if cuts else message
 
 
 def render_flags(flags: Sequence[Flag], width: int = FLAG_WIDTH) -> str:
