@@ -494,8 +494,8 @@ def test_sweep_on_the_healthy_robust_model_raises_no_masking_flag(embedded_check
 def test_the_summary_gives_one_line_per_finding_and_leaves_the_paragraphs_to_flags_json() -> None:
     """Each flag's paragraph becomes one line (what was found, cut to the width); flags that say the same of several
     models share a line; the reasoning, ids and advice are in flags.json, not repeated on the terminal."""
-    from engine.sinks.summary import FLAG_WIDTH, flag_headline, render_flags
     from engine.sanity.flags import MASKED, WEAK, Flag
+    from engine.sinks.summary import FLAG_WIDTH, flag_headline, render_flags
 
     eot = ("two forward passes on the same inputs differ (max |Δlogit| = 0.3) and these attacks use no EOT: pgd; "
            "their accuracy is optimistic for a randomised model (the evaluation is weak for it). Use an EOT attack")
