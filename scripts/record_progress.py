@@ -4,11 +4,10 @@
     python scripts/record_progress.py replay OUT.json                  # ETA error at 25/50/75 % of the time
 
 ``record`` runs ``engine.sweep.run_sweep`` with the tracker wrapped so that every event it receives (a worker
-ready, a task started, a progress report, a task finished) is written with its time; the batch ends the old
-tracker counted are recorded too. ``replay`` feeds those events to a fresh ``SweepProgress`` on a fake clock
+ready, a task started, a progress report, a task finished) is written with its time. ``replay`` feeds those events to a fresh ``SweepProgress`` on a fake clock
 and, at 25, 50 and 75 % of the sweep's elapsed time, compares its ETA with the time the sweep really still
 took; the same for the estimator this replaced (whole samples at batch ends, every planned eval counted, at
-the sweep's average rate). tests/test_progress.py replays tests/recordings/progress_mixed_sweep.json;
+the sweep's average rate). tests/test_progress.py replays the recordings in tests/recordings/;
 docs/BENCHMARKS.md ("Progress") has the figures.
 """
 
@@ -34,7 +33,6 @@ FRACTIONS = (0.25, 0.5, 0.75)
 
 def record(out: Path, overrides: list[str]) -> dict[str, Any]:
     """Run the sweep of ``overrides`` (after MIXED_SWEEP) and write its progress events to ``out``."""
-    import engine.runners.local as local
     import engine.sweep as sweep
     from tests.conftest import compose_dict
 
@@ -58,9 +56,9 @@ def record(out: Path, overrides: list[str]) -> dict[str, Any]:
             note("start", task.task_id, worker)
             super().task_started(task, worker)
 
-        def work(self, task: Task, spent: int, skipped: int, seconds: float) -> None:
-            note("work", task.task_id, spent, skipped, round(seconds, 4))
-            super().work(task, spent, skipped, seconds)
+        def work(self, task: Task, spent: int, skipped: int, samples: int, seconds: float) -> None:
+            note("work", task.task_id, spent, skipped, samples, round(seconds, 4))
+            super().work(task, spent, skipped, samples, seconds)
 
         def finished(self, result: TaskResult) -> None:
             a = self.acct[result.task.task_id]
@@ -71,12 +69,7 @@ def record(out: Path, overrides: list[str]) -> dict[str, Any]:
             note("end")
             return super().close()
 
-    evaluate = local.evaluate
-
-    def batches(task: Task, res: Any, on_batch: Any = None, on_work: Any = None) -> TaskResult:
-        return evaluate(task, res, on_batch=lambda n: note("batch", task.task_id, n), on_work=on_work)
-
-    sweep.SweepProgress, local.evaluate = Recording, batches  # type: ignore[misc, assignment]
+    sweep.SweepProgress = Recording  # type: ignore[misc]
     cfg = compose_dict([*MIXED_SWEEP, f"out_dir={out.parent / (out.stem + '_run')}", *overrides])
     sweep.run_sweep(cfg)
     doc = {"overrides": [*MIXED_SWEEP, *overrides], "events": events}
@@ -99,12 +92,26 @@ def _tasks(plan: list[list[Any]]) -> dict[str, Task]:
 def replay(doc: dict[str, Any], estimator: str = "new") -> dict[float, tuple[float, float]]:
     """At each fraction of the sweep's elapsed time (from the first worker ready to the end): (ETA, true
     remaining seconds). ``estimator``: "new" (SweepProgress) or "old" (the one it replaced)."""
-    events = doc["events"]
+    events = upgraded(doc["events"])
     ready = next(e[0] for e in events if e[1] == "ready")
     end = next(e[0] for e in events if e[1] == "end")
     marks = {f: ready + f * (end - ready) for f in FRACTIONS}
     etas = _replay_new(events, marks) if estimator == "new" else _replay_old(events, marks)
     return {f: (etas[f], end - t) for f, t in marks.items()}
+
+
+def upgraded(events: list[list[Any]]) -> list[list[Any]]:
+    """Events of a first-format recording (reports without a sample count, batch ends recorded beside them as
+    ``batch`` events) in today's: each batch end becomes the report of its samples, at its time."""
+    out = []
+    for e in events:
+        if e[1] == "batch":
+            out.append([e[0], "work", e[2], 0, 0, e[3], 0.0])
+        elif e[1] == "work" and len(e) == 6:
+            out.append([*e[:5], 0, e[5]])
+        else:
+            out.append(e)
+    return out
 
 
 def _replay_new(events: list[list[Any]], marks: dict[float, float]) -> dict[float, float]:
@@ -116,7 +123,7 @@ def _replay_new(events: list[list[Any]], marks: dict[float, float]) -> dict[floa
     handlers: dict[str, Callable[..., None]] = {
         "ready": lambda w, d: p.worker_ready(w, d),
         "start": lambda tid, w: p.task_started(tasks[tid], w),
-        "work": lambda tid, sp, sk, s: p.work(tasks[tid], sp, sk, s),
+        "work": lambda tid, sp, sk, n, s: p.work(tasks[tid], sp, sk, n, s),
         "finished": lambda tid, s, cost, fam: p.finished(_result(tasks[tid], s, cost, fam)),
     }
     out, pos = {}, 0
@@ -146,7 +153,7 @@ def _replay_old(events: list[list[Any]], marks: dict[float, float]) -> dict[floa
     ready = next(e[0] for e in events if e[1] == "ready")
     out = {}
     for f, t in marks.items():
-        done = sum(e[3] * per[e[2]] for e in events if e[1] == "batch" and e[0] <= t)
+        done = sum(e[5] * per[e[2]] for e in events if e[1] == "work" and e[0] <= t)
         out[f] = float("nan") if done <= 0 else (total - done) * (t - ready) / done
     return out
 

@@ -52,10 +52,10 @@ def test_work_is_samples_times_per_sample_work_and_the_eta_is_unknown_until_work
     assert p.eta() is None  # nothing done: unknown, never "00:00"
     p.worker_ready("w", "cpu")
     clock.t += 5.0
-    p.work(b, 35, 0, 5.0)  # half of b's plan in 5 s
+    p.work(b, 35, 0, 0, 5.0)  # half of b's plan in 5 s
     assert p.done_units() == 35
     assert p.eta() == pytest.approx(5.0 + 10 * 5.0 / 35)  # b's other half, then a at b's cost per eval
-    p.work(b, 500, 0, 1.0)  # over-spending settles no more than the plan, but counts as done
+    p.work(b, 500, 0, 0, 1.0)  # over-spending settles no more than the plan, but counts as done
     assert p.done_units() == 535 and p.acct["t1"].open == 0
     p.close()
 
@@ -66,7 +66,7 @@ def test_a_retried_task_gives_back_its_progress_and_the_running_names_are_curren
     p.task_started(a, "w0")
     p.task_started(b, "w1")
     assert p.running_text() == f"running {a.describe()}; {b.describe()}"
-    p.work(a, 10, 0, 1.0)
+    p.work(a, 10, 0, 0, 1.0)
     p.task_retried(a, "worker lost")
     assert p.done_units() == 0 and p.running_text() == f"running {b.describe()}"
     p.close()
@@ -86,13 +86,13 @@ def test_work_found_unnecessary_shrinks_the_total_and_the_eta_converges() -> Non
     for _batch in range(5):
         for _ in range(4):  # the member's own reports, every 0.5 s
             clock.t += 0.5
-            p.work(suite, 250, 0, 0.5)
-        p.work(suite, 0, 9_000, 0.0)  # at the member's end: the rest of the batch's plan was not needed
+            p.work(suite, 250, 0, 0, 0.5)
+        p.work(suite, 0, 9_000, 10, 0.0)  # the batch ends: the rest of its plan was not needed
         etas.append(p.eta())
         assert p.total_estimate() == 5_000  # done + the open plan at the share really spent (10 %)
     assert etas[:4] == pytest.approx([8.0, 6.0, 4.0, 2.0]) and etas[4] == 0.0
     p.finished(_result(suite, "local", 10.0))
-    p.work(suite, 99, 0, 1.0)  # late: void
+    p.work(suite, 99, 0, 0, 1.0)  # late: void
     assert p.done_units() == 50_000  # a result without cost columns is settled at its plan
     p.close()
 
@@ -104,8 +104,8 @@ def test_the_eta_shares_the_work_among_workers_and_counts_their_idle_time() -> N
     p.worker_ready("ray-0", "cpu")
     p.worker_ready("ray-1", "cpu")
     clock.t += 4.0
-    p.work(a, 50, 0, 4.0)
-    p.work(b, 50, 0, 4.0)  # both kept busy: 100 evals open at 0.08 s each over 2 workers
+    p.work(a, 50, 0, 0, 4.0)
+    p.work(b, 50, 0, 0, 4.0)  # both kept busy: 100 evals open at 0.08 s each over 2 workers
     assert p.eta() == pytest.approx(100 * 0.08 / 2)
     clock.t += 4.0  # then 4 s without a report: the workers were busy only half of the time
     assert p.eta() == pytest.approx(100 * 0.08 / 2 / 0.5)
@@ -114,19 +114,39 @@ def test_the_eta_shares_the_work_among_workers_and_counts_their_idle_time() -> N
 
 def test_the_batcher_hands_on_progress_at_most_every_interval_with_its_seconds() -> None:
     clock = FakeClock()
-    sent: list[tuple[int, int, float]] = []
+    sent: list[tuple[int, int, int, float]] = []
     batcher = WorkBatcher(lambda *r: sent.append(r), 0.5, clock=clock)
     for _ in range(10):  # 10 reports in 0.4 s: none sent yet
         clock.t += 0.04
         batcher(3, 1)
+    batcher.batch_done(8)
     assert sent == []
     clock.t += 0.1
     batcher(3, 1)
-    assert sent == [(33, 11, pytest.approx(0.5))]
+    assert sent == [(33, 11, 8, pytest.approx(0.5))]
     batcher.flush()  # nothing new: nothing sent
     batcher(1, 0)
     batcher.flush()
-    assert len(sent) == 2 and sent[1][:2] == (1, 0)
+    assert len(sent) == 2 and sent[1][:3] == (1, 0, 0)
+
+
+def test_the_seconds_per_sample_follow_the_machine_and_replace_the_plan_once_a_batch_is_done() -> None:
+    """Before a whole batch of a model × perturbation is done, its ETA is its open plan at the cost per planned
+    eval so far; after, its samples left at the seconds per sample of its batches, recent ones weighted more
+    (a machine whose load halves runs the next batches at its new speed), less the running batch's time."""
+    t = dataclasses.replace(_task(0, n=40), perturbation_name="aa")
+    clock = FakeClock()
+    p = SweepProgress([t], {"t0": 100}, live=False, clock=clock)
+    p.worker_ready("local", "cpu")
+    p.work(t, 200, 0, 0, 4.0)  # 200 of 4,000 planned evals in 4 s, no batch done yet
+    assert p.eta() == pytest.approx(3_800 * 4.0 / 200)
+    p.work(t, 100, 700, 10, 2.0)  # the first batch of 10 took 6 s: 0.6 s per sample
+    assert p.eta() == pytest.approx(30 * 0.6)
+    p.work(t, 100, 900, 10, 2.0)  # the second took 2 s: the average moves halfway (RECENT = 0.5)
+    assert p.eta() == pytest.approx(20 * 0.4)
+    p.work(t, 20, 0, 0, 1.0)  # 1 s into the third batch
+    assert p.eta() == pytest.approx(20 * 0.4 - 1.0)
+    p.close()
 
 
 def test_one_line_per_finished_task_and_one_per_worker(caplog: pytest.LogCaptureFixture) -> None:
@@ -153,7 +173,7 @@ def test_live_bar_names_the_running_task_and_counts_evals() -> None:
     p = SweepProgress([a], {"t0": 3}, live=True, stream=out)
     p.worker_ready("local", "cpu")
     p.task_started(a, "local")
-    p.work(a, 15, 0, 0.1)
+    p.work(a, 15, 0, 0, 0.1)
     text = out.getvalue()
     assert "15/30 evals" in text and f"running {a.describe()}" in text and "0/1 tasks" in text
     p.finished(_result(a, "local", 0.5))
@@ -179,7 +199,7 @@ def test_the_bar_stays_within_the_terminal_width(columns: int, monkeypatch: pyte
     p.worker_ready("ray-0", "cuda:0@a-long-host-name")
     for i, t in enumerate(tasks):
         p.task_started(t, f"ray-{i}")
-        p.work(t, 123_456, 1_000_000, 3.0)
+        p.work(t, 123_456, 1_000_000, 0, 3.0)
     p.finished(_result(tasks[0], "ray-0", 9.0))
     p.close()
     drawings = [seg for seg in out.getvalue().replace("\n", "\r").split("\r") if seg.strip()]

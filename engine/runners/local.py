@@ -56,7 +56,7 @@ class LocalRunner:
                 ctx.events.task_started(task, WORKER)
                 report = WorkBatcher(functools.partial(ctx.on_work, task), REPORT_INTERVAL_S)
                 try:
-                    yield evaluate(task, res, on_work=report)
+                    yield evaluate(task, res, on_batch=report.batch_done, on_work=report)
                 except torch.OutOfMemoryError:
                     raise GauntletError(oom_message(task, str(res.device))) from None
         finally:

@@ -41,6 +41,7 @@ REFRESH_S = 1.0  # how often the live bar is redrawn (elapsed, rate and ETA move
 SHOWN_RUNNING = 2  # running tasks named on the bar; the rest are counted
 DEFAULT_COLUMNS = 120  # width of the bar when neither the stream nor COLUMNS says
 BAR_MIN, BAR_MAX = 10, 30  # the bar's own glyphs: at least, at most
+RECENT = 0.5  # weight of the latest batches in the seconds per sample (an exponential moving average)
 
 
 @dataclass
@@ -117,10 +118,13 @@ class TaskWork:
 
     model: str
     perturbation: str
+    samples: int
     planned: int
     spent: int = 0
     skipped: int = 0
     busy_s: float = 0.0
+    done_samples: int = 0  # samples through every level (whole batches)
+    busy_at_done: float = 0.0  # busy_s when the last of them was done
     finished: bool = False
 
     @property
@@ -132,8 +136,14 @@ class TaskWork:
     def open(self) -> int:
         return 0 if self.finished else self.planned - self.settled
 
+    @property
+    def in_flight_s(self) -> float:
+        """Seconds spent on the batch now running (since the last whole batch)."""
+        return self.busy_s - self.busy_at_done
+
     def reset(self) -> None:
         self.spent, self.skipped, self.busy_s, self.finished = 0, 0, 0.0, False
+        self.done_samples, self.busy_at_done = 0, 0.0
 
 
 def result_cost(result: TaskResult, planned: int) -> int:
@@ -156,13 +166,14 @@ class SweepProgress(RunEvents):
                  stream: IO[str] | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         """``work``: evals per sample of each task (``work_per_sample``); 1 when missing."""
         self.clock = clock
-        self.acct = {t.task_id: TaskWork(t.model_name, t.perturbation_name,
+        self.acct = {t.task_id: TaskWork(t.model_name, t.perturbation_name, t.n_samples,
                                          t.n_samples * max(1, int(work.get(t.task_id, 1)))) for t in tasks}
         self.n_tasks = len(tasks)
         self.running: dict[str, Task] = {}
         self.workers: dict[str, WorkerStats] = {}
         self._ready_at: dict[str, float] = {}
         self.finished_tasks = 0
+        self._per_sample: dict[Key, float] = {}
         self.t0 = clock()
         self.work_t0: float | None = None
         self._lock = threading.RLock()
@@ -201,8 +212,9 @@ class SweepProgress(RunEvents):
             self._redraw()
         log.warning("retrying %s (task %s): %s", task.describe(), task.task_id, reason)
 
-    def work(self, task: Task, spent: int, skipped: int, seconds: float) -> None:
-        """``task`` spent ``spent`` evals and found ``skipped`` planned ones unnecessary in ``seconds``."""
+    def work(self, task: Task, spent: int, skipped: int, samples: int, seconds: float) -> None:
+        """``task`` spent ``spent`` evals, found ``skipped`` planned ones unnecessary and took ``samples`` more
+        through every level, in ``seconds``."""
         a = self.acct.get(task.task_id)
         if a is None or a.finished:  # a report that arrives after the result is void: the result counts
             return
@@ -210,6 +222,8 @@ class SweepProgress(RunEvents):
             a.spent = max(0, a.spent + spent)  # a settling report may correct an earlier one downwards
             a.skipped += skipped
             a.busy_s += max(0.0, seconds)
+            if samples > 0:
+                self._batches_done(a, min(samples, a.samples - a.done_samples), a.busy_s)
             self._redraw()
 
     def finished(self, result: TaskResult) -> None:
@@ -220,6 +234,7 @@ class SweepProgress(RunEvents):
             if a is not None:
                 a.spent = result_cost(result, a.planned)
                 a.skipped, a.busy_s, a.finished = max(0, a.planned - a.spent), result.seconds, True
+                self._batches_done(a, a.samples - a.done_samples, result.seconds)
             self.finished_tasks += 1
             self._forget_running(task)
             stats = self.workers.setdefault(result.worker, WorkerStats(result.worker, result.device))
@@ -261,15 +276,46 @@ class SweepProgress(RunEvents):
         return self.done_units() + round(left)
 
     def eta(self) -> float | None:
-        """Seconds still needed: each task's open plan at the seconds per planned eval seen on its kind of work,
-        shared among the workers and scaled by how busy they have been kept; None until anything is settled."""
+        """Seconds still needed: each unfinished task's share (``task_seconds``), shared among the workers and
+        scaled by how busy they have been kept; None until anything is settled."""
         with self._lock:
-            cost = self.per_settled(lambda a: a.busy_s)
-            if None not in cost:
+            unit = self.per_settled(lambda a: a.busy_s)
+            if None not in unit:
                 return None
-            busy = sum(a.open * _pooled(cost, a, cost[None]) for a in self.acct.values() if a.open)
+            per_sample = self.per_sample()
+            busy = sum(self.task_seconds(a, unit, per_sample) for a in self.acct.values() if not a.finished)
             workers = max(1, len(self.workers))
             return busy / (workers * self._utilisation(workers))
+
+    def per_sample(self) -> dict[Key, float]:
+        """Seconds per sample taken through every level (whole batches), by (model, perturbation) and by
+        perturbation: a batch's levels and members, and what breaks early, repeat from batch to batch."""
+        return dict(self._per_sample)
+
+    def _batches_done(self, a: TaskWork, samples: int, busy: float) -> None:
+        """``samples`` more of ``a`` went through every level, its busy time now ``busy``: fold their seconds per
+        sample into the running averages, recent batches weighted more (RECENT): a machine whose load changes
+        runs the next batches at its speed now."""
+        if samples <= 0:
+            return
+        cost = max(0.0, busy - a.busy_at_done) / samples
+        for key in ((a.model, a.perturbation), a.perturbation):
+            old = self._per_sample.get(key)
+            self._per_sample[key] = cost if old is None else RECENT * cost + (1 - RECENT) * old
+        a.done_samples += samples
+        a.busy_at_done = busy
+
+    @staticmethod
+    def task_seconds(a: TaskWork, unit: Mapping[Key, float], per_sample: Mapping[Key, float]) -> float:
+        """Seconds ``a`` still needs, from the best evidence: whole batches of its model × perturbation (its
+        samples left at their cost, less the time its running batch already took); else its own settled plan
+        (the running first batch: the plan left at the cost per planned eval so far); else whole batches of
+        its perturbation on other models; else the plan at the sweep's cost per planned eval."""
+        key = (a.model, a.perturbation)
+        if key in per_sample or (key not in unit and a.perturbation in per_sample):
+            cost = per_sample[key] if key in per_sample else per_sample[a.perturbation]
+            return max(0.0, (a.samples - a.done_samples) * cost - a.in_flight_s)
+        return a.open * _pooled(unit, a, unit.get(None, 0.0))
 
     def running_text(self) -> str:
         names = [t.describe() for t in self.running.values()]

@@ -34,8 +34,8 @@ from engine.seeding import stable_hash
 log = logging.getLogger(__name__)
 
 Fetch = Callable[[Any], Any]  # ray.get for one shipped object
-# (task_id, attempt, evals spent, evals found unnecessary, seconds) → fire-and-forget to the driver
-Report = Callable[[str, int, int, int, float], None]
+# (task_id, attempt, evals spent, evals found unnecessary, samples finished, seconds) → fire-and-forget
+Report = Callable[[str, int, int, int, int, float], None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,7 +158,7 @@ class Worker:
         self.runs.append(task.task_id)
         batcher = WorkBatcher(functools.partial(self.report, task.task_id, attempt), self.report_interval_s)
         try:
-            result = evaluate(self._local_task(task, shipped), self.res, on_work=batcher)
+            result = evaluate(self._local_task(task, shipped), self.res, on_batch=batcher.batch_done, on_work=batcher)
         except torch.OutOfMemoryError:
             raise GauntletError(oom_message(task, self.device_name)) from None
         return dataclasses.replace(result, task=task, device=self.device_name, worker=self.name)
