@@ -4,11 +4,11 @@
     python scripts/record_progress.py replay OUT.json                  # ETA error at 25/50/75 % of the time
 
 ``record`` runs ``engine.sweep.run_sweep`` with the tracker wrapped so that every event it receives (a worker
-ready, a task started, a progress report, a task finished) is written with its time. ``replay`` feeds those events to a fresh ``SweepProgress`` on a fake clock
-and, at 25, 50 and 75 % of the sweep's elapsed time, compares its ETA with the time the sweep really still
-took; the same for the estimator this replaced (whole samples at batch ends, every planned eval counted, at
-the sweep's average rate). tests/test_progress.py replays the recordings in tests/recordings/;
-docs/BENCHMARKS.md ("Progress") has the figures.
+ready, a task started, a progress report, a task finished) is written with its time. ``replay`` feeds those
+events to a fresh ``SweepProgress`` on a fake clock and, at 25, 50 and 75 % of the sweep's elapsed time,
+compares its ETA with the time the sweep really still took; the same for the estimator this replaced (whole
+samples at batch ends, every planned eval counted, at the sweep's average rate). tests/test_progress.py
+replays the recordings in tests/recordings/; docs/BENCHMARKS.md ("Progress") has the figures.
 """
 
 from __future__ import annotations
