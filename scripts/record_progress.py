@@ -92,26 +92,12 @@ def _tasks(plan: list[list[Any]]) -> dict[str, Task]:
 def replay(doc: dict[str, Any], estimator: str = "new") -> dict[float, tuple[float, float]]:
     """At each fraction of the sweep's elapsed time (from the first worker ready to the end): (ETA, true
     remaining seconds). ``estimator``: "new" (SweepProgress) or "old" (the one it replaced)."""
-    events = upgraded(doc["events"])
+    events = doc["events"]
     ready = next(e[0] for e in events if e[1] == "ready")
     end = next(e[0] for e in events if e[1] == "end")
     marks = {f: ready + f * (end - ready) for f in FRACTIONS}
     etas = _replay_new(events, marks) if estimator == "new" else _replay_old(events, marks)
     return {f: (etas[f], end - t) for f, t in marks.items()}
-
-
-def upgraded(events: list[list[Any]]) -> list[list[Any]]:
-    """Events of a first-format recording (reports without a sample count, batch ends recorded beside them as
-    ``batch`` events) in today's: each batch end becomes the report of its samples, at its time."""
-    out = []
-    for e in events:
-        if e[1] == "batch":
-            out.append([e[0], "work", e[2], 0, 0, e[3], 0.0])
-        elif e[1] == "work" and len(e) == 6:
-            out.append([*e[:5], 0, e[5]])
-        else:
-            out.append(e)
-    return out
 
 
 def _replay_new(events: list[list[Any]], marks: dict[float, float]) -> dict[float, float]:

@@ -327,19 +327,22 @@ def test_square_stops_counting_a_sample_once_it_is_broken() -> None:
     assert sum(apgd_spent) == int(res.grad_evals.sum()) + int(res.queries.sum())
 
 
-RECORDING = Path(__file__).parent / "recordings" / "progress_mixed_sweep.json"
+RECORDINGS = Path(__file__).parent / "recordings"
 
 
-def test_the_eta_of_a_recorded_mixed_sweep_is_within_30_percent_of_the_real_remaining_time() -> None:
-    """A real sweep (clean, two corruptions and AutoAttack standard L∞ on digits_cnn and digits_cnn_at, 64 samples,
-    ``scripts/record_progress.py``) replayed on a fake clock: at 25, 50 and 75 % of its elapsed time the ETA is
-    within ±30 % of the time it really still took (docs/BENCHMARKS.md, "Progress"). The estimator it replaced
-    (whole samples at batch ends, every planned eval counted) missed by more on the same events."""
+@pytest.mark.parametrize("name", ["progress_mixed_sweep", "progress_eps_curve_shards"])
+def test_the_eta_of_a_recorded_sweep_is_within_30_percent_of_the_real_remaining_time(name: str) -> None:
+    """Real sweeps replayed on a fake clock (``scripts/record_progress.py``): clean, two corruptions and AutoAttack
+    standard L∞ on digits_cnn and digits_cnn_at at ε = 0.2, 64 samples in batches of 16 (``progress_mixed_sweep``);
+    the same on digits_cnn_at alone with an ε curve (0.1, 0.2, 0.3), 48 samples in 3 shards of 2 batches
+    (``progress_eps_curve_shards``). At 25, 50 and 75 % of the elapsed time the ETA is within ±30 % of the time
+    the sweep really still took (docs/BENCHMARKS.md, "Progress"); the estimator it replaced (whole samples at
+    batch ends, every planned eval counted) missed by more than 30 % at half time on the same events."""
     from scripts.record_progress import replay
 
-    doc = json.loads(RECORDING.read_text())
+    doc = json.loads((RECORDINGS / f"{name}.json").read_text())
     assert any("autoattack" in o for o in doc["overrides"]) and any("gaussian_noise" in o for o in doc["overrides"])
     errors = {f: (eta - left) / left for f, (eta, left) in replay(doc, "new").items()}
     assert all(abs(e) <= 0.30 for e in errors.values()), errors
     old = {f: (eta - left) / left for f, (eta, left) in replay(doc, "old").items()}
-    assert abs(old[0.5]) > 0.30 and abs(old[0.25]) > abs(errors[0.25]), old
+    assert abs(old[0.5]) > 0.30, old
