@@ -448,6 +448,9 @@ class _AboveBar(io.TextIOBase):
     def encoding(self) -> str:  # type: ignore[override]
         return getattr(self.target, "encoding", "utf-8")
 
+    def __getattr__(self, name: str) -> Any:  # anything else (``buffer``, ``errors``): the real stream's
+        return getattr(self.target, name)
+
 
 def route_output_above(progress: SweepProgress) -> Callable[[], None]:
     """Route ``sys.stdout``, ``sys.stderr`` and the console log handlers (root's and Ray's) through
