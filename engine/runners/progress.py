@@ -9,12 +9,13 @@ stops querying a broken sample), with the seconds that took. So the bar moves wi
 work actually done, and its total (done + what is still open, discounted by the share of the plan
 that was really spent so far) shrinks as work is found unnecessary.
 
-The ETA is what is still open in each task times the seconds one planned eval has taken so far for
-that (model, perturbation) — else for that perturbation, else over the sweep — divided among the
-workers: it converges as the plan is settled instead of swinging with the mix of work (docs/BENCHMARKS.md,
-"Progress": its error at 25/50/75 % of a recorded sweep). At the end, one line per worker and the
-balance between them. While the bar is live, log lines and anything printed (Ray's worker logs) are
-written above it. Runner-agnostic: no Ray here (runners call the ``RunEvents`` methods).
+The ETA is each unfinished task's samples left at the seconds per sample of the whole batches done on
+its model × perturbation (recent batches weighted more), less the time its running batch already took;
+before the first whole batch, its open plan at the seconds per planned eval settled so far (``task_seconds``);
+shared among the workers. It converges instead of swinging with the mix of work (docs/BENCHMARKS.md,
+"Progress": within ±30 % at 25/50/75 % of two recorded sweeps with AutoAttack). At the end, one line per
+worker and the balance between them. While the bar is live, log lines and anything printed (Ray's worker
+logs) are written above it. Runner-agnostic: no Ray here (runners call the ``RunEvents`` methods).
 """
 
 from __future__ import annotations
