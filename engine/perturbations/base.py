@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -16,6 +16,20 @@ from engine.perturbations.norms import Norm, get_norm
 from engine.seeding import derive_seed
 
 Family = Literal["clean", "attack", "corruption"]
+# (evals spent, planned evals found unnecessary) since the last call: progress from inside a batch
+WorkReport = Callable[[int, int], None]
+
+BUDGET_KEYS = ("steps", "n_iter", "n_queries")  # per-level work of an attack (first present)
+RESTART_KEYS = ("restarts", "n_restarts")
+
+
+def budget_of(obj: object) -> int:
+    """Evals one sample costs ``obj`` (an attack or a suite member) at one level, read from its settings:
+    steps (or iterations, or queries) × restarts × EOT draws. The plan the progress bar starts from."""
+    steps = next((int(getattr(obj, k)) for k in BUDGET_KEYS if isinstance(getattr(obj, k, None), int)), 1)
+    restarts = next((int(getattr(obj, k)) for k in RESTART_KEYS if isinstance(getattr(obj, k, None), int)), 1)
+    eot = getattr(obj, "eot_iter", 1)
+    return max(1, steps) * max(1, restarts) * (eot if isinstance(eot, int) and eot > 0 else 1)
 
 
 @dataclass(frozen=True)
@@ -28,6 +42,13 @@ class BatchContext:
     # source models of a transfer attack (name → model on the device), built by the evaluator's resources from
     # the perturbation's ``surrogates``: perturbations never load a model themselves
     surrogates: Mapping[str, nn.Module] = field(default_factory=dict)
+    progress: WorkReport | None = None  # the evaluator's meter (engine/evaluation/evaluate.py), or None
+
+    def report(self, spent: int, skipped: int = 0) -> None:
+        """Tell the progress meter of ``spent`` evals done and ``skipped`` planned evals found unnecessary (a
+        sample that broke early); optional: the evaluator settles each level's account from its costs anyway."""
+        if self.progress is not None and (spent or skipped):
+            self.progress(int(spent), int(skipped))
 
     def batch_seed(self, *parts: object) -> int:
         """A seed fixed by the global seed, these sample ids, and ``parts`` (name, level, ...)."""
@@ -112,6 +133,12 @@ class Perturbation:
     def eot_iter(self) -> int:
         """Model samples averaged per gradient (Expectation over Transformation); 1 means no EOT."""
         return 1
+
+    @property
+    def planned_evals(self) -> int:
+        """Evals one sample is planned to cost at one level: its budget for an attack, 1 (one classification)
+        otherwise. An upper bound the progress bar starts from; work found unnecessary is taken off as it ends."""
+        return budget_of(self) if self.family == "attack" else 1
 
     @property
     def score_draws(self) -> int:
