@@ -82,6 +82,11 @@ class Transfer(Perturbation):
         return tuple(getattr(self.attack, "attacks", None) or (self.attack,))
 
     @property
+    def planned_evals(self) -> int:
+        """The inner attack's budget per sample and level (the progress bar's plan)."""
+        return int(self.attack.planned_evals)
+
+    @property
     def eot_iter(self) -> int:
         return int(self.attack.eot_iter)
 
@@ -103,7 +108,7 @@ class Transfer(Perturbation):
         if source is None:
             raise ConfigError(f"perturbation {self.name!r}: source model {self.source!r} was not provided to it "
                               "(evaluate it through the engine's evaluator, which builds the source model)")
-        inner_ctx = BatchContext(model=source, seed=ctx.seed, sample_ids=ctx.sample_ids)
+        inner_ctx = BatchContext(model=source, seed=ctx.seed, sample_ids=ctx.sample_ids, progress=ctx.progress)
         for out in self.attack.run(x, y, inner_ctx):
             yield LevelOutput(out.level, out.x, out.grad_evals, out.queries, out.broken_by)
 
