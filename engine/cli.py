@@ -40,6 +40,7 @@ SUBCOMMANDS = {  # gauntlet <subcommand> …: each module owns its logic and ret
     "compare": "engine.stats.compare:main",
     "convert-checkpoint": "engine.models.convert:main",
     "verify": "engine.claims.cli:main",
+    "extract": "engine.extraction.cli:main",
 }
 
 

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 SAVE_EVERY = 512  # answers are written at least this often, so a killed run loses little
 EXTRACTION_TAGS = {"knowledge": "black-box", "goal": "untargeted", "stride": "information-disclosure",
                    "atlas": ["AML.T0024.002", "AML.T0005.001", "AML.T0043.002", "AML.T0042"]}
-OracleFactory = Callable[[Contract], Oracle]
+OracleFactory = Callable[[torch.nn.Module, Contract, int], Oracle]  # (model, contract, classes)
 
 
 @dataclass
@@ -65,7 +65,7 @@ class Context:
     baseline: qs.QuerySet | None
     baseline_note: str
     target_identity: dict[str, Any]
-    oracle_for: OracleFactory
+    oracle_for: Callable[[Contract], Oracle]
     device: torch.device
     identity: dict[str, Any] = field(default_factory=dict)
     spent: Spent = field(default_factory=Spent)
@@ -250,9 +250,10 @@ def _target_identity(settings: ExtractSettings, cfg: Mapping[str, Any], device: 
     return ident, build_model(settings.target, mcfg, device)
 
 
-def prepare(settings: ExtractSettings, oracle_factory: Callable[[torch.nn.Module, Contract], Oracle]) -> Context:
+def prepare(settings: ExtractSettings, oracle_factory: OracleFactory) -> Context:
     """Compose and check everything that can fail on bad input, before any query is sent."""
     device = resolve_device(settings.device)
+    _tags()  # the rows' threat model is checked before anything runs
     cfg = qs.compose([settings.target, settings.copy_model], settings.dataset, settings.seed, {
         k: v for k, v in settings.locations.items() if not k.startswith("queries.")})
     test, test_ident = qs.test_split(cfg, settings.n_test)
@@ -261,7 +262,7 @@ def prepare(settings: ExtractSettings, oracle_factory: Callable[[torch.nn.Module
     baseline, note = qs.baseline_set(cfg, largest, settings.seed)
     target_ident, model = _target_identity(settings, cfg, device)
     ctx = Context(settings, cfg, test, queries, baseline, note, target_ident,
-                  lambda contract: oracle_factory(model, contract), device)
+                  lambda contract: oracle_factory(model, contract, test.num_classes), device)
     copy_cfg = cfg["model"][settings.copy_model]
     ctx.identity = {"settings": stable_hash(settings.identity()), "target": target_ident, "test": test_ident,
                     "queries": queries.identity, "baseline": None if baseline is None else baseline.identity,
@@ -269,7 +270,7 @@ def prepare(settings: ExtractSettings, oracle_factory: Callable[[torch.nn.Module
     return ctx
 
 
-def extract(settings: ExtractSettings, oracle_factory: Callable[[torch.nn.Module, Contract], Oracle]
+def extract(settings: ExtractSettings, oracle_factory: OracleFactory
             ) -> tuple[list[dict[str, Any]], Spent, Path]:
     """Run every contract; return all rows, the queries spent now, and the out_dir (rows also in Parquet)."""
     out_dir = check_out_dir(settings.out_dir)
