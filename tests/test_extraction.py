@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from engine.errors import ConfigError, GauntletError
+from engine.errors import ConfigError
 from engine.extraction.cli import local_oracle
 from engine.extraction.run import extract
 from engine.extraction.settings import Contract, parse_args
@@ -183,8 +183,8 @@ def test_a_changed_set_up_is_refused_never_mixed(first_run: Any, change: str) ->
 def test_a_copy_is_a_model_config_usable_anywhere(first_run: Any) -> None:
     from omegaconf import OmegaConf
 
-    from engine.models.loader import build_model
     from engine.extraction.train import predict
+    from engine.models.loader import build_model
 
     out, rows = first_run[0], first_run[1]
     row = next(r for r in rows if r["contract"] == "label" and r["budget"] == 50)
@@ -249,3 +249,22 @@ def test_a_test_set_without_a_train_split_has_no_baseline_and_no_train_queries(
         run(tmp_path / "a", "budgets=[20]", "dataset=npz", f"dataset.path={npz}")
     rows, _, _ = run(tmp_path / "b", "budgets=[20]", "dataset=npz", f"dataset.path={npz}", "queries=synthetic")
     assert [r["role"] for r in rows] == ["copy"]  # no independent model: nothing labelled to train it on
+
+
+@pytest.mark.slow
+def test_acceptance_label_only_copy_reaches_90_percent_fidelity_within_2000_queries(
+        tmp_path: Path, embedded_checkpoints: dict[str, str]) -> None:
+    """Issue 21: digits_cnn from label-only answers ≥ 90 % fidelity at ≤ 2,000 queries; three contracts, one
+    query sequence and seed; transfer beside the independent model's."""
+    rec = Recorder()
+    rows, spent, _ = extract(parse_args(["target=digits_cnn", f"out_dir={tmp_path}", "budgets=[250,1000]",
+                                         "output=[label,probs:2,probs]", "train_steps=400", "n_test=200"]), rec)
+    label = [r for r in rows if r["contract"] == "label" and r["role"] == "copy"]
+    assert max(r["fidelity"] for r in label if r["queries"] <= 2000) >= 0.90
+    assert spent.total == rec.rows and rec.sent == sum(o.stats.sent for o in rec.oracles)
+    for contract in ("label", "probs:2", "probs"):
+        base = [r for r in rows if r["contract"] == contract and r["role"] == "baseline"]
+        assert len(base) == 1 and base[0]["transfer_attacked"] > 0 and base[0]["queries"] == 0
+    answers = [pq.read_table(tmp_path / f / "answers" / "steal.parquet").column("label").to_pylist()
+               for f in ("label", "probs_2", "probs")]
+    assert answers[0] == answers[1] == answers[2]  # the same queries in the same order under every contract

@@ -29,6 +29,7 @@ from engine.extraction.store import ContractDir, folder_name
 from engine.extraction.train import fit, new_model, predict, targets_of
 from engine.extraction.transfer import transfer
 from engine.models.checkpoint import save_checkpoint, verify_file
+from engine.models.wrapper import NormalizedModel
 from engine.remote.api import Oracle
 from engine.seeding import stable_hash
 from engine.store.outdir import OutDirLock, check_out_dir
@@ -114,7 +115,7 @@ def save_copy(ctx: Context, cdir: ContractDir, model: torch.nn.Module, key: str,
     copy_cfg = ctx.cfg["model"][s.copy_model]
     name = f"{s.target}_stolen_{cdir.root.name}_{key}".replace("-", "_")
     ckpt = (cdir.root / "copies" / f"{key}.safetensors").resolve()
-    net = model.net if hasattr(model, "net") else model
+    net = model.net if isinstance(model, NormalizedModel) else model
     digest = save_checkpoint(net.state_dict(), ckpt, {"model": name, "extraction": note,
                                                       "identity": cdir.digest, "torch": torch.__version__})
     block = {"arch": copy_cfg["arch"], "mean": list(copy_cfg["mean"]), "std": list(copy_cfg["std"]),
@@ -220,7 +221,7 @@ def run_contract(ctx: Context, out_dir: Path, contract: Contract) -> list[dict[s
     if base is not None:
         rows.append(base)
     todo = [b for b in s.budgets if reusable(cdir, f"budget_{b}") is None]
-    answers = (torch.zeros(0, dtype=torch.int64), None)
+    answers: tuple[torch.Tensor, torch.Tensor | None] = (torch.zeros(0, dtype=torch.int64), None)
     if todo:
         n = max(todo)
         ids = torch.arange(n, dtype=torch.int64)  # query i of the sequence is sample id i

@@ -34,11 +34,10 @@ class TransferResult:
 
 def on_grid_in_ball(x: torch.Tensor, x_adv: torch.Tensor, eps: float) -> torch.Tensor:
     """``x_adv`` rounded to the 8-bit grid, each pixel moved one step back toward ``x`` where rounding left the ball."""
-    step = 1.0 / 255
-    q = torch.round(x_adv * 255) / 255
-    q = torch.where(q - x > eps, q - step, q)
-    q = torch.where(x - q > eps, q + step, q)
-    return q.clamp(0, 1)
+    k = torch.round(x_adv * 255)  # grid levels, moved as integers so the result is exactly k/255
+    k = torch.where(k / 255 - x > eps, k - 1, k)
+    k = torch.where(x - k / 255 > eps, k + 1, k)
+    return k.clamp(0, 255) / 255
 
 
 def craft(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor, eps: float, steps: int,
