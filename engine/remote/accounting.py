@@ -43,6 +43,14 @@ class Limiter(Protocol):
         """Hold one of the concurrent-request slots, after waiting for the request-rate limit."""
         ...
 
+    def throttle(self, seconds: float) -> None:
+        """The endpoint answered 429: nobody starts a request for ``seconds``, and requests are spaced wider."""
+        ...
+
+    def relax(self) -> None:
+        """A request succeeded: the spacing added by earlier 429s shrinks again."""
+        ...
+
 
 class LocalLimiter:
     """A thread-safe :class:`Limiter` for one process."""
@@ -62,6 +70,7 @@ class LocalLimiter:
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(concurrency)
         self._next_start = 0.0
+        self._penalty = 0.0  # extra spacing (s) after 429s: doubled on each, shrunk by 5 % per success
 
     def reserve(self, rows: int) -> None:
         with self._lock:
@@ -78,13 +87,21 @@ class LocalLimiter:
     def spent(self) -> int:
         return self._spent
 
-    def _wait_rate(self) -> None:
-        if self.rate_per_s is None:
-            return
+    def throttle(self, seconds: float) -> None:
         with self._lock:
+            self._next_start = max(self._next_start, time.monotonic() + seconds)
+            self._penalty = min(1.0, max(2.0 * self._penalty, 0.02))
+
+    def relax(self) -> None:
+        with self._lock:
+            self._penalty = 0.0 if self._penalty < 1e-3 else 0.95 * self._penalty
+
+    def _wait_rate(self) -> None:
+        with self._lock:
+            interval = max(1.0 / self.rate_per_s if self.rate_per_s else 0.0, self._penalty)
             now = time.monotonic()
             start = max(now, self._next_start)
-            self._next_start = start + 1.0 / self.rate_per_s
+            self._next_start = start + interval
         if start > now:
             time.sleep(start - now)
 

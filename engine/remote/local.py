@@ -6,6 +6,8 @@ the same as against a deployed model; the model sees exactly the pixels an endpo
 
 from __future__ import annotations
 
+import time
+
 import torch
 from torch import nn
 
@@ -36,7 +38,10 @@ class LocalOracle(BaseOracle):
         device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
         outs = []
         with self.limiter.slot(), torch.no_grad():
-            for start in range(0, len(pixels), self.batch_size):
-                outs.append(self.model(pixels[start:start + self.batch_size].to(device)).float().cpu())
+            start = time.perf_counter()
+            for first in range(0, len(pixels), self.batch_size):
+                outs.append(self.model(pixels[first:first + self.batch_size].to(device)).float().cpu())
+            self.stats.latencies.append(time.perf_counter() - start)
+            self.stats.calls += 1
         logits = torch.cat(outs)
         return Reply(logits.argmax(dim=1), shape_scores(logits, self.output, self.top_k, self.round_digits))

@@ -6,7 +6,6 @@ endpoint); everything a reviewer audits (what was sent, what was counted, what w
 
 from __future__ import annotations
 
-import time
 from collections import OrderedDict
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ class BaseOracle:
     """Implements :class:`engine.remote.api.Oracle`; subclasses implement ``_fetch`` (and ``endpoint``)."""
 
     endpoint = "in-process"
+    scores_field = "scores"  # where the scores are in the endpoint's answer (named in errors)
 
     def __init__(self, *, output: Output = "probs", num_classes: int, budget_per_sample: int | None = None,
                  run_budget: int | None = None, image: ImageContract | None = None, top_k: int | None = None,
@@ -123,21 +123,26 @@ class BaseOracle:
     def _send(self, grid: torch.Tensor) -> Reply:
         """Send unique rows, check the reply's shape and values, count it; refund the budget if nothing arrived."""
         payloads = encode_batch(grid, self.image) if self.needs_files else None
-        start = time.perf_counter()
         try:
             reply = self._fetch(grid, payloads)
         except RemoteError as err:
             self.stats.failed += 1
-            if getattr(err, "unsent", False):
+            if getattr(err, "unsent", False):  # no row reached the endpoint (connection refused, say)
                 self.limiter.refund(len(grid))
+            else:
+                self.stats.sent += len(grid)  # they reached it; its answer was unusable
             raise
-        self.stats.latencies.append(time.perf_counter() - start)
         self.stats.sent += len(grid)
-        return self._checked(reply, len(grid))
+        try:
+            return self._checked(reply, len(grid))
+        except RemoteError:
+            self.stats.failed += 1
+            raise
 
     needs_files = False  # True where the endpoint receives image files (upload); tensors otherwise
 
     def _fetch(self, grid: torch.Tensor, payloads: list[bytes] | None) -> Reply:
+        """Answer these unique rows (uint8, N×C×H×W; ``payloads``: their files); count calls and latency."""
         raise NotImplementedError
 
     def _checked(self, reply: Reply, n: int) -> Reply:
@@ -153,12 +158,13 @@ class BaseOracle:
             return Reply(reply.labels.long(), None)
         if reply.scores is None or reply.scores.dim() != 2 or reply.scores.shape[0] != n:
             shape = None if reply.scores is None else tuple(reply.scores.shape)
-            raise RemoteError(f"{where}: expected scores for {n} rows, got {shape} (field: scores)")
+            raise RemoteError(f"{where}: expected scores for {n} rows, got {shape} (field: {self.scores_field})")
         if reply.scores.shape[1] != self.num_classes:
             raise RemoteError(f"{where}: scores have {reply.scores.shape[1]} classes, the contract declares "
-                              f"{self.num_classes} (field: scores; check num_classes)")
+                              f"{self.num_classes} (field: {self.scores_field}; check num_classes)")
         if not torch.isfinite(reply.scores).all():
-            raise RemoteError(f"{where}: scores hold NaN or inf (field: scores); no prediction is made from them")
+            raise RemoteError(f"{where}: scores hold NaN or inf (field: {self.scores_field}); no prediction is "
+                              "made from them")
         return Reply(reply.labels.long(), reply.scores.float())
 
     def _assemble(self, keys: list[str], todo: list[int], fresh: dict[str, tuple[int, torch.Tensor | None]]
@@ -174,7 +180,6 @@ class BaseOracle:
             scores.append(row)
             cached.append(hit)
         self.stats.cached += sum(cached)
-        self.stats.calls += 1 if todo else 0
         if self.use_cache:
             self._remember(fresh)
         score_t = None if self.output == "label" else torch.stack([s for s in scores if s is not None])
