@@ -268,3 +268,25 @@ def test_acceptance_label_only_copy_reaches_90_percent_fidelity_within_2000_quer
     answers = [pq.read_table(tmp_path / f / "answers" / "steal.parquet").column("label").to_pylist()
                for f in ("label", "probs_2", "probs")]
     assert answers[0] == answers[1] == answers[2]  # the same queries in the same order under every contract
+
+
+@pytest.mark.timeout(300)
+def test_against_a_served_label_only_model_the_counts_equal_the_servers(
+        tmp_path: Path, embedded_checkpoints: dict[str, str]) -> None:
+    from engine.extraction.cli import remote_oracle
+    from tests.remote_servers import serve
+
+    with serve("oip", "--models", "digits_cnn", "--label-only") as server:
+        settings = parse_args(["target=digits_cnn", "copy=digits_cnn", f"url={server.url}", "budgets=[30,60]",
+                               f"out_dir={tmp_path}", *FAST])
+        built: list[Any] = []
+        factory = remote_oracle(settings)
+        rows, spent, _ = extract(settings, lambda m, c, k: built.append(factory(m, c, k)) or built[-1])
+        served = server.stats()
+        assert served["images"] == sum(o.run_stats()["sent"] for o in built) > 0
+        assert spent.total == sum(o.run_stats()["rows"] for o in built) >= served["images"]
+        assert spent.steal == 60 and spent.fidelity == 40
+        again, spent2, _ = extract(settings, factory)  # reused: the server sees nothing more
+        assert again == rows and spent2.total == 0 and server.stats()["images"] == served["images"]
+    identity = (tmp_path / "label" / "extract.json").read_text()
+    assert "127.0.0.1" in identity and '"remote"' in identity

@@ -10,7 +10,8 @@ from typing import Any
 import torch
 
 from engine.errors import GauntletError
-from engine.extraction.settings import Contract
+from engine.extraction.run import OracleFactory
+from engine.extraction.settings import Contract, ExtractSettings
 from engine.remote.api import Oracle
 
 USAGE = """usage: gauntlet extract target=MODEL budgets=[B1,B2,…] out_dir=DIR [key=value …]
@@ -27,6 +28,8 @@ keys:
   output=label        what the target answers: label | probs | probs:N (rounded to N decimals) | logits,
                       or a list: output=[label,probs:2,probs] (one curve each, same queries and seeds)
   copy=MODEL          model config whose architecture the copy uses (default: the target's)
+  url=URL             a remote target instead: an Open Inference Protocol server (target= its model name)
+  protocol=oip        or upload (an image-upload endpoint answering {"label": …, "scores": […]})
   dataset=digits      dataset config; its test split measures fidelity, accuracy and transfer
   queries=train       train (the victim's train split) | synthetic (uniform noise) | a dataset config name
   eps=0.1             L∞ radius of the transfer attack (8/255 accepted); attack_steps=20
@@ -38,12 +41,27 @@ Writes DIR/extraction.parquet, DIR/report/index.html, and per contract DIR/<cont
 with model configs: gauntlet --config-dir DIR/<contract>/configs model=<name> …). Exit 2 on a bad argument."""
 
 
-def local_oracle(model: torch.nn.Module, contract: Contract, num_classes: int) -> Oracle:
+def local_oracle(model: torch.nn.Module | None, contract: Contract, num_classes: int) -> Oracle:
     """The target answered in-process under ``contract`` (PNG on the 8-bit grid, as an endpoint would receive)."""
     from engine.remote.local import LocalOracle
 
+    assert model is not None
     return LocalOracle(model, output=contract.output, num_classes=num_classes,  # type: ignore[arg-type]
                        round_digits=contract.decimals)
+
+
+def remote_oracle(settings: ExtractSettings) -> OracleFactory:
+    """The target behind ``settings.url``: the endpoint itself answers under its own contract (a label-only
+    server answers labels, a rounding server rounds); ``output=`` says which contract the attacker meets."""
+    from engine.remote.http import OIPOracle, UploadOracle
+
+    def build(model: torch.nn.Module | None, contract: Contract, num_classes: int) -> Oracle:
+        kwargs: dict[str, Any] = {"output": contract.output, "num_classes": num_classes}
+        if settings.protocol == "oip":
+            return OIPOracle(settings.url, settings.target, **kwargs)
+        return UploadOracle(settings.url, scores_path=None if contract.output == "label" else "scores", **kwargs)
+
+    return build
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
@@ -68,7 +86,7 @@ def main(argv: Sequence[str]) -> int:
 
         settings = parse_args(argv)
         with interruptible():
-            rows, spent, out_dir = extract(settings, local_oracle)
+            rows, spent, out_dir = extract(settings, remote_oracle(settings) if settings.url else local_oracle)
         page = write_report(out_dir, rows)
     except GauntletError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 SAVE_EVERY = 512  # answers are written at least this often, so a killed run loses little
 EXTRACTION_TAGS = {"knowledge": "black-box", "goal": "untargeted", "stride": "information-disclosure",
                    "atlas": ["AML.T0024.002", "AML.T0005.001", "AML.T0043.002", "AML.T0042"]}
-OracleFactory = Callable[[torch.nn.Module, Contract, int], Oracle]  # (model, contract, classes)
+# (the local target's model or None for a remote one, the contract, the number of classes) → the oracle
+OracleFactory = Callable[[torch.nn.Module | None, Contract, int], Oracle]
 
 
 @dataclass
@@ -240,9 +241,15 @@ def run_contract(ctx: Context, out_dir: Path, contract: Contract) -> list[dict[s
 
 
 def _target_identity(settings: ExtractSettings, cfg: Mapping[str, Any], device: torch.device
-                     ) -> tuple[dict[str, Any], torch.nn.Module]:
-    """A local target: its config and checkpoint sha256 (the model is built once, answered through the oracle)."""
+                     ) -> tuple[dict[str, Any], torch.nn.Module | None]:
+    """A local target: its config and checkpoint sha256 (the model is built once, answered through the oracle);
+    a remote one: its endpoint (no credentials: the URL without user info or query) and protocol."""
     from engine.models.loader import build_model, ensure_checkpoint
+    from engine.remote.http import safe_url
+
+    if settings.url:
+        return {"kind": "remote", "name": settings.target, "url": safe_url(settings.url),
+                "protocol": settings.protocol}, None
 
     mcfg = cfg["model"][settings.target]
     digest = ensure_checkpoint(settings.target, mcfg, progress=False, cache_dir=cfg.get("cache_dir"))
@@ -255,7 +262,8 @@ def prepare(settings: ExtractSettings, oracle_factory: OracleFactory) -> Context
     """Compose and check everything that can fail on bad input, before any query is sent."""
     device = resolve_device(settings.device)
     _tags()  # the rows' threat model is checked before anything runs
-    cfg = qs.compose([settings.target, settings.copy_model], settings.dataset, settings.seed, {
+    models = [settings.copy_model] if settings.url else [settings.target, settings.copy_model]
+    cfg = qs.compose(models, settings.dataset, settings.seed, {
         k: v for k, v in settings.locations.items() if not k.startswith("queries.")})
     test, test_ident = qs.test_split(cfg, settings.n_test)
     largest = max(settings.budgets)

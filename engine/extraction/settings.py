@@ -16,7 +16,8 @@ LOCATION = re.compile(r"^(dataset\.(root|path)|queries\.(root|path)|model\.[A-Za
 FRACTION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*/\s*([0-9]*\.?[0-9]+)\s*$")
 INT_KEYS = ("seed", "n_test", "train_steps", "batch_size", "attack_steps")
 FLOAT_KEYS = ("eps", "lr")
-TEXT_KEYS = ("target", "copy", "dataset", "queries", "out_dir", "device")
+TEXT_KEYS = ("target", "copy", "dataset", "queries", "out_dir", "device", "url", "protocol")
+PROTOCOLS = ("oip", "upload")
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,8 @@ class ExtractSettings:
     batch_size: int = 64
     lr: float = 1e-3
     device: str = "cpu"
+    url: str = ""  # a remote target: the Open Inference Protocol server (target = its model name) or upload URL
+    protocol: str = "oip"
     locations: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -68,7 +71,7 @@ class ExtractSettings:
     def identity(self) -> dict[str, Any]:
         """The settings a finished budget's rows depend on (the contract is added per contract folder)."""
         out = asdict(self)
-        for key in ("budgets", "out_dir", "device", "contracts"):
+        for key in ("budgets", "out_dir", "device", "contracts", "url", "protocol"):  # url: in the target's identity
             out.pop(key)
         return out
 
@@ -154,5 +157,10 @@ def check(s: ExtractSettings) -> None:
         raise ConfigError(f"n_test={s.n_test} must be ≥ 0 (0: the whole test split)")
     if not s.lr > 0:
         raise ConfigError(f"lr={s.lr:g} must be > 0")
+    if s.protocol not in PROTOCOLS:
+        raise ConfigError(f"protocol={s.protocol!r}: use oip (Open Inference Protocol) or upload")
+    if s.url and not s.copy:
+        raise ConfigError("a remote target (url=…) has no model config here: name the copy's architecture, "
+                          "copy=<model config>")
     if not str(s.out_dir).strip():
         raise ConfigError("out_dir= is empty; name a folder, e.g. out_dir=runs/extract/digits")
