@@ -54,8 +54,8 @@ ATLAS: dict[str, str] = {
 # What Gauntlet evaluates today (docs/threat-model.md); the others are named so a reviewer can state the gap.
 COVERED_ATLAS = frozenset({"AML.T0015", "AML.T0040", "AML.T0043", "AML.T0043.000", "AML.T0043.001",
                            "AML.T0043.002", "AML.T0044",
-                           # gauntlet extract (docs/extraction.md)
-                           "AML.T0005", "AML.T0005.001", "AML.T0024.002", "AML.T0042"})
+                           # gauntlet extract (docs/extraction.md) and gauntlet probe (denial of service)
+                           "AML.T0005", "AML.T0005.001", "AML.T0024.002", "AML.T0042", "AML.T0029", "AML.T0034"})
 KNOWLEDGE = ("white-box", "black-box", "none")
 GOALS = ("untargeted", "targeted", "natural-shift", "none")
 STRIDE = ("spoofing", "tampering", "repudiation", "information-disclosure", "denial-of-service",
