@@ -101,3 +101,16 @@ def test_probe_detects_an_app_made_to_hang_on_the_bomb(embedded_checkpoints: dic
     assert crafted["bomb"]["note"] == "hung: no answer within 4 s"
     assert crafted["bomb"]["stayed_up"] is False and crafted["bomb"]["correct_after"] is False
     assert rows[0]["requests_total"] <= 40
+
+
+def test_the_cli_writes_parquet_and_prints_every_level_and_input(upload: Server, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    import pyarrow.parquet as pq
+
+    code = main([f"url={upload.url}/classify", "max_requests=30", "duration=30", "levels=[2]", "timeout=4",
+                 f"out_dir={tmp_path}"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    table = pq.read_table(tmp_path / "probe.parquet")
+    assert table.num_rows == 1 + len(CASES)
+    assert "load  c=2" in out and "input bomb" in out and "(cap 30)" in out
