@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from engine.errors import ConfigError
+from engine.errors import ConfigError, GauntletError
 from engine.extraction.cli import local_oracle
 from engine.extraction.run import extract
 from engine.extraction.settings import Contract, parse_args
@@ -290,3 +290,61 @@ def test_against_a_served_label_only_model_the_counts_equal_the_servers(
         assert again == rows and spent2.total == 0 and server.stats()["images"] == served["images"]
     identity = (tmp_path / "label" / "extract.json").read_text()
     assert "127.0.0.1" in identity and '"remote"' in identity
+
+
+def test_hostile_sizes_and_other_layouts_are_refused_by_name(tmp_path: Path,
+                                                             embedded_checkpoints: dict[str, str]) -> None:
+    from tests.data_fixtures import write_cifar_python
+
+    with pytest.raises(ConfigError, match="GiB of generated images"):
+        run(tmp_path / "huge", "budgets=[1000000000]", "queries=synthetic")
+    root = tmp_path / "cifar"
+    write_cifar_python(root, smooth_images(20, 32, seed=1), np.arange(20) % 10)
+    with pytest.raises(ConfigError, match=r"its images are \(3, 32, 32\)"):
+        run(tmp_path / "c", "budgets=[10]", "queries=cifar10", f"queries.root={root}")
+    assert not (tmp_path / "huge").exists() or not any((tmp_path / "huge").iterdir())
+
+
+def test_another_checkpoint_under_the_same_name_is_refused(first_run: Any) -> None:
+    other = Path.home() / ".cache/gauntlet/checkpoints/digits_cnn_at.safetensors"
+    with pytest.raises(ConfigError, match="changed: target"):
+        run(first_run[0], "budgets=[20,50]", "output=[label]", f"model.digits_cnn.checkpoint={other}")
+
+
+class Dying:
+    """An oracle factory whose oracles fail (as a killed server would) after ``calls`` answered calls."""
+
+    def __init__(self, calls: int) -> None:
+        self.calls, self.rows = calls, 0
+
+    def __call__(self, model: torch.nn.Module, contract: Contract, classes: int) -> Any:
+        oracle = local_oracle(model, contract, classes)
+        inner, outer = oracle.query, self
+
+        def query(x: torch.Tensor, ids: torch.Tensor) -> Any:
+            from engine.remote.api import RemoteError
+
+            if outer.calls == 0:
+                raise RemoteError("endpoint in-process: connection refused (status: none)")
+            outer.calls -= 1
+            outer.rows += len(ids)
+            return inner(x, ids)
+
+        oracle.query = query  # type: ignore[method-assign]
+        return oracle
+
+
+def test_a_run_killed_mid_stealing_resumes_without_asking_twice(tmp_path: Path,
+                                                                embedded_checkpoints: dict[str, str]) -> None:
+    from engine.extraction import run as run_module
+
+    settings = parse_args(["target=digits_cnn", f"out_dir={tmp_path}", "budgets=[600,1200]", *FAST])
+    dying = Dying(calls=3)  # the test answers, the baseline's transfer, then the first 512 stealing queries
+    with pytest.raises(GauntletError, match="connection refused"):
+        extract(settings, dying)
+    assert run_module.SAVE_EVERY == 512
+    assert pq.read_table(tmp_path / "label" / "answers" / "steal.parquet").num_rows == 512
+    rec = Recorder()
+    rows, spent, _ = extract(settings, rec)
+    assert spent.fidelity == 0 and spent.steal == 1200 - 512  # nothing answered before is asked again
+    assert [r["budget"] for r in rows if r["role"] == "copy"] == [600, 1200]

@@ -76,8 +76,15 @@ def _ordered(data: Any, n: int, seed: int, kind: str, cache_dir: Any) -> QuerySe
     return QuerySet(kind, rows.images, rows.labels, ident, len(data))
 
 
+SYNTHETIC_MAX_BYTES = 2 << 30  # the noise is generated in memory: refuse a budget that would not fit
+
+
 def synthetic(shape: tuple[int, int, int], n: int, seed: int) -> QuerySet:
     """Uniform noise in [0, 1]: the attacker with no data at all."""
+    size = 4 * n * shape[0] * shape[1] * shape[2]
+    if size > SYNTHETIC_MAX_BYTES:
+        raise ConfigError(f"queries=synthetic with a largest budget of {n} queries would take {size / 2**30:.1f} GiB "
+                          f"of generated images (limit {SYNTHETIC_MAX_BYTES / 2**30:.0f} GiB); lower the budgets")
     gen = torch.Generator().manual_seed(derive_seed(seed, "extract-synthetic"))
     images = torch.rand((n, *shape), generator=gen)
     return QuerySet("synthetic", images, None, stable_hash(["synthetic", list(shape), seed]), 1 << 62)

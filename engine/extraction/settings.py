@@ -71,7 +71,9 @@ class ExtractSettings:
     def identity(self) -> dict[str, Any]:
         """The settings a finished budget's rows depend on (the contract is added per contract folder)."""
         out = asdict(self)
-        for key in ("budgets", "out_dir", "device", "contracts", "url", "protocol"):  # url: in the target's identity
+        # url/protocol are in the target's identity; locations only say where the data and weights live (their
+        # content is in the identity: dataset digests, checkpoint sha256), so moving them changes nothing
+        for key in ("budgets", "out_dir", "device", "contracts", "url", "protocol", "locations"):
             out.pop(key)
         return out
 
