@@ -63,14 +63,19 @@ def test_oip_answers_match_the_model_in_process_and_counts_match_the_server(
     assert TOKEN not in repr(stats)
 
 
+@pytest.mark.parametrize("binary", [False, True])
 def test_oip_uint8_tensors_and_label_only(oip: Server, digits: tuple[torch.Tensor, torch.Tensor],
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
+                                          monkeypatch: pytest.MonkeyPatch, binary: bool) -> None:
     x, y = digits
     label = OIPOracle(oip.url, "digits_cnn_at", num_classes=10, output="label", output_name="label",
-                      tensor="uint8", http=_auth(monkeypatch))
+                      tensor="uint8", binary=binary, http=_auth(monkeypatch))
     answer = label.query(x, torch.arange(len(x)))
     assert answer.scores is None
     assert (answer.labels == y).float().mean() > 0.8
+    scores = OIPOracle(oip.url, "digits_cnn_at", num_classes=10, binary=binary, http=_auth(monkeypatch))
+    want = LocalOracle(load_model("digits_cnn_at"), num_classes=10).query(x, torch.arange(len(x)))
+    got = scores.query(x, torch.arange(len(x)))
+    assert torch.equal(got.labels, answer.labels) and torch.allclose(got.scores, want.scores, atol=1e-5)
 
 
 def test_without_the_token_the_call_fails_naming_endpoint_and_status(
@@ -168,3 +173,26 @@ def test_a_killed_server_fails_naming_the_endpoint_and_refunds_the_run_budget(
     answer = oracle.query(x[:8], torch.arange(8))
     assert answer.cached.tolist() == [True] * 4 + [False] * 4
     assert oip.stats()["images"] == 4  # the restarted server saw only the four never answered
+
+
+def test_5xx_is_retried_and_counted_a_timeout_fails_naming_it(upload: Server,
+                                                               digits: tuple[torch.Tensor, torch.Tensor]) -> None:
+    x = digits[0][:3] + 3 / 255
+    oracle = UploadOracle(upload.url + "/classify", num_classes=10, scores_path="scores",
+                          http=HttpSettings(retries=2, backoff_s=0.05, timeout_s=0.5), concurrency=1)
+    before = upload.stats()
+    upload.fault("flaky")
+    try:
+        answer = oracle.query(x, torch.arange(3))
+    finally:
+        upload.fault("none")
+    stats = oracle.run_stats()
+    assert len(answer.labels) == 3 and stats["retries"] >= 1 and stats["sent"] == 3
+    assert upload.stats()["images"] - before["images"] == 3  # a 503 answered nothing: no image counted twice
+    upload.fault("slow")
+    try:
+        with pytest.raises(RemoteError, match=r"127\.0\.0\.1:\d+/classify: timed out after 0\.5 s after 3 attempt"):
+            oracle.query(x + 1 / 255, torch.arange(3))
+    finally:
+        upload.fault("none")
+    assert oracle.run_stats()["timeouts"] == 3

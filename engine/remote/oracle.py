@@ -37,7 +37,7 @@ class BaseOracle:
 
     def __init__(self, *, output: Output = "probs", num_classes: int, budget_per_sample: int | None = None,
                  run_budget: int | None = None, image: ImageContract | None = None, top_k: int | None = None,
-                 round_digits: int | None = None, cache: bool = True, cache_size: int = 1_000_000,
+                 round_digits: int | None = None, cache: bool = True, cache_size: int = 100_000,
                  limiter: Limiter | None = None, rate_limit: float | None = None, concurrency: int = 4) -> None:
         if output not in OUTPUTS:
             raise ConfigError(f"remote output must be one of {', '.join(OUTPUTS)}; got {output!r}")

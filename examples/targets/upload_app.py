@@ -10,6 +10,7 @@ rounded). ``GET /stats`` gives the requests and images answered and the 429s sen
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import io
 import json
@@ -26,7 +27,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from PIL import Image
 
-from examples.targets.common import FAULTS, Counter, RateGate, faulty, load_model, require_token
+from examples.targets.common import FAULTS, Counter, Flaky, RateGate, faulty, load_model, require_token
 
 
 def preprocess(data: bytes, size: int, quality: int | None, channels: int) -> torch.Tensor:
@@ -63,6 +64,7 @@ def make_app(model: torch.nn.Module, size: int = 32, channels: int = 1, quality:
     counter, gate = Counter(count_file), RateGate(rate)
     app.middleware("http")(require_token)
     state = {"fault": fault}
+    flaky = Flaky()
 
     @app.post("/fault/{mode}")
     def set_fault(mode: str) -> Any:
@@ -85,6 +87,10 @@ def make_app(model: torch.nn.Module, size: int = 32, channels: int = 1, quality:
         if not gate.admit():
             counter.add(throttled=1)
             return JSONResponse({"error": "rate limit"}, 429, headers={"Retry-After": "1"})
+        if state["fault"] == "flaky" and flaky.fails_now():
+            return JSONResponse({"error": "unavailable"}, 503)
+        if state["fault"] == "slow":
+            await asyncio.sleep(2.0)  # past the client's timeout in the fault tests
         try:
             x = preprocess(await _image_bytes(request), size, quality, channels)
         except (KeyError, ValueError, OSError) as err:
