@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from engine.errors import ConfigError, GauntletError
-from engine.extraction.cli import local_oracle
+from engine.extraction.cli import local_oracle, target_oracle
 from engine.extraction.run import extract
 from engine.extraction.settings import Contract, parse_args
 from engine.extraction.transfer import on_grid_in_ball, send_once
@@ -273,23 +273,28 @@ def test_acceptance_label_only_copy_reaches_90_percent_fidelity_within_2000_quer
 @pytest.mark.timeout(300)
 def test_against_a_served_label_only_model_the_counts_equal_the_servers(
         tmp_path: Path, embedded_checkpoints: dict[str, str]) -> None:
-    from engine.extraction.cli import remote_oracle
     from tests.remote_servers import serve
 
     with serve("oip", "--models", "digits_cnn", "--label-only") as server:
-        settings = parse_args(["target=digits_cnn", "copy=digits_cnn", f"url={server.url}", "budgets=[30,60]",
-                               f"out_dir={tmp_path}", *FAST])
-        built: list[Any] = []
-        factory = remote_oracle(settings)
-        rows, spent, _ = extract(settings, lambda m, c, k: built.append(factory(m, c, k)) or built[-1])
-        served = server.stats()
-        assert served["images"] == sum(o.run_stats()["sent"] for o in built) > 0
-        assert spent.total == sum(o.run_stats()["rows"] for o in built) >= served["images"]
+        where = [f"model.remote_digits_cnn.remote.url={server.url}", "model.remote_digits_cnn.remote.output=label"]
+        with pytest.raises(ConfigError, match="copy=<model config>"):
+            extract(parse_args(["target=remote_digits_cnn", "budgets=[30]", f"out_dir={tmp_path}", *where]), Recorder())
+        settings = parse_args(["target=remote_digits_cnn", "copy=digits_cnn", "budgets=[30,60]",
+                               f"out_dir={tmp_path}", *FAST, *where])
+        rec = Recorder()
+        rows, spent, _ = extract(settings, rec)
+        served, stats = server.stats(), rec.oracles[0].run_stats()
+        assert len({id(o) for o in rec.oracles}) == 1  # the remote model's own oracle
+        assert served["images"] == stats["sent"] > 0
+        assert spent.total == stats["rows"] >= served["images"]
         assert spent.steal == 60 and spent.fidelity == 40
-        again, spent2, _ = extract(settings, factory)  # reused: the server sees nothing more
+        again, spent2, _ = extract(settings, Recorder())  # reused: the server sees nothing more
         assert again == rows and spent2.total == 0 and server.stats()["images"] == served["images"]
+        with pytest.raises(ConfigError, match="answers label"):
+            extract(parse_args(["target=remote_digits_cnn", "copy=digits_cnn", "budgets=[30]", "output=probs",
+                                f"out_dir={tmp_path / 'p'}", *FAST, *where]), target_oracle)
     identity = (tmp_path / "label" / "extract.json").read_text()
-    assert "127.0.0.1" in identity and '"remote"' in identity
+    assert '"remote"' in identity and "remote-" in identity
 
 
 def test_hostile_sizes_and_other_layouts_are_refused_by_name(tmp_path: Path,

@@ -9,9 +9,8 @@ from typing import Any
 
 import torch
 
-from engine.errors import GauntletError
-from engine.extraction.run import OracleFactory
-from engine.extraction.settings import Contract, ExtractSettings
+from engine.errors import ConfigError, GauntletError
+from engine.extraction.settings import Contract
 from engine.remote.api import Oracle
 
 USAGE = """usage: gauntlet extract target=MODEL budgets=[B1,B2,…] out_dir=DIR [key=value …]
@@ -28,40 +27,42 @@ keys:
   output=label        what the target answers: label | probs | probs:N (rounded to N decimals) | logits,
                       or a list: output=[label,probs:2,probs] (one curve each, same queries and seeds)
   copy=MODEL          model config whose architecture the copy uses (default: the target's)
-  url=URL             a remote target instead: an Open Inference Protocol server (target= its model name)
-  protocol=oip        or upload (an image-upload endpoint answering {"label": …, "scores": […]})
+                      (required when the target is a remote model config: configs/model/remote_digits_cnn.yaml)
   dataset=digits      dataset config; its test split measures fidelity, accuracy and transfer
   queries=train       train (the victim's train split) | synthetic (uniform noise) | a dataset config name
   eps=0.1             L∞ radius of the transfer attack (8/255 accepted); attack_steps=20
   n_test=0            test samples used (0: the whole split); seed=0; device=cpu
   train_steps=600 batch_size=64 lr=0.001   the copy's training (Adam, the same for every budget)
   locations: dataset.root=… dataset.path=… queries.root=… queries.path=… model.<name>.checkpoint=…
+             model.<name>.remote.url=… (where a remote target's endpoint is)
 
 Writes DIR/extraction.parquet, DIR/report/index.html, and per contract DIR/<contract>/ (copies as safetensors
 with model configs: gauntlet --config-dir DIR/<contract>/configs model=<name> …). Exit 2 on a bad argument."""
 
 
-def local_oracle(model: torch.nn.Module | None, contract: Contract, num_classes: int) -> Oracle:
-    """The target answered in-process under ``contract`` (PNG on the 8-bit grid, as an endpoint would receive)."""
+def target_oracle(model: torch.nn.Module, contract: Contract, num_classes: int) -> Oracle:
+    """The target's oracle: a remote model's own (its endpoint's contract), else the model answered in-process
+    under ``contract`` (PNG on the 8-bit grid, as an endpoint would receive it).
+
+    A remote endpoint's answers cannot be changed from here: ``output=label`` uses only its labels; any other
+    contract must be the one the endpoint declares (output and rounding).
+    """
+    from engine.remote.api import oracle_of
     from engine.remote.local import LocalOracle
 
-    assert model is not None
-    return LocalOracle(model, output=contract.output, num_classes=num_classes,  # type: ignore[arg-type]
-                       round_digits=contract.decimals)
+    found = oracle_of(model)
+    if found is None:
+        return LocalOracle(model, output=contract.output, num_classes=num_classes,  # type: ignore[arg-type]
+                           round_digits=contract.decimals)
+    declared = Contract(found.output, getattr(found, "round_digits", None))
+    if contract.output != "label" and contract != declared:
+        raise ConfigError(f"output={contract.label}: the remote target answers {declared.label} (its config's "
+                          f"remote.output / round_digits); ask for output={declared.label}, or output=label to use "
+                          "its labels only")
+    return found
 
 
-def remote_oracle(settings: ExtractSettings) -> OracleFactory:
-    """The target behind ``settings.url``: the endpoint itself answers under its own contract (a label-only
-    server answers labels, a rounding server rounds); ``output=`` says which contract the attacker meets."""
-    from engine.remote.http import OIPOracle, UploadOracle
-
-    def build(model: torch.nn.Module | None, contract: Contract, num_classes: int) -> Oracle:
-        kwargs: dict[str, Any] = {"output": contract.output, "num_classes": num_classes}
-        if settings.protocol == "oip":
-            return OIPOracle(settings.url, settings.target, **kwargs)
-        return UploadOracle(settings.url, scores_path=None if contract.output == "label" else "scores", **kwargs)
-
-    return build
+local_oracle = target_oracle  # the in-process case, by the name the tests use
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
@@ -86,7 +87,7 @@ def main(argv: Sequence[str]) -> int:
 
         settings = parse_args(argv)
         with interruptible():
-            rows, spent, out_dir = extract(settings, remote_oracle(settings) if settings.url else local_oracle)
+            rows, spent, out_dir = extract(settings, target_oracle)
         page = write_report(out_dir, rows)
     except GauntletError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 
 from engine.compose.threat_model import parse_tags
 from engine.data import SampleSet
-from engine.errors import GauntletError
+from engine.errors import ConfigError, GauntletError
 from engine.evaluation.resources import resolve_device
 from engine.extraction import queries as qs
 from engine.extraction.settings import Contract, ExtractSettings
@@ -39,8 +39,7 @@ log = logging.getLogger(__name__)
 SAVE_EVERY = 512  # answers are written at least this often, so a killed run loses little
 EXTRACTION_TAGS = {"knowledge": "black-box", "goal": "untargeted", "stride": "information-disclosure",
                    "atlas": ["AML.T0024.002", "AML.T0005.001", "AML.T0043.002", "AML.T0042"]}
-# (the local target's model or None for a remote one, the contract, the number of classes) → the oracle
-OracleFactory = Callable[[torch.nn.Module | None, Contract, int], Oracle]
+OracleFactory = Callable[[torch.nn.Module, Contract, int], Oracle]  # (target model, contract, classes) → oracle
 
 
 @dataclass
@@ -241,20 +240,20 @@ def run_contract(ctx: Context, out_dir: Path, contract: Contract) -> list[dict[s
 
 
 def _target_identity(settings: ExtractSettings, cfg: Mapping[str, Any], device: torch.device
-                     ) -> tuple[dict[str, Any], torch.nn.Module | None]:
-    """A local target: its config and checkpoint sha256 (the model is built once, answered through the oracle);
-    a remote one: its endpoint (no credentials: the URL without user info or query) and protocol."""
+                     ) -> tuple[dict[str, Any], torch.nn.Module]:
+    """The target model (local, or remote: answered only through its oracle) and its identity: the checkpoint's
+    sha256 and config, or the remote contract's digest (endpoint, output, encoding; never a secret)."""
     from engine.models.loader import build_model, ensure_checkpoint
-    from engine.remote.http import safe_url
-
-    if settings.url:
-        return {"kind": "remote", "name": settings.target, "url": safe_url(settings.url),
-                "protocol": settings.protocol}, None
+    from engine.remote.model import is_remote
 
     mcfg = cfg["model"][settings.target]
+    if is_remote(mcfg) and not settings.copy:
+        raise ConfigError(f"target={settings.target} is a remote model: no local architecture describes it; name "
+                          "the copy's, copy=<model config> (e.g. copy=digits_cnn)")
     digest = ensure_checkpoint(settings.target, mcfg, progress=False, cache_dir=cfg.get("cache_dir"))
-    ident = {"kind": "local", "name": settings.target, "sha256": digest,
-             "config": stable_hash({k: v for k, v in mcfg.items() if k not in ("checkpoint", "sha256")})}
+    kind = "remote" if is_remote(mcfg) else "local"
+    ident = {"kind": kind, "name": settings.target, "sha256": digest,
+             "config": stable_hash({k: v for k, v in mcfg.items() if k not in ("checkpoint", "sha256", "remote")})}
     return ident, build_model(settings.target, mcfg, device)
 
 
@@ -262,8 +261,7 @@ def prepare(settings: ExtractSettings, oracle_factory: OracleFactory) -> Context
     """Compose and check everything that can fail on bad input, before any query is sent."""
     device = resolve_device(settings.device)
     _tags()  # the rows' threat model is checked before anything runs
-    models = [settings.copy_model] if settings.url else [settings.target, settings.copy_model]
-    cfg = qs.compose(models, settings.dataset, settings.seed, {
+    cfg = qs.compose([settings.target, settings.copy_model], settings.dataset, settings.seed, {
         k: v for k, v in settings.locations.items() if not k.startswith("queries.")})
     test, test_ident = qs.test_split(cfg, settings.n_test)
     largest = max(settings.budgets)

@@ -12,12 +12,12 @@ from engine.errors import ConfigError
 # What the target answers, as the attacker receives it: ``label`` (top-1 only), ``probs`` (the full probability
 # vector), ``probs:N`` (probabilities rounded to N decimals), ``logits``.
 CONTRACT = re.compile(r"^(label|probs|logits)(?::(\d))?$")
-LOCATION = re.compile(r"^(dataset\.(root|path)|queries\.(root|path)|model\.[A-Za-z_][\w]*\.checkpoint)$")
+# Where things live: data folders, a checkpoint file, a remote target's endpoint keys (model.<name>.remote.url=…)
+LOCATION = re.compile(r"^(dataset\.(root|path)|queries\.(root|path)|model\.[A-Za-z_]\w*\.(checkpoint|remote\.\w+))$")
 FRACTION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*/\s*([0-9]*\.?[0-9]+)\s*$")
 INT_KEYS = ("seed", "n_test", "train_steps", "batch_size", "attack_steps")
 FLOAT_KEYS = ("eps", "lr")
-TEXT_KEYS = ("target", "copy", "dataset", "queries", "out_dir", "device", "url", "protocol")
-PROTOCOLS = ("oip", "upload")
+TEXT_KEYS = ("target", "copy", "dataset", "queries", "out_dir", "device")
 
 
 @dataclass(frozen=True)
@@ -60,8 +60,6 @@ class ExtractSettings:
     batch_size: int = 64
     lr: float = 1e-3
     device: str = "cpu"
-    url: str = ""  # a remote target: the Open Inference Protocol server (target = its model name) or upload URL
-    protocol: str = "oip"
     locations: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -71,9 +69,9 @@ class ExtractSettings:
     def identity(self) -> dict[str, Any]:
         """The settings a finished budget's rows depend on (the contract is added per contract folder)."""
         out = asdict(self)
-        # url/protocol are in the target's identity; locations only say where the data and weights live (their
-        # content is in the identity: dataset digests, checkpoint sha256), so moving them changes nothing
-        for key in ("budgets", "out_dir", "device", "contracts", "url", "protocol", "locations"):
+        # locations say where the data, weights and endpoint are; what they hold is in the identity (dataset
+        # digests, the checkpoint's sha256, the remote contract's digest), so moving a file changes nothing
+        for key in ("budgets", "out_dir", "device", "contracts", "locations"):
             out.pop(key)
         return out
 
@@ -139,7 +137,8 @@ def parse_args(argv: Sequence[str]) -> ExtractSettings:
         else:
             valid = ", ".join(sorted((*INT_KEYS, *FLOAT_KEYS, *TEXT_KEYS, "budgets", "output")))
             raise ConfigError(f"unknown key {key!r}; valid keys: {valid}, and locations dataset.root=…, "
-                              "dataset.path=…, queries.root=…, queries.path=…, model.<name>.checkpoint=…")
+                              "dataset.path=…, queries.root=…, queries.path=…, model.<name>.checkpoint=…, "
+                              "model.<name>.remote.url=…")
     for key in ("target", "budgets", "out_dir"):
         if key not in raw:
             raise ConfigError(f"{key}= is required (gauntlet extract --help)")
@@ -159,10 +158,5 @@ def check(s: ExtractSettings) -> None:
         raise ConfigError(f"n_test={s.n_test} must be ≥ 0 (0: the whole test split)")
     if not s.lr > 0:
         raise ConfigError(f"lr={s.lr:g} must be > 0")
-    if s.protocol not in PROTOCOLS:
-        raise ConfigError(f"protocol={s.protocol!r}: use oip (Open Inference Protocol) or upload")
-    if s.url and not s.copy:
-        raise ConfigError("a remote target (url=…) has no model config here: name the copy's architecture, "
-                          "copy=<model config>")
     if not str(s.out_dir).strip():
         raise ConfigError("out_dir= is empty; name a folder, e.g. out_dir=runs/extract/digits")
