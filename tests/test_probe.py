@@ -100,6 +100,7 @@ def test_probe_detects_an_app_made_to_hang_on_the_bomb(embedded_checkpoints: dic
     assert crafted["largest_allowed"]["stayed_up"] and crafted["malformed"]["stayed_up"]
     assert crafted["bomb"]["note"] == "hung: no answer within 4 s"
     assert crafted["bomb"]["stayed_up"] is False and crafted["bomb"]["correct_after"] is False
+    assert crafted["slow_client"]["note"] == "skipped: the service was down after bomb"
     assert rows[0]["requests_total"] <= 40
 
 

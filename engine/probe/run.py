@@ -115,13 +115,18 @@ def _send_case(client: RawClient, s: ProbeSettings, case: str, image: bytes) -> 
 
 def crafted(client: RawClient, s: ProbeSettings, image: bytes, ref: int, deadline: float) -> list[dict[str, Any]]:
     rows = []
+    down = ""
     for case in CASES:
         row: dict[str, Any] = {"phase": "crafted", "case": case}
+        if down:  # a service that stopped answering is not probed further: what follows would measure nothing
+            rows.append({**row, "note": f"skipped: the service was down after {down}"})
+            continue
         if time.monotonic() >= deadline or client.left() < 3:
             rows.append({**row, "note": "skipped: the probe's duration or request cap was reached"})
             continue
         r = _send_case(client, s, case, image)
         up, correct = _after(client, s, image, ref)
+        down = "" if up else case
         rows.append({**row, "requests": 1, "status": r.status, "seconds": round(r.seconds, 3),
                      "note": _verdict(r, s.timeout_s), "stayed_up": up, "correct_after": correct})
     return rows
