@@ -42,6 +42,8 @@ SUBCOMMANDS = {  # gauntlet <subcommand> …: each module owns its logic and ret
     "convert-checkpoint": "engine.models.convert:main",
     "verify": "engine.claims.cli:main",
     "transfer": "engine.transfer.cli:main",
+    "extract": "engine.extraction.cli:main",
+    "probe": "engine.probe.cli:main",
 }
 
 

@@ -12,6 +12,9 @@ from engine.evaluation.checks import check_logits, verify_batch
 from engine.evaluation.resources import Resources
 from engine.evaluation.tasks import Task, TaskResult
 from engine.perturbations.base import BatchContext, LevelOutput, Perturbation, worst_of
+from engine.perturbations.norms import NORMS
+from engine.remote.accounting import stats_mark, stats_since
+from engine.remote.api import RemoteError, oracle_of
 
 ProgressFn = Callable[[int], None]
 WorkFn = Callable[[int, int], None]  # (evals spent, planned evals found unnecessary) since the last call
@@ -92,24 +95,64 @@ def evaluate(task: Task, res: Resources, on_batch: ProgressFn | None = None,
     default_breaker = pert.name if pert.family == "attack" else ""
     surrogates = res.surrogates(pert)  # a transfer attack's source model(s); empty for every other perturbation
     account = _LevelAccount(on_work) if on_work is not None else None
+    mark = stats_mark(oracle_of(model))
+    excluded: list[int] = []
     for b0 in range(0, len(data), task.batch_size):
         batch = data.slice(b0, b0 + task.batch_size)
         x = batch.images.to(res.device)
         y = batch.labels.to(res.device)
         ctx = BatchContext(model=model, seed=task.seed, sample_ids=batch.sample_ids, surrogates=surrogates,
                            progress=account.report if account is not None else None)
-        for out in pert.run(x, y, ctx):
-            if account is not None:
-                account.settle(pert, out, len(batch))
-            sizes = verify_batch(pert, out.level, x, out.x)
-            # a randomised model's example counts as correct only when every one of these draws classifies it so
-            logits, _ = worst_of(model, out.x, y, pert.score_draws)
-            check_logits(logits, len(y), data.num_classes, task.model_name,
-                         f"{pert.name} level {out.level:g}")
-            chunks.append(_rows(out, logits, y, batch.sample_ids, sizes, default_breaker))
+        try:
+            chunks += _batch_rows(task, model, pert, ctx, x, y, data.num_classes, default_breaker, account)
+        except RemoteError:
+            if getattr(model, "on_error", "fail") != "skip":
+                raise
+            excluded += batch.sample_ids.tolist()  # on_error: skip: the batch's samples are excluded, counted
         if on_batch is not None:
             on_batch(len(batch))
+    columns = _columns(chunks)
+    remote = stats_since(oracle_of(model), mark)
+    if remote is not None:
+        remote.update(excluded=len(excluded), excluded_ids=excluded)
+    return TaskResult(task, columns, pert.family, pert.norm, time.perf_counter() - started, str(res.device),
+                      remote=remote)
+
+
+def _batch_rows(task: Task, model: torch.nn.Module, pert: Perturbation, ctx: BatchContext, x: torch.Tensor,
+                y: torch.Tensor, num_classes: int, default_breaker: str,
+                account: _LevelAccount | None = None) -> list[dict[str, np.ndarray]]:
+    """Every level's verified rows for one batch (all or nothing: a failure mid-batch keeps none of them)."""
+    out_rows = []
+    for out in pert.run(x, y, ctx):
+        if account is not None:
+            account.settle(pert, out, len(y))
+        sizes = sent_sizes(model, pert, x, out.x, verify_batch(pert, out.level, x, out.x))
+        # a randomised model's example counts as correct only when every one of these draws classifies it so
+        logits, _ = worst_of(model, out.x, y, pert.score_draws)
+        check_logits(logits, len(y), num_classes, task.model_name, f"{pert.name} level {out.level:g}")
+        out_rows.append(_rows(out, logits, y, ctx.sample_ids, sizes, default_breaker))
+    return out_rows
+
+
+def sent_sizes(model: torch.nn.Module, pert: Perturbation, x: torch.Tensor, x_pert: torch.Tensor,
+               sizes: torch.Tensor) -> torch.Tensor:
+    """For a remote model, the perturbation size measured on the pixels the endpoint receives (8-bit grid,
+    decoded JPEG): ``‖sent(x_pert) − sent(x)‖``; ``sizes`` (verified on the attack's tensor) otherwise."""
+    oracle = oracle_of(model)
+    if oracle is None:
+        return sizes
+    norm = pert.norm_obj or NORMS["linf"]
+    return norm.measure(oracle.sent(x_pert) - oracle.sent(x)).double().cpu()
+
+
+def _columns(chunks: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The task's rows sorted by (level, sample_id); no rows at all when every sample was excluded."""
+    if not chunks:
+        empty = {"sample_id": np.int64, "label": np.int64, "level": np.float64, "pred": np.int64, "correct": bool,
+                 "margin": np.float64, "perturbation_size": np.float64, "broken_by": object,
+                 "grad_evals": np.int64, "queries": np.int64}
+        return {k: np.zeros(0, dtype=t) for k, t in empty.items()}
     columns = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
     order = np.lexsort((columns["sample_id"], columns["level"]))
-    columns = {k: v[order] for k, v in columns.items()}
-    return TaskResult(task, columns, pert.family, pert.norm, time.perf_counter() - started, str(res.device))
+    return {k: v[order] for k, v in columns.items()}

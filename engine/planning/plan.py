@@ -17,7 +17,9 @@ from engine.evaluation.resources import build_dataset, build_perturbation
 from engine.evaluation.tasks import Task
 from engine.models.fit import check_fits
 from engine.models.loader import ensure_checkpoint
+from engine.planning.remote_fit import check_remote_perturbations
 from engine.planning.sweep_targets import check_sweep_targets
+from engine.remote.model import is_remote, remote_identity
 from engine.seeding import stable_hash
 
 DoneFn = Callable[[str], bool]
@@ -133,6 +135,7 @@ def make_plan(
         )
     perts = {name: build_perturbation(name, pcfg) for name, pcfg in cfg["perturbation"].items()}
     _check_threat_models(perts, tuple(data.image_shape))
+    check_remote_perturbations(cfg["model"], perts)  # gradient attacks on a remote model: refused by name
     cache_dir = cfg.get("cache_dir")
     shas = {name: ensure_checkpoint(name, mcfg, progress, cache_dir) for name, mcfg in cfg["model"].items()}
     sources = _surrogate_extras(perts, progress, cache_dir)
@@ -141,6 +144,8 @@ def make_plan(
     tasks, keys = [], {}
     for model_name, model_cfg in cfg["model"].items():
         identity = model_identity(model_cfg)
+        if is_remote(model_cfg):  # rate limits, timeouts, credentials change no row: not part of the task id
+            identity["remote"] = remote_identity(model_name, model_cfg)
         for pert_name, pert in perts.items():
             pert_cfg = dict(cfg["perturbation"][pert_name])
             for start, stop in shard_ranges(n_examples, shard_size):

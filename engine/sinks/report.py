@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import GauntletError
+from engine.remote.ledger import LEDGER, RunLedger
 from engine.sinks import plots
 from engine.sinks.leaderboard import Gathered, board_html, configs_html, gather, headline_html, runs_html
+from engine.sinks.remote_summary import render_remote_summary
 from engine.sinks.summary_doc import ALL_PAIRS_UP_TO, build_summary, ordered_models, ordered_perturbations
 from engine.stats.aggregate import AccuracyRow, accuracy_table
 from engine.stats.compare import RunSpec, ci_percent, explain, json_safe, parse_run_args
@@ -368,6 +370,14 @@ def transfer_figures(gathered: Gathered) -> list[Figure]:
     return figs
 
 
+def _remote(gathered: Gathered) -> str:
+    """Each run's remote-targets block (queries sent, cached, throttled, excluded; the upper-bound caveat)."""
+    blocks = [render_remote_summary(RunLedger(src.run.out_dir)) for src in gathered.sources
+              if (Path(src.run.out_dir) / LEDGER).exists()]
+    blocks = [b for b in blocks if b]
+    return f"<h2>Remote targets</h2>{''.join(f'<pre>{_e(b)}</pre>' for b in blocks)}" if blocks else ""
+
+
 def _notes(notes: Sequence[str]) -> str:
     return "".join(f"<p class='flag'>note: {_e(n)}</p>" for n in notes)
 
@@ -388,7 +398,7 @@ def render_html(summary: dict[str, Any], figures: Sequence[Figure], gathered: Ga
             f"{_verdicts(run.verdicts)}{board_html(summary['leaderboard'] if len(summary['models']) > 1 else None)}"
             f"{runs_html(summary['runs'])}<h2>Command{'s' if several else ''}</h2><pre>{_e(command)}</pre>"
             f"{_models(summary)}{_accuracy(summary)}{_extras(summary)}<h2>Figures</h2>{imgs}"
-            f"{_comparisons(summary)}{_flags(run.flags)}{_tags(summary, run)}"
+            f"{_comparisons(summary)}{_flags(run.flags)}{_remote(gathered)}{_tags(summary, run)}"
             f"<h2>Resolved config</h2>{configs_html(gathered.sources)}</body></html>")
 
 
