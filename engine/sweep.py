@@ -37,7 +37,7 @@ from engine.sinks.wandb_sink import log_sweep, settings_of
 from engine.stats.aggregate import AccuracyRow, accuracy_table
 from engine.store.outdir import OutDirLock, check_out_dir
 from engine.store.parquet import ResultStore
-from engine.store.rundir import record_plan, recorded_identities
+from engine.store.rundir import launch_command, record_plan, recorded_identities
 
 log = logging.getLogger(__name__)
 
@@ -179,10 +179,12 @@ def _execute_keeping_finished(plan: Plan, runner: Runner, device: torch.device, 
         except GauntletError as exc:
             kept = sum(store.verify(t.task_id) for t in plan.todo) + len(plan.done)
             saved = f"{kept} of {len(plan.tasks)} task(s) of this sweep have verified results in {store.dir} (kept)"
-            if isinstance(exc, Interrupted):  # one line: what is saved, how to resume
-                raise Interrupted(exc.signum, f"{exc}: {saved}; re-run the same command to resume") from None
-            raise type(exc)(f"{exc}\n{saved}; re-running the same command resumes from them and recomputes "
-                            "only the rest.") from None
+            command = launch_command()  # the exact command, when started by `gauntlet`
+            if isinstance(exc, Interrupted):  # the last line: what is saved, how to resume
+                how = f"resume with: {command}" if command else "re-run the same command to resume"
+                raise Interrupted(exc.signum, f"{exc}: {saved}; {how}") from None
+            again = f"re-running it ({command})" if command else "re-running the same command"
+            raise type(exc)(f"{exc}\n{saved}; {again} resumes from them and recomputes only the rest.") from None
 
 
 PROBE_SAMPLES = 64  # clean samples each model's gradient / output / randomness probe looks at
@@ -207,12 +209,19 @@ def sanity_flags(cfg: Mapping[str, Any], models: list[str], table: Any, resource
             if is_remote(cfg["model"][name]):  # a black box by contract: no gradient to probe, queries cost money
                 continue
             flags += probe_model(resources.model(name, cfg["model"][name]), x, y, name, attacks_eot)
-    for f in flags:
-        level = logging.ERROR if f.verdict == SETUP else logging.WARNING
-        log.log(level, "sanity flag %s on %s%s: %s", f.check, f.model,
-                f" / {f.perturbation}" if f.perturbation else "", f.message)
+    _log_flags(flags)
     # a broken set-up first: it makes every other number (and flag) of that model meaningless
     return sorted(flags, key=lambda f: (f.verdict != SETUP, f.model, f.check, f.perturbation or ""))
+
+
+def _log_flags(flags: list[Flag]) -> None:
+    """One log line for all the flags (an error when a set-up is broken): the summary lists them, one line per
+    finding, and flags.json holds them in full; repeating each paragraph on stderr buried the numbers."""
+    if flags:
+        setup = sum(f.verdict == SETUP for f in flags)
+        log.log(logging.ERROR if setup else logging.WARNING,
+                "%d sanity flag(s)%s: %s; listed under the summary, in full in flags.json", len(flags),
+                f", {setup} of them a BROKEN SET-UP" if setup else "", ", ".join(dict.fromkeys(f.check for f in flags)))
 
 
 def _write_flags(out_dir: Path, plan: Plan, flags: list[Flag]) -> None:
@@ -232,7 +241,7 @@ def _execute(todo: tuple[Task, ...], runner: Runner, device: torch.device, resou
         return 0
     work = {t.task_id: work_per_sample(resources.perturbation(t.perturbation_name, t.perturbation)) for t in todo}
     tracker = SweepProgress(todo, work, live=progress and sys.stderr.isatty())
-    ctx = RunContext(device, tracker.samples, resources, events=tracker)
+    ctx = RunContext(device, tracker.work, resources, events=tracker)
     done = 0
     results = runner.run(todo, ctx)
     try:

@@ -493,10 +493,10 @@ class RayRunner:
             log.debug("progress reports unavailable: %s", exc)
             return
         current = {(t.task_id, att): t for a in self._actors if a.alive for _, t, att in a.inflight}
-        for key, n in reports.items():
+        for key, (spent, skipped, samples, seconds) in reports.items():
             task = current.get(key)
             if task is not None:
-                ctx.on_samples(task, n)
+                ctx.on_work(task, int(spent), int(skipped), int(samples), float(seconds))
 
     def _finished_elsewhere(self, ray: Any, owner: dict[Any, _Actor]) -> Iterator[TaskResult]:
         """Before failing fast, hand over results that are already complete so the driver writes them."""
@@ -556,13 +556,14 @@ def _sink_class(ray: Any) -> Any:
         """Collects workers' progress reports; the driver drains them every tick."""
 
         def __init__(self) -> None:
-            self.pending: dict[tuple[str, int], int] = {}
+            self.pending: dict[tuple[str, int], tuple[int, int, int, float]] = {}
 
-        def report(self, task_id: str, attempt: int, n: int) -> None:
+        def report(self, task_id: str, attempt: int, spent: int, skipped: int, samples: int, seconds: float) -> None:
             key = (task_id, attempt)
-            self.pending[key] = self.pending.get(key, 0) + n
+            a, b, c, d = self.pending.get(key, (0, 0, 0, 0.0))
+            self.pending[key] = (a + spent, b + skipped, c + samples, d + seconds)
 
-        def drain(self) -> dict[tuple[str, int], int]:
+        def drain(self) -> dict[tuple[str, int], tuple[int, int, int, float]]:
             out, self.pending = self.pending, {}
             return out
 
@@ -576,8 +577,8 @@ def _actor_class(ray: Any) -> Any:
 
         def __init__(self, name: str, threads: int, sink: Any, interval: float, keep_models: int,
                      perturbations: list[tuple[str, dict[str, Any]]], limiters: dict[str, Any] | None = None) -> None:
-            def report(task_id: str, attempt: int, n: int) -> None:
-                sink.report.remote(task_id, attempt, n)
+            def report(task_id: str, attempt: int, spent: int, skipped: int, samples: int, seconds: float) -> None:
+                sink.report.remote(task_id, attempt, spent, skipped, samples, seconds)
 
             for key, (handle, concurrency) in (limiters or {}).items():  # remote targets: one limiter per run
                 install_limiter(key, RayLimiterProxy(ray, handle, concurrency))

@@ -341,6 +341,35 @@ def _unfinished(summary: dict[str, Any]) -> str:
             f"Every number below covers only those tasks. {_e(summary['unfinished'])}</p>")
 
 
+TRANSFER_MATRIX = "transfer.parquet"  # written by `gauntlet transfer` next to results/ (engine/transfer/cli.py)
+
+
+def transfer_figures(gathered: Gathered) -> list[Figure]:
+    """The heat map of each gathered run's transfer matrix (``gauntlet transfer``), when it has one."""
+    import pyarrow.parquet as pq
+
+    figs = []
+    for src in gathered.sources:
+        path = Path(src.run.out_dir) / TRANSFER_MATRIX
+        if not path.is_file():
+            continue
+        try:
+            matrix = pq.read_table(path)
+        except (OSError, ValueError) as exc:
+            log.warning("transfer matrix %s is unreadable (%s); left out of the report", path, exc)
+            continue
+        attack = (matrix.schema.metadata or {}).get(b"attack", b"?").decode()
+        who = f"{src.label}: " if src.label and len(gathered.sources) > 1 else ""
+        title = (f"{who}transfer: success rate % [95 % CI] of {attack} examples crafted on the source (rows),\n"
+                 "scored on the target (columns); dashed: the white-box diagonal")
+        png = plots.transfer_heatmaps(matrix, title)
+        if png is not None:
+            safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in src.label or "")
+            slug = f"transfer_{safe}" if who else "transfer"
+            figs.append(Figure(title, slug, png))
+    return figs
+
+
 def _remote(gathered: Gathered) -> str:
     """Each run's remote-targets block (queries sent, cached, throttled, excluded; the upper-bound caveat)."""
     blocks = [render_remote_summary(RunLedger(src.run.out_dir)) for src in gathered.sources
@@ -403,6 +432,7 @@ def write_report(runs: str | Path | Sequence[str | Path | RunSpec], eps: float |
     summary["notes"] = gathered.notes
     level = summary["heatmap_level"]
     figures = make_figures(run, accuracy_table(run.rows), level["eps"], level["severity"])
+    figures += transfer_figures(gathered)
     try:
         (folder / "figures").mkdir(parents=True, exist_ok=True)
         paths = {}
