@@ -65,6 +65,12 @@ class Server:
             self.proc.wait(timeout=30)
         self.proc = None
 
+    def fault(self, mode: str) -> None:
+        """Switch the server's injected fault (it runs with --fault-control)."""
+        token = self.env.get("TARGET_TOKEN")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        httpx.post(f"{self.url}/fault/{mode}", headers=headers, timeout=5.0).raise_for_status()
+
     def stats(self) -> dict[str, int]:
         return dict(httpx.get(self.url + "/stats", timeout=5.0).json())
 

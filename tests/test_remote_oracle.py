@@ -186,3 +186,28 @@ def test_rate_limit_spaces_requests() -> None:
         with limiter.slot():
             pass
     assert time.monotonic() - start >= 4 / 40.0 * 0.9  # a lower bound only: never wall-clock tight above
+
+
+def test_oracle_for_prefers_the_remote_models_own_oracle() -> None:
+    from engine.remote.local import oracle_for
+    from engine.remote.model import RemoteModel
+
+    inner = LocalOracle(Counting(), num_classes=10, output="label")
+    remote = RemoteModel("r", inner)
+    assert oracle_for(remote, 10, output="probs") is inner  # the endpoint's contract, not the caller's wish
+    local = oracle_for(Counting(), 10, budget_per_sample=7)
+    assert isinstance(local, LocalOracle) and local.remaining(torch.tensor([0])).tolist() == [7]
+    x = _batch(3)
+    assert torch.equal(remote(x).argmax(1), inner.query(x, _ids(3)).labels)  # forward: one-hot of the label
+
+
+def test_a_lease_held_by_a_dead_holder_is_taken_back() -> None:
+    from engine.remote.accounting import LeasedLimiter
+
+    limiter = LeasedLimiter(concurrency=1, lease_s=0.2)
+    limiter.acquire_lease()  # its holder "dies": never released
+    second = limiter.acquire_lease()  # waits past the lease, then gets the slot back
+    assert limiter.reclaimed == 1
+    limiter.release_lease(second)
+    assert limiter.acquire(timeout=0.01)  # the slot is free again, counted once
+    limiter.release()

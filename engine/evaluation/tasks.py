@@ -52,3 +52,6 @@ class TaskResult:
     seconds: float
     device: str
     worker: str = "local"  # who computed it: "local" or a Ray actor's name (progress and balance lines)
+    # a remote model's oracle spend for this task (engine/remote/accounting.stats_since), and the samples
+    # excluded under on_error: skip; None for a local model
+    remote: dict[str, Any] | None = None

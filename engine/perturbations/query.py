@@ -188,6 +188,11 @@ class QueryAttack(Perturbation):
                        queries=self.budget)
 
     @property
+    def oracle_output(self) -> str:
+        """What the attack needs of a remote target ('label' or 'scores'; engine/planning/remote_fit.py)."""
+        return self.needs
+
+    @property
     def ball(self) -> Norm:
         norm = self.norm_obj
         assert norm is not None

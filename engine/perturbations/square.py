@@ -59,6 +59,10 @@ class Square(SuiteMember):
         if self.n_queries < 1 or self.n_restarts < 1 or not 0 < self.p_init <= 1:
             raise ConfigError(f"attack {self.name!r}: n_queries, n_restarts ≥ 1 and 0 < p_init ≤ 1")
 
+    @property
+    def planned_evals(self) -> int:
+        return self.n_queries * self.n_restarts
+
     def p_selection(self, it: int) -> float:
         if self.resc_schedule:
             it = int(it / self.n_queries * 10000)
@@ -107,6 +111,7 @@ class Square(SuiteMember):
             margin_min = sc.margin(x_best, y, None)
             loss_min = margin_min.clone()
             queries = torch.ones(x.shape[0], dtype=torch.int64, device=x.device)
+            ctx.spent(x.shape[0])
             for i_iter in range(self.n_queries):
                 idx = ((margin_min > 0.0) & sc.live(x.shape[0], x.device)).nonzero().squeeze(1)
                 if idx.numel() == 0:
@@ -123,6 +128,7 @@ class Square(SuiteMember):
                 x_new = sc.place(x_curr, x_new, idx)
                 self._keep_better(sc.margin(x_new, y_curr, idx), idx, x_new, x_best_curr, loss_min, margin_min,
                                   x_best, queries)
+                ctx.spent(int(idx.numel()))  # one query per row still unbroken: a broken row stops counting
         return (margin_min <= 0.0).clone(), x_best.clone(), queries.clone()
 
     @staticmethod
@@ -175,6 +181,7 @@ class Square(SuiteMember):
             margin_min = sc.margin(x_best, y, None)
             loss_min = margin_min.clone()
             queries = torch.ones(n, dtype=torch.int64, device=dev)
+            ctx.spent(n)
             for i_iter in range(self.n_queries):
                 idx = ((margin_min > 0.0) & sc.live(n, dev)).nonzero().squeeze(1)
                 if idx.numel() == 0:
@@ -206,6 +213,7 @@ class Square(SuiteMember):
                 x_new = sc.place(x_curr, torch.clamp(x_curr + normalize(delta_curr, "l2") * eps, 0.0, 1.0), idx)
                 self._keep_better(sc.margin(x_new, y_curr, idx), idx, x_new, x_best_curr, loss_min, margin_min,
                                   x_best, queries)
+                ctx.spent(int(idx.numel()))  # one query per row still unbroken: a broken row stops counting
         return (margin_min <= 0.0).clone(), x_best.clone(), queries.clone()
 
 

@@ -7,12 +7,13 @@ attack that asks the same thing twice is charged twice, as the paper's query cou
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import defaultdict
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -56,7 +57,7 @@ class LocalLimiter:
     """A thread-safe :class:`Limiter` for one process."""
 
     def __init__(self, run_budget: int | None = None, rate_per_s: float | None = None,
-                 concurrency: int = 4, already_spent: int = 0) -> None:
+                 concurrency: int = 4, already_spent: int = 0, spent_file: str | None = None) -> None:
         if run_budget is not None and run_budget < 0:
             raise ConfigError(f"remote run_budget must be ≥ 0 or null, got {run_budget}")
         if rate_per_s is not None and rate_per_s <= 0:
@@ -67,6 +68,9 @@ class LocalLimiter:
         self.rate_per_s = rate_per_s
         self.concurrency = concurrency
         self._spent = int(already_spent)
+        # the run folder's record of this target's spend, rewritten (atomically) after every change, so a killed
+        # sweep leaves it behind; under Ray the one limiter actor writes it (engine/runners/ray.py)
+        self.spent_file = spent_file
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(concurrency)
         self._next_start = 0.0
@@ -79,10 +83,27 @@ class LocalLimiter:
                     f"the run's query budget ({self.run_budget}) would be exceeded: {self._spent} spent, "
                     f"{rows} more asked; nothing was sent")
             self._spent += rows
+            self._persist(rows)
 
     def refund(self, rows: int) -> None:
         with self._lock:
             self._spent = max(0, self._spent - rows)
+            self._persist(rows)
+
+    def resync(self, spent: int) -> None:
+        """Take the total another holder of this target's budget reached (the Ray limiter actor, after a run)."""
+        with self._lock:
+            self._spent = int(spent)
+            self._persist(1)
+
+    def _persist(self, changed: int) -> None:
+        """Under the lock: totals reach the file in order."""
+        if self.spent_file is None or not changed:
+            return
+        tmp = f"{self.spent_file}.{os.getpid()}.tmp"
+        with open(tmp, "w") as fh:
+            fh.write(f"{self._spent}\n")
+        os.replace(tmp, self.spent_file)
 
     def spent(self) -> int:
         return self._spent
@@ -105,14 +126,64 @@ class LocalLimiter:
         if start > now:
             time.sleep(start - now)
 
-    @contextmanager
-    def slot(self):  # type: ignore[no-untyped-def]
-        self._slots.acquire()
+    def acquire(self, timeout: float | None = None) -> bool:
+        """Take a slot (False if none freed within ``timeout``), then wait for the rate limit."""
+        if not self._slots.acquire(timeout=timeout):
+            return False
         try:
             self._wait_rate()
+        except BaseException:
+            self._slots.release()
+            raise
+        return True
+
+    def release(self) -> None:
+        self._slots.release()
+
+    @contextmanager
+    def slot(self):  # type: ignore[no-untyped-def]
+        self.acquire()
+        try:
             yield
         finally:
-            self._slots.release()
+            self.release()
+
+
+class LeasedLimiter(LocalLimiter):
+    """A limiter whose slots are leases: one held longer than ``lease_s`` (its holder died: a killed Ray worker)
+    is taken back, so a lost worker cannot shrink the run's concurrency for good. Served by the Ray limiter actor."""
+
+    def __init__(self, *args: Any, lease_s: float = 120.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lease_s = lease_s
+        self._leases: dict[int, float] = {}
+        self._next_token = 0
+        self._lease_lock = threading.Lock()
+        self.reclaimed = 0
+
+    def acquire_lease(self) -> int:
+        while not self.acquire(timeout=min(1.0, self.lease_s)):
+            self._reclaim()
+        with self._lease_lock:
+            self._next_token += 1
+            self._leases[self._next_token] = time.monotonic()
+            return self._next_token
+
+    def release_lease(self, token: int) -> None:
+        with self._lease_lock:
+            held = self._leases.pop(token, None) is not None
+        if held:  # a reclaimed lease was released already
+            self.release()
+
+    def _reclaim(self) -> None:
+        now = time.monotonic()
+        with self._lease_lock:
+            stale = [t for t, start in self._leases.items() if now - start > self.lease_s]
+            for token in stale:
+                del self._leases[token]
+        for _ in stale:
+            self.reclaimed += 1
+            self.release()
 
 
 @dataclass
@@ -129,6 +200,9 @@ class CallStats:
     failed: int = 0  # calls that failed after their retries
     excluded: int = 0  # samples excluded under on_error: skip
     latencies: list[float] = field(default_factory=list)
+
+    COUNTS: ClassVar[tuple[str, ...]] = ("calls", "rows", "cached", "sent", "retries", "throttled", "timeouts",
+                                         "failed", "excluded")
 
     def as_dict(self) -> dict[str, Any]:
         lat = np.asarray(self.latencies, dtype=float) * 1000.0
@@ -209,3 +283,24 @@ class SampleLedger:
     def totals(self) -> dict[str, int]:
         """Rows charged per scope (cache hits included)."""
         return {k: sum(v.values()) for k, v in self._used.items()}
+
+
+def stats_mark(oracle: object) -> tuple[dict[str, Any], int] | None:
+    """A mark of an oracle's statistics (None for an oracle without them), for :func:`stats_since`."""
+    stats = getattr(oracle, "stats", None)
+    if not isinstance(stats, CallStats):
+        return None
+    return stats.as_dict(), len(stats.latencies)
+
+
+def stats_since(oracle: object, mark: tuple[dict[str, Any], int] | None) -> dict[str, Any] | None:
+    """What an oracle spent since ``mark``: counts, and the latencies (s) of the calls made since."""
+    stats = getattr(oracle, "stats", None)
+    if mark is None or not isinstance(stats, CallStats):
+        return None
+    before, n = mark
+    now = stats.as_dict()
+    delta: dict[str, Any] = {k: now[k] - before[k] for k in CallStats.COUNTS}
+    delta["latencies"] = list(stats.latencies[n:])
+    delta["endpoint"] = getattr(oracle, "endpoint", "?")
+    return delta

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import logging
 import os
 import threading
 import time
@@ -26,6 +27,8 @@ import torch
 from engine.errors import ConfigError
 from engine.remote.api import RemoteError
 from engine.remote.oracle import BaseOracle, Reply
+
+logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request would drown the sweep log
 
 
 def safe_url(url: str) -> str:
@@ -61,7 +64,7 @@ class HttpSettings:
 class RemoteCallError(RemoteError):
     """A RemoteError that knows whether any row reached the endpoint (``unsent``: the budget is refunded)."""
 
-    def __init__(self, message: str, unsent: bool) -> None:
+    def __init__(self, message: str, unsent: bool = False) -> None:  # one-argument form: re-raised with context
         super().__init__(message)
         self.unsent = unsent
 
@@ -186,7 +189,8 @@ class OIPOracle(BaseOracle):
     """``POST {url}/v2/models/{model}/infer`` with one batched input tensor (UINT8 pixels or FP32 in [0, 1])."""
 
     def __init__(self, url: str, model_name: str, *, http: HttpSettings | None = None, input_name: str = "input-0",
-                 output_name: str | None = None, tensor: str = "fp32", max_batch: int = 64, **kwargs: Any) -> None:
+                 output_name: str | None = None, tensor: str = "fp32", max_batch: int = 64, binary: bool = False,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if tensor not in ("fp32", "uint8"):
             raise ConfigError(f"remote tensor must be 'fp32' or 'uint8', got {tensor!r}")
@@ -197,6 +201,7 @@ class OIPOracle(BaseOracle):
         self.endpoint = self.transport.name
         self.scores_field = "outputs.data"
         self.input_name, self.output_name, self.tensor, self.max_batch = input_name, output_name, tensor, max_batch
+        self.binary = binary  # the binary tensor data extension (Triton, KServe): raw bytes after a JSON header
 
     def _fetch(self, grid: torch.Tensor, payloads: list[bytes] | None) -> Reply:
         chunks = list(torch.split(grid, self.max_batch))
@@ -209,14 +214,23 @@ class OIPOracle(BaseOracle):
         return int(getattr(self.limiter, "concurrency", 4))
 
     def _one(self, chunk: torch.Tensor) -> Reply:
-        if self.tensor == "uint8":
-            data, dtype = chunk.reshape(-1).tolist(), "UINT8"
+        flat = chunk.reshape(-1) if self.tensor == "uint8" else chunk.reshape(-1).float() / 255.0
+        spec: dict[str, Any] = {"name": self.input_name, "shape": list(chunk.shape),
+                                "datatype": "UINT8" if self.tensor == "uint8" else "FP32"}
+        raw = flat.numpy().astype("<f4" if self.tensor == "fp32" else "u1").tobytes() if self.binary else b""
+        if self.binary:
+            spec["parameters"] = {"binary_data_size": len(raw)}
         else:
-            data, dtype = (chunk.reshape(-1).float() / 255.0).tolist(), "FP32"
-        body = {"inputs": [{"name": self.input_name, "shape": list(chunk.shape), "datatype": dtype, "data": data}]}
+            spec["data"] = flat.tolist()
+        body: dict[str, Any] = {"inputs": [spec]}
         if self.output_name:
             body["outputs"] = [{"name": self.output_name}]
-        return self._parse(self.transport.post(json=body), len(chunk))
+        if not self.binary:
+            return self._parse(self.transport.post(json=body), len(chunk))
+        header = json.dumps(body).encode()
+        answer = self.transport.post(content=header + raw, headers={
+            "Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"})
+        return self._parse(answer, len(chunk))
 
     def _output(self, answer: Any) -> dict[str, Any]:
         outputs = answer.get("outputs") if isinstance(answer, dict) else None

@@ -7,12 +7,13 @@ the same as against a deployed model; the model sees exactly the pixels an endpo
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import torch
 from torch import nn
 
 from engine.remote.accounting import Limiter
-from engine.remote.api import Output
+from engine.remote.api import Oracle, Output, oracle_of
 from engine.remote.encoding import ImageContract, sent_grid
 from engine.remote.oracle import BaseOracle, Reply, shape_scores
 
@@ -45,3 +46,13 @@ class LocalOracle(BaseOracle):
             self.stats.calls += 1
         logits = torch.cat(outs)
         return Reply(logits.argmax(dim=1), shape_scores(logits, self.output, self.top_k, self.round_digits))
+
+
+def oracle_for(model: nn.Module, num_classes: int, **contract: Any) -> Oracle:
+    """The oracle a query-based attack uses on ``model``: a remote model's own, else a ``LocalOracle`` over it.
+
+    ``contract`` (output, budget_per_sample, encoding, ...) applies to the local case only: a remote model's
+    contract is the endpoint's and cannot be changed from here.
+    """
+    found = oracle_of(model)
+    return found if found is not None else LocalOracle(model, num_classes=num_classes, **contract)

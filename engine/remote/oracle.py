@@ -37,7 +37,7 @@ class BaseOracle:
 
     def __init__(self, *, output: Output = "probs", num_classes: int, budget_per_sample: int | None = None,
                  run_budget: int | None = None, image: ImageContract | None = None, top_k: int | None = None,
-                 round_digits: int | None = None, cache: bool = True, cache_size: int = 1_000_000,
+                 round_digits: int | None = None, cache: bool = True, cache_size: int = 100_000,
                  limiter: Limiter | None = None, rate_limit: float | None = None, concurrency: int = 4) -> None:
         if output not in OUTPUTS:
             raise ConfigError(f"remote output must be one of {', '.join(OUTPUTS)}; got {output!r}")
@@ -129,9 +129,15 @@ class BaseOracle:
             self.stats.failed += 1
             if getattr(err, "unsent", False):  # no row reached the endpoint (connection refused, say)
                 self.limiter.refund(len(grid))
+            else:
+                self.stats.sent += len(grid)  # they reached it; its answer was unusable
             raise
         self.stats.sent += len(grid)
-        return self._checked(reply, len(grid))
+        try:
+            return self._checked(reply, len(grid))
+        except RemoteError:
+            self.stats.failed += 1
+            raise
 
     needs_files = False  # True where the endpoint receives image files (upload); tensors otherwise
 

@@ -18,7 +18,7 @@ import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-FAULTS = ("none", "malformed", "wrong_classes", "nan", "missing_field")
+FAULTS = ("none", "malformed", "wrong_classes", "nan", "missing_field", "slow", "flaky")
 
 
 def load_model(name: str) -> torch.nn.Module:
@@ -88,3 +88,16 @@ async def require_token(request: Any, call_next: Any) -> Any:
     if token and request.url.path not in open_paths and request.headers.get("authorization") != f"Bearer {token}":
         return JSONResponse({"error": "unauthorised"}, status_code=401)
     return await call_next(request)
+
+
+class Flaky:
+    """Every other request fails with HTTP 503 (fault ``flaky``: the client must retry and count it)."""
+
+    def __init__(self) -> None:
+        self._n = 0
+        self._lock = threading.Lock()
+
+    def fails_now(self) -> bool:
+        with self._lock:
+            self._n += 1
+            return self._n % 2 == 1

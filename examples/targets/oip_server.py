@@ -11,6 +11,7 @@ docs/remote-targets.md says why this runs on uvicorn rather than MLServer or KSe
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 from pathlib import Path
@@ -18,12 +19,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout's engine, when run as a script
 
+import numpy as np
 import torch
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 
-from examples.targets.common import FAULTS, Counter, RateGate, faulty, load_model, require_token
+from examples.targets.common import FAULTS, Counter, Flaky, RateGate, faulty, load_model, require_token
 
 DTYPES = {"FP32": torch.float32, "UINT8": torch.uint8, "FP64": torch.float64}
 
@@ -32,17 +35,44 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def _input(body: Any) -> torch.Tensor:
-    spec = body["inputs"][0]
-    x = torch.tensor(spec["data"], dtype=DTYPES[spec["datatype"]]).reshape(spec["shape"])
+NUMPY = {"FP32": "<f4", "UINT8": "u1", "FP64": "<f8"}
+
+
+def _input(raw: bytes, header_length: str | None) -> torch.Tensor:
+    """The request's first input tensor: JSON data, or raw bytes after a JSON header (binary data extension)."""
+    if header_length is None:
+        spec = json.loads(raw)["inputs"][0]
+        x = torch.tensor(spec["data"], dtype=DTYPES[spec["datatype"]]).reshape(spec["shape"])
+    else:
+        cut = int(header_length)
+        spec = json.loads(raw[:cut])["inputs"][0]
+        size = int(spec["parameters"]["binary_data_size"])
+        arr = np.frombuffer(raw[cut:cut + size], dtype=NUMPY[spec["datatype"]]).reshape(spec["shape"])
+        x = torch.from_numpy(arr.copy())
     return x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
 
 
+def _classify(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.softmax(model(x).float(), dim=1)
+
+
 def make_app(models: dict[str, torch.nn.Module], label_only: bool = False, rate: float | None = None,
-             fault: str = "none", count_file: str | None = None) -> FastAPI:
+             fault: str = "none", count_file: str | None = None,
+             fault_control: bool = False) -> FastAPI:
     app = FastAPI()
     counter, gate = Counter(count_file), RateGate(rate)
     app.middleware("http")(require_token)
+    state = {"fault": fault}
+    flaky = Flaky()
+
+    @app.post("/fault/{mode}")
+    def set_fault(mode: str) -> Any:
+        """Switch the injected fault (tests); only with --fault-control."""
+        if not fault_control or mode not in FAULTS:
+            return JSONResponse({"error": "fault control is off"}, 403)
+        state["fault"] = mode
+        return {"fault": mode}
 
     @app.get("/v2/health/live")
     @app.get("/v2/health/ready")
@@ -70,23 +100,26 @@ def make_app(models: dict[str, torch.nn.Module], label_only: bool = False, rate:
         if not gate.admit():
             counter.add(throttled=1)
             return JSONResponse({"error": "rate limit"}, 429, headers={"Retry-After": "1"})
+        if state["fault"] == "flaky" and flaky.fails_now():
+            return JSONResponse({"error": "unavailable"}, 503)
+        if state["fault"] == "slow":
+            await asyncio.sleep(2.0)  # past the client's timeout in the fault tests
         try:
-            x = _input(json.loads(await request.body()))
+            x = _input(await request.body(), request.headers.get("inference-header-content-length"))
         except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as err:
             return _error(400, f"bad request: {err}")
-        with torch.no_grad():
-            probs = torch.softmax(models[name](x).float(), dim=1)
+        probs = await run_in_threadpool(_classify, models[name], x)  # concurrent requests overlap
         counter.add(images=len(x))
-        if fault == "malformed":
+        if state["fault"] == "malformed":
             return Response(b'{"outputs": [ {"name": "probabilities", "data": [0.1,', media_type="application/json")
         n, k = probs.shape
         label = {"name": "label", "shape": [n], "datatype": "INT64", "data": probs.argmax(1).tolist()}
-        scores = faulty(probs.tolist(), fault)
+        scores = faulty(probs.tolist(), state["fault"])
         width = len(scores[0]) if scores else k
         data = [v for row in scores for v in row]
         prob = {"name": "probabilities", "shape": [n, width], "datatype": "FP32", "data": data}
         outputs = [label] if label_only else [prob, label]
-        if fault == "missing_field":
+        if state["fault"] == "missing_field":
             return {"model_name": name, "results": outputs}
         return Response(json.dumps({"model_name": name, "outputs": outputs}), media_type="application/json")
 
@@ -100,10 +133,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--label-only", action="store_true", help="answer the top-1 label only")
     parser.add_argument("--rate-limit", type=float, default=None, help="requests/s before answering 429")
     parser.add_argument("--fault", choices=FAULTS, default="none", help="answer wrongly (fault tests)")
+    parser.add_argument("--fault-control", action="store_true", help="allow POST /fault/{mode} (tests only)")
     parser.add_argument("--count-file", default=None)
     args = parser.parse_args(argv)
     models = {name: load_model(name) for name in args.models.split(",") if name}
-    app = make_app(models, args.label_only, args.rate_limit, args.fault, args.count_file)
+    app = make_app(models, args.label_only, args.rate_limit, args.fault, args.count_file,
+                   args.fault_control)
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
 
 

@@ -10,6 +10,7 @@ rounded). ``GET /stats`` gives the requests and images answered and the 429s sen
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import io
 import json
@@ -26,7 +27,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from PIL import Image
 
-from examples.targets.common import FAULTS, Counter, RateGate, faulty, load_model, require_token
+from examples.targets.common import FAULTS, Counter, Flaky, RateGate, faulty, load_model, require_token
 
 
 def preprocess(data: bytes, size: int, quality: int | None, channels: int) -> torch.Tensor:
@@ -57,10 +58,21 @@ async def _image_bytes(request: Request) -> bytes:
 
 def make_app(model: torch.nn.Module, size: int = 32, channels: int = 1, quality: int | None = 75,
              rate: float | None = None, label_only: bool = False, round_digits: int | None = None,
-             fault: str = "none", count_file: str | None = None) -> FastAPI:
+             fault: str = "none", count_file: str | None = None,
+             fault_control: bool = False) -> FastAPI:
     app = FastAPI()
     counter, gate = Counter(count_file), RateGate(rate)
     app.middleware("http")(require_token)
+    state = {"fault": fault}
+    flaky = Flaky()
+
+    @app.post("/fault/{mode}")
+    def set_fault(mode: str) -> Any:
+        """Switch the injected fault (tests); only with --fault-control."""
+        if not fault_control or mode not in FAULTS:
+            return JSONResponse({"error": "fault control is off"}, 403)
+        state["fault"] = mode
+        return {"fault": mode}
 
     @app.get("/health")
     def health() -> dict[str, bool]:
@@ -75,6 +87,10 @@ def make_app(model: torch.nn.Module, size: int = 32, channels: int = 1, quality:
         if not gate.admit():
             counter.add(throttled=1)
             return JSONResponse({"error": "rate limit"}, 429, headers={"Retry-After": "1"})
+        if state["fault"] == "flaky" and flaky.fails_now():
+            return JSONResponse({"error": "unavailable"}, 503)
+        if state["fault"] == "slow":
+            await asyncio.sleep(2.0)  # past the client's timeout in the fault tests
         try:
             x = preprocess(await _image_bytes(request), size, quality, channels)
         except (KeyError, ValueError, OSError) as err:
@@ -82,13 +98,13 @@ def make_app(model: torch.nn.Module, size: int = 32, channels: int = 1, quality:
         with torch.no_grad():
             probs = torch.softmax(model(x).float(), dim=1)[0]
         counter.add(images=1)
-        if fault == "malformed":
+        if state["fault"] == "malformed":
             return Response(b'{"label": 3, "scores": [0.1', media_type="application/json")
         scores = probs.tolist() if round_digits is None else [round(v, round_digits) for v in probs.tolist()]
         body: dict[str, Any] = {"label": int(probs.argmax())}
         if not label_only:
-            body["scores"] = faulty([scores], fault)[0]
-        if fault == "missing_field":
+            body["scores"] = faulty([scores], state["fault"])[0]
+        if state["fault"] == "missing_field":
             body = {"result": body}
         return Response(json.dumps(body), media_type="application/json")
 
@@ -105,10 +121,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--label-only", action="store_true")
     parser.add_argument("--round", type=int, default=None, dest="round_digits")
     parser.add_argument("--fault", choices=FAULTS, default="none")
+    parser.add_argument("--fault-control", action="store_true", help="allow POST /fault/{mode} (tests only)")
     parser.add_argument("--count-file", default=None)
     args = parser.parse_args(argv)
     app = make_app(load_model(args.model), args.size, 1, args.jpeg_quality or None, args.rate_limit,
-                   args.label_only, args.round_digits, args.fault, args.count_file)
+                   args.label_only, args.round_digits, args.fault, args.count_file,
+                   args.fault_control)
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
 
 
