@@ -92,12 +92,14 @@ def test_the_token_is_in_no_file_of_a_cli_run_even_when_the_run_fails(
 
 
 def test_gradient_attacks_are_refused_naming_what_fits(tmp_path: Path) -> None:
-    cfg = compose_dict(_overrides("http://127.0.0.1:9", tmp_path / "r", "perturbation=[clean,pgd_linf,square_linf]"))
-    with pytest.raises(ConfigError, match=r"pgd_linf needs gradients.*that fit: clean, square_linf"):
+    perts = "perturbation=[clean,pgd_linf,square_linf,square_linf_remote]"
+    cfg = compose_dict(_overrides("http://127.0.0.1:9", tmp_path / "r", perts))
+    with pytest.raises(ConfigError, match=r"pgd_linf needs gradients; square_linf needs per-sample query budgets.*"
+                                          r"that fit: clean, square_linf_remote"):
         run_sweep(cfg)
-    label_only = [*_overrides("http://127.0.0.1:9", tmp_path / "r2", "perturbation=[clean,square_linf]"),
+    label_only = [*_overrides("http://127.0.0.1:9", tmp_path / "r2", "perturbation=[clean,square_linf_remote]"),
                   "model.remote_digits_cnn.remote.output=label"]
-    with pytest.raises(ConfigError, match=r"square_linf needs scores.*that fit: clean"):
+    with pytest.raises(ConfigError, match=r"square_linf_remote needs scores.*that fit: clean"):
         run_sweep(compose_dict(label_only))
     for url in ("http://user:pw@127.0.0.1:9", "http://127.0.0.1:9/infer?api_key=abc"):
         with pytest.raises(ConfigError, match=r"remote.url .*(password|credentials).*auth: \{env"):

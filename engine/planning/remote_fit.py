@@ -1,8 +1,11 @@
 """Which perturbations a remote model can take: only those that need its outputs, never its gradients.
 
 Refused at plan time, before any query is spent, naming the perturbations of the sweep that fit. A perturbation
-fits when it is not an attack (clean, every corruption) or when its threat model is black-box only; on a
-label-only endpoint an attack must also declare ``oracle_output = "label"`` (decision-based: HopSkipJump, RayS).
+fits when it is not an attack (clean, every corruption), a transfer attack (crafted on a local surrogate, each
+example sent once), or a query attack of ``engine/perturbations/query.py`` (its queries charged per sample and
+budgeted by the oracle); on a label-only endpoint it must also declare ``oracle_output = "label"``
+(decision-based: HopSkipJump, RayS). A black-box attack written against a local model (the AutoAttack suite's
+Square) is refused: its queries would reach the endpoint without a per-sample budget.
 """
 
 from __future__ import annotations
@@ -12,22 +15,31 @@ from typing import Any
 
 from engine.errors import ConfigError
 from engine.perturbations.base import Perturbation
+from engine.perturbations.query import QueryAttack
+from engine.perturbations.transfer import Transfer
 from engine.remote.model import is_remote, remote_settings
+
+LABEL_ONLY = " that need only the label (decision-based: hopskipjump_linf, hopskipjump_l2, rays_linf)"
+SCORE_BASED = " with per-sample query budgets (square_linf_remote, square_l2_remote, hopskipjump_*, rays_linf)"
 
 
 def _needs(pert: Perturbation) -> str | None:
     """What ``pert`` needs from a model: None (nothing), 'gradients', 'scores' or 'label'."""
     if pert.family != "attack":
         return None
+    if isinstance(pert, Transfer):
+        return None  # the target only ever sees the finished examples
     if tuple(pert.threat_model.knowledge) != ("black-box",):
         return "gradients"
-    return str(getattr(pert, "oracle_output", "scores"))
+    if not isinstance(pert, QueryAttack):
+        return "per-sample query budgets (use its oracle form: square_linf_remote / square_l2_remote)"
+    return str(pert.oracle_output)
 
 
 def _fits(output: str, need: str | None) -> bool:
     if need is None:
         return True
-    if need == "gradients":
+    if need == "gradients" or need.startswith("per-sample"):
         return False
     return need == "label" or output != "label"  # a score-based attack needs scores
 
@@ -46,5 +58,5 @@ def check_remote_perturbations(models: Mapping[str, Mapping[str, Any]], perts: M
         raise ConfigError(
             f"model {name!r} is a remote target (output: {output}, no gradients): {why}. Perturbations of this "
             f"sweep that fit: {', '.join(fit) or 'none'}; in general clean, every corruption, and black-box "
-            f"attacks{' that need only the label (decision-based)' if output == 'label' else ' (square_linf)'} "
+            f"attacks{LABEL_ONLY if output == 'label' else SCORE_BASED} "
             "(docs/remote-targets.md)")
