@@ -32,6 +32,7 @@ from engine.sinks.corruption_summary import render_corruption_summary
 from engine.sinks.summary import render_flags, render_table
 from engine.sinks.wandb_sink import log_sweep, settings_of
 from engine.stats.aggregate import AccuracyRow, accuracy_table
+from engine.store import examples
 from engine.store.outdir import OutDirLock, check_out_dir
 from engine.store.parquet import ResultStore
 from engine.store.rundir import record_plan, recorded_identities
@@ -79,7 +80,12 @@ def run_sweep(cfg: Mapping[str, Any]) -> SweepOutcome:
         store.clean_temporaries()
         store.report_foreign()
         resources = Resources(device)
-        plan = make_plan(cfg, store.has, check_model=resources.model, progress=progress)
+        pending = examples.Pending()  # tasks whose rows exist but whose examples do not (save_examples)
+        is_done = examples.done_fn(store, str(cfg.get("save_examples", "none")),
+                                   int(cfg.get("save_examples_cap", 1)), pending)
+        plan = make_plan(cfg, is_done, check_model=resources.model, progress=progress)
+        for line in pending.lines():
+            log.warning("%s", line)
         record_plan(out_dir, plan.run_id, cfg, _task_records(plan))  # a killed run can later say "N of M"
         if plan.done:
             log.info("%d of %d task(s) already have verified results in %s; reusing them",
@@ -223,6 +229,7 @@ def _execute(todo: tuple[Task, ...], runner: Runner, device: torch.device, resou
     try:
         for result in results:
             path = store.write(result)
+            examples.write(store.out_dir, result, store.index[result.task.task_id].digest)  # after its rows
             done += 1
             tracker.finished(result)
             log.debug("wrote %s (%.1f s)", path, result.seconds)

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 
 from engine.evaluation.checks import check_logits, verify_batch
+from engine.evaluation.examples import ExampleCollector
+from engine.evaluation.quantize import on_grid
 from engine.evaluation.resources import Resources
 from engine.evaluation.tasks import Task, TaskResult
 from engine.perturbations.base import BatchContext, LevelOutput, worst_of
@@ -64,6 +66,8 @@ def evaluate(task: Task, res: Resources, on_batch: ProgressFn | None = None) -> 
     pert = res.perturbation(task.perturbation_name, task.perturbation)
     chunks: list[dict[str, np.ndarray]] = []
     default_breaker = pert.name if pert.family == "attack" else ""
+    keep = ExampleCollector(task.save_examples, task.examples_cap, pert.family)  # save_examples (none: a no-op)
+    quantize = task.quantize != "none" and pert.family == "attack"
     for b0 in range(0, len(data), task.batch_size):
         batch = data.slice(b0, b0 + task.batch_size)
         x = batch.images.to(res.device)
@@ -71,14 +75,22 @@ def evaluate(task: Task, res: Resources, on_batch: ProgressFn | None = None) -> 
         ctx = BatchContext(model=model, seed=task.seed, sample_ids=batch.sample_ids)
         for out in pert.run(x, y, ctx):
             sizes = verify_batch(pert, out.level, x, out.x)
+            float_correct = None
+            if quantize:  # quantize: uint8 | uint16 (engine/evaluation/quantize.py): rows score the grid example
+                out, sizes, float_correct = on_grid(out, x, y, pert, model, task.quantize)
             # a randomised model's example counts as correct only when every one of these draws classifies it so
             logits, _ = worst_of(model, out.x, y, pert.score_draws)
             check_logits(logits, len(y), data.num_classes, task.model_name,
                          f"{pert.name} level {out.level:g}")
-            chunks.append(_rows(out, logits, y, batch.sample_ids, sizes, default_breaker))
+            row = _rows(out, logits, y, batch.sample_ids, sizes, default_breaker)
+            if float_correct is not None:
+                row["float_correct"] = float_correct.numpy()
+            keep.add(out.level, x, out.x, row)
+            chunks.append(row)
         if on_batch is not None:
             on_batch(len(batch))
     columns = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
     order = np.lexsort((columns["sample_id"], columns["level"]))
     columns = {k: v[order] for k, v in columns.items()}
-    return TaskResult(task, columns, pert.family, pert.norm, time.perf_counter() - started, str(res.device))
+    return TaskResult(task, columns, pert.family, pert.norm, time.perf_counter() - started, str(res.device),
+                      examples=keep.finish(tuple(data.image_shape)))
