@@ -35,8 +35,8 @@ from tests.conftest import compose_dict, tiny_overrides
 
 CPU = torch.device("cpu")
 FAST = ("perturbation=[clean,fgsm_linf,pgd_l2,gaussian_noise]", "perturbation.fgsm_linf.eps=[0.0,0.05,0.2]",
-        "perturbation.pgd_l2.eps=[0.5,2.0]", "perturbation.pgd_l2.steps=3", "perturbation.gaussian_noise.severities=[3]",
-        "wandb=disabled")
+        "perturbation.pgd_l2.eps=[0.5,2.0]", "perturbation.pgd_l2.steps=3",
+        "perturbation.gaussian_noise.severities=[3]", "wandb=disabled")
 
 
 def _sweep(cfg_overrides: list[str]) -> Any:

@@ -24,6 +24,7 @@ from typing import Any
 
 from engine.errors import GauntletError
 from engine.sinks import plots
+from engine.sinks.gallery import gallery_html
 from engine.sinks.leaderboard import Gathered, board_html, configs_html, gather, headline_html, runs_html
 from engine.sinks.summary_doc import ALL_PAIRS_UP_TO, build_summary, ordered_models, ordered_perturbations
 from engine.stats.aggregate import AccuracyRow, accuracy_table
@@ -343,6 +344,12 @@ def _notes(notes: Sequence[str]) -> str:
     return "".join(f"<p class='flag'>note: {_e(n)}</p>" for n in notes)
 
 
+def _gallery(gathered: Gathered) -> str:
+    """The saved examples of each run (engine/sinks/gallery.py); '' when none saved any."""
+    return gallery_html([(s.label, s.run.out_dir, [t["task_id"] for t in s.run.tasks] or None)
+                         for s in gathered.sources])
+
+
 def render_html(summary: dict[str, Any], figures: Sequence[Figure], gathered: Gathered) -> str:
     """The page; every image is a data: URI, nothing is fetched. The headline comes first."""
     run = gathered.run
@@ -358,7 +365,7 @@ def render_html(summary: dict[str, Any], figures: Sequence[Figure], gathered: Ga
             f" · <code>{_e(run.out_dir)}</code></p>{_unfinished(summary)}{_notes(summary['notes'])}"
             f"{_verdicts(run.verdicts)}{board_html(summary['leaderboard'] if len(summary['models']) > 1 else None)}"
             f"{runs_html(summary['runs'])}<h2>Command{'s' if several else ''}</h2><pre>{_e(command)}</pre>"
-            f"{_models(summary)}{_accuracy(summary)}{_extras(summary)}<h2>Figures</h2>{imgs}"
+            f"{_models(summary)}{_accuracy(summary)}{_extras(summary)}<h2>Figures</h2>{imgs}{_gallery(gathered)}"
             f"{_comparisons(summary)}{_flags(run.flags)}{_tags(summary, run)}"
             f"<h2>Resolved config</h2>{configs_html(gathered.sources)}</body></html>")
 
