@@ -345,3 +345,56 @@ def test_version_2_task_files_still_verify_and_compact(tiny_checkpoint: Path, tm
                                  "wandb=disabled")).evaluated == 0
     assert compact(out) == (2, 1)
     assert read(out).sort_by("task_id").equals(rows.sort_by("task_id"))
+
+
+# -- the report's gallery ---------------------------------------------------------------------------------------------
+
+
+def test_the_report_shows_a_small_capped_gallery(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    import re
+
+    from engine.sinks import gallery
+    from engine.sinks.report import write_report
+
+    out = tmp_path / "o"
+    _sweep(tiny_overrides(tiny_checkpoint, out, *FAST, "save_examples=all"))
+    page = write_report(out).html.read_text()
+    ex = examples.load(out)
+    cells = {(p, lv) for p, lv in zip(ex.keys["perturbation"].to_pylist(), ex.keys["level"].to_pylist(), strict=True)}
+    assert page.count("<div class='gal'>") == len(cells) == 3 + 2 + 1  # fgsm_linf 3 levels, pgd_l2 2, noise 1
+    for block in re.findall(r"<div class='gal'>(.*?)</div>", page):
+        assert 1 <= block.count("<figure") <= gallery.PER_CELL
+        assert block.count("<img") == 3 * block.count("<figure")
+    assert "true " in page and "pred " in page and len(page) < 400_000
+    plain = tmp_path / "plain"
+    _sweep(tiny_overrides(tiny_checkpoint, plain, *FAST))
+    assert "<h2>Examples</h2>" not in write_report(plain).html.read_text()
+    diff, factor = gallery.amplified(np.full((1, 2, 2), 0.6), np.full((1, 2, 2), 0.5))
+    assert np.allclose(diff, 1.0) and factor == pytest.approx(5.0)
+
+
+# -- verify reports float and grid robust accuracy ----------------------------------------------------------------
+
+
+def test_verify_with_quantize_reports_both_accuracies(embedded_checkpoints: dict[str, str], tmp_path: Path) -> None:
+    from engine.claims.quantized import grid_text
+    from tests.test_claims import _verify
+
+    rc, doc, text = _verify(tmp_path, "digits_cnn", [(0.1, 0.99)], "quantize=uint8", n=16)
+    (v,) = doc["claims"]
+    q = v["quantized"]
+    rows = read(tmp_path / "out")
+    base = rows.filter(pc.and_(pc.equal(rows["perturbation"], q["perturbation"]), pc.equal(rows["level"], 0.1)))
+    assert q["grid"] == "uint8" and q["n"] == 16 and base["float_correct"].null_count == 0
+    per_sample: dict[int, tuple[bool, bool]] = {}
+    for r in base.to_pylist():
+        g, f = per_sample.get(r["sample_id"], (True, True))
+        per_sample[r["sample_id"]] = (g and r["correct"], f and r["float_correct"])
+    assert q["grid_accuracy"] == sum(g for g, _ in per_sample.values()) / 16
+    assert q["float_accuracy"] == sum(f for _, f in per_sample.values()) / 16
+    if all(e["status"] == "skipped" for e in v["escalations"]):  # nothing but the base suite: the reported number
+        assert v["measured_accuracy"] == q["grid_accuracy"]
+    assert (q["float_accuracy"] != q["grid_accuracy"]) == ("grid: robust accuracy" in text)
+    differ = {**q, "float_accuracy": 0.25, "grid_accuracy": 0.5, "float_broken": 12, "survived_rounding": 8}
+    (line,) = grid_text(differ)
+    assert "50.0% on the rounded examples (reported) vs 25.0% on the float ones" in line and "8 of 12" in line

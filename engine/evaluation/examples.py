@@ -49,9 +49,9 @@ class ExampleCollector:
         if self.mode == "none":
             return None
         levels, ids, xs, cleans, ranks = [], [], [], [], []
-        for level, parts in self.parts.items():
+        for lv, parts in self.parts.items():
             sid = np.concatenate([p[0] for p in parts])
-            levels.append(np.full(len(sid), level, dtype=np.float64))
+            levels.append(np.full(len(sid), lv, dtype=np.float64))
             ids.append(sid)
             xs.append(np.concatenate([p[1] for p in parts]))
             cleans.append(np.concatenate([p[2] for p in parts]))

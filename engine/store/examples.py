@@ -215,10 +215,10 @@ def load(out_dir: str | Path, task_ids: Iterable[str] | None = None, model: str 
     if not xs:
         empty = torch.zeros(0)
         return Examples(empty, empty, pa.table({c: pa.array([], pa.null()) for c in KEY_COLUMNS}))
-    grid = uints[0] is not None and all(u is not None and u.dtype == uints[0].dtype for u in uints)
+    grids = [u for u in uints if u is not None]
+    grid = len(grids) == len(uints) and len({u.dtype for u in grids}) == 1
     return Examples(torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(cleans)),
-                    pa.concat_tables(keys),
-                    _integer_image(np.concatenate(uints)) if grid else None)
+                    pa.concat_tables(keys), _integer_image(np.concatenate(grids)) if grid else None)
 
 
 def _integer_image(u: np.ndarray) -> torch.Tensor:
