@@ -4,7 +4,7 @@ A float adversarial example is not an image anyone can save as a PNG: its pixels
 the grid points k / M (M = 255 for 8-bit images, 65535 for 16-bit ones). Rounding to the
 nearest grid point can move a pixel past ε, so the grid point is chosen inside the ball
 (all in grid steps, float64; ``c`` = the clean pixel × M, snapped to its integer when the
-clean input is itself on the grid):
+clean sample is itself on the grid, every pixel of it):
 
 * L∞: each pixel's grid points within ε are ``⌈c − ε·M⌉ … ⌊c + ε·M⌋`` (ε written as k/255
   counts as k steps); the rounded value is clamped into that range. For clean inputs on the
@@ -109,7 +109,9 @@ def to_grid(x: torch.Tensor, x_adv: torch.Tensor, eps: float, norm: str, quantiz
     clean input back, the only input of its ball."""
     m = grid_size(quantize)
     c, a = x.detach().double() * m, x_adv.detach().double() * m
-    c = torch.where((c - c.round()).abs() <= _ON_GRID_TOL[quantize], c.round(), c)  # on-grid pixels exactly
+    # a sample on the grid (float32 k/M) is taken as exactly k/M; an off-grid one stays as it is, every pixel
+    on = ((c - c.round()).abs() <= _ON_GRID_TOL[quantize]).flatten(1).all(dim=1).reshape(-1, *([1] * (x.ndim - 1)))
+    c = torch.where(on, c.round(), c)
     r = a.round().clamp(0, m)  # the nearest grid point, inside [0, 1]
     if norm == "linf":
         k, ok = _linf(r, c, eps * m, m)
