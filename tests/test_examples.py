@@ -18,8 +18,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import torch
+from safetensors.numpy import save_file
 
-from engine.errors import ConfigError
+from engine.errors import ConfigError, GauntletError
 from engine.evaluation.examples import ExampleCollector
 from engine.evaluation.quantize import GRIDS, off_grid, to_grid
 from engine.evaluation.resources import Resources
@@ -222,12 +223,25 @@ def test_the_loader_skips_files_that_do_not_verify(tiny_checkpoint: Path, tmp_pa
     before = len(examples.load(out))
     victim = max((out / "examples").glob("*.safetensors"), key=lambda p: p.stat().st_size)
     n = int(examples.read_file(victim)[0]["gauntlet.count"])
-    other = next(p for p in (out / "examples").glob("*.safetensors") if p != victim)
+    other = next(p for p in (out / "examples").glob("*.safetensors")
+                 if p != victim and int(examples.read_file(p)[0]["gauntlet.count"]) > 1)
     shutil.copy(victim, other.with_name("0" * 20 + ".safetensors"))  # named like another task
     victim.write_bytes(b"not safetensors")
     with caplog.at_level(logging.WARNING):
         after = examples.load(out)
     assert len(after) == before - n and "unreadable" in caplog.text and "no verified rows" in caplog.text
+    # a hostile file whose digests were recomputed: inconsistent tensors, or keys its task's rows do not have
+    meta, tensors = examples.read_file(other)
+    for name, bad in (("short", {**tensors, "level": tensors["level"][:1]}),
+                      ("stray", {**tensors, "sample_id": tensors["sample_id"] + 10_000})):
+        forged = {**meta, "gauntlet.tensors_sha256": examples.tensors_digest(bad)}
+        save_file({k: np.ascontiguousarray(v) for k, v in bad.items()}, str(other), metadata=forged)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            assert len(examples.load(out)) == len(after) - int(meta["gauntlet.count"]), name
+        assert ("inconsistent" if name == "short" else "rows do not have") in caplog.text
+    with pytest.raises(GauntletError, match="not a Gauntlet run folder"):
+        examples.load(tmp_path / "typo")
 
 
 # -- Ray: examples travel in the TaskResult, the driver writes them ---------------------------------------------------

@@ -74,6 +74,8 @@ def _pick(keys: pa.Table, pert: str, level: float) -> np.ndarray:
 
 def run_gallery(out_dir: str | Path, task_ids: Sequence[str] | None = None, label: str | None = None) -> str:
     """The gallery of one run folder as HTML ('' when it saved no examples)."""
+    if not (Path(out_dir) / "results").is_dir():  # a run killed before its first task: nothing to show
+        return ""
     ex = examples.load(out_dir, task_ids=task_ids)
     if not len(ex):
         return ""

@@ -29,6 +29,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
+from engine.errors import GauntletError
 from engine.evaluation.tasks import TaskResult
 from engine.store.parquet import ResultStore
 
@@ -110,11 +111,26 @@ def problem(path: Path, task_id: str, rows_digest: str, mode: str | None = None,
         return "not this task's examples file"
     if meta.get("gauntlet.tensors_sha256") != tensors_digest(tensors):
         return "examples altered or corrupt (sha256 mismatch)"
+    shape = _shape_problem(tensors)
+    if shape:
+        return shape
     if meta.get("gauntlet.rows_sha256") != rows_digest:
         return "examples of other rows (the task's rows were rewritten since)"
     if mode is not None and (meta.get("gauntlet.save_examples"), meta.get("gauntlet.cap")) != (mode, str(cap)):
         return (f"examples saved with save_examples={meta.get('gauntlet.save_examples')}, "
                 f"cap {meta.get('gauntlet.cap')}")
+    return ""
+
+
+def _shape_problem(tensors: Mapping[str, np.ndarray]) -> str:
+    """'' when the tensors are what ``write`` writes: x and clean float32 N×…, level and sample_id of length N."""
+    missing = [k for k in ("x", "clean", "level", "sample_id") if k not in tensors]
+    if missing:
+        return f"examples file without {missing}"
+    n = len(tensors["x"])
+    if tensors["x"].dtype != np.float32 or tensors["clean"].shape != tensors["x"].shape or \
+            len(tensors["level"]) != n or len(tensors["sample_id"]) != n:
+        return "examples file with inconsistent tensors"
     return ""
 
 
@@ -167,7 +183,8 @@ def _task_files(root: Path) -> list[Path]:
     return sorted(p for p in folder.glob("*.safetensors") if len(p.stem) == 20) if folder.is_dir() else []
 
 
-def _verified(root: Path, store: ResultStore, path: Path) -> dict[str, np.ndarray] | None:
+def _verified(store: ResultStore, path: Path) -> tuple[dict[str, np.ndarray], pa.Table] | None:
+    """The tensors of ``path`` and the rows of their keys, or None (with a warning) when they do not verify."""
     task_id = path.stem
     if not store.verify(task_id):
         log.warning("skipping %s: its task has no verified rows in %s", path, store.dir)
@@ -176,7 +193,12 @@ def _verified(root: Path, store: ResultStore, path: Path) -> dict[str, np.ndarra
     if why:
         log.warning("skipping %s: %s", path, why)
         return None
-    return read_file(path)[1]
+    tensors = read_file(path)[1]
+    try:
+        return tensors, _keys(store, task_id, tensors)
+    except KeyError:
+        log.warning("skipping %s: it holds a (level, sample_id) its task's rows do not have", path)
+        return None
 
 
 def _keys(store: ResultStore, task_id: str, tensors: Mapping[str, np.ndarray]) -> pa.Table:
@@ -195,16 +217,19 @@ def load(out_dir: str | Path, task_ids: Iterable[str] | None = None, model: str 
     Files that fail a check are skipped with a warning, never half read; nothing is moved.
     """
     root = Path(out_dir).expanduser()
+    if not (root / "results").is_dir():
+        raise GauntletError(f"{root} is not a Gauntlet run folder (no results/); pass the out_dir of a sweep, "
+                            "e.g. engine.store.examples.load('runs/default')")
     store = ResultStore(root, repair=False)
     wanted = None if task_ids is None else set(task_ids)
     xs, cleans, uints, keys = [], [], [], []
     for path in _task_files(root):
         if wanted is not None and path.stem not in wanted:
             continue
-        tensors = _verified(root, store, path)
-        if tensors is None or not len(tensors["x"]):
+        found = _verified(store, path)
+        if found is None or not len(found[0]["x"]):
             continue
-        k = _keys(store, path.stem, tensors)
+        tensors, k = found
         if (model is not None and k["model"][0].as_py() != model) or \
                 (perturbation is not None and k["perturbation"][0].as_py() != perturbation):
             continue
