@@ -461,3 +461,18 @@ def test_quantize_uint8_on_both_digits_models(embedded_checkpoints: dict[str, st
     survived = read(tmp_path / "q").filter(pc.equal(read(tmp_path / "q")["family"], "attack"))
     float_broken = pc.sum(pc.invert(survived["float_correct"])).as_py()
     assert float_broken > 0  # the digits models are broken at large ε, so rounding had examples to keep or lose
+
+
+def test_compacted_tasks_keep_their_rows_and_say_why_no_examples(tiny_checkpoint: Path, tmp_path: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    from engine.store.compact import compact
+
+    out = tmp_path / "o"
+    base = tiny_overrides(tiny_checkpoint, out, "perturbation=[clean,gaussian_noise]", "wandb=disabled")
+    _sweep(base)
+    rows = read(out)
+    assert compact(out) == (2, 1)
+    with caplog.at_level(logging.WARNING):
+        assert _sweep([*base, "save_examples=broken"]).evaluated == 0
+    assert "2 compacted task(s) (gauntlet compact) have no examples saved as asked (no examples file)" in caplog.text
+    assert read(out).sort_by("task_id").equals(rows.sort_by("task_id")) and not (out / "quarantine").exists()

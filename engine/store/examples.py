@@ -139,9 +139,13 @@ class Pending:
     """Why tasks with verified rows are recomputed for their examples (reason → count), for one log line each."""
 
     reasons: dict[str, int] = field(default_factory=dict)
+    kept: dict[str, int] = field(default_factory=dict)  # compacted tasks: rows reused, examples not saved
 
     def lines(self) -> list[str]:
-        return [f"{n} task(s) recomputed to save their examples: {why}" for why, n in sorted(self.reasons.items())]
+        lines = [f"{n} task(s) recomputed to save their examples: {why}" for why, n in sorted(self.reasons.items())]
+        return lines + [f"{n} compacted task(s) (gauntlet compact) have no examples saved as asked ({why}): their "
+                        "rows are reused and no examples are saved for them; run the sweep into a fresh out_dir to "
+                        "save them" for why, n in sorted(self.kept.items())]
 
 
 def done_fn(store: ResultStore, mode: str, cap: int, pending: Pending) -> Callable[[str], bool]:
@@ -152,7 +156,11 @@ def done_fn(store: ResultStore, mode: str, cap: int, pending: Pending) -> Callab
     def done(task_id: str) -> bool:
         if not store.has(task_id):
             return False
-        why = problem(path_for(store.out_dir, task_id), task_id, store.index[task_id].digest, mode, cap)
+        entry = store.index[task_id]
+        why = problem(path_for(store.out_dir, task_id), task_id, entry.digest, mode, cap)
+        if why and entry.compacted:  # a rewritten task file would clash with its compacted copy: keep the rows
+            pending.kept[why] = pending.kept.get(why, 0) + 1
+            return True
         if why:
             pending.reasons[why] = pending.reasons.get(why, 0) + 1
         return not why
