@@ -17,6 +17,7 @@ from hydra.utils import instantiate
 from engine.compose.levels import Labels
 from engine.data.fingerprint import describe_change
 from engine.errors import ConfigError, GauntletError
+from engine.evaluation.examples import DEFAULT_CAP
 from engine.evaluation.resources import Resources, _unwrap, resolve_device
 from engine.evaluation.tasks import Task
 from engine.perturbations.base import Perturbation
@@ -82,7 +83,7 @@ def run_sweep(cfg: Mapping[str, Any]) -> SweepOutcome:
         resources = Resources(device)
         pending = examples.Pending()  # tasks whose rows exist but whose examples do not (save_examples)
         is_done = examples.done_fn(store, str(cfg.get("save_examples", "none")),
-                                   int(cfg.get("save_examples_cap", 1)), pending)
+                                   int(cfg.get("save_examples_cap", DEFAULT_CAP)), pending)
         plan = make_plan(cfg, is_done, check_model=resources.model, progress=progress)
         for line in pending.lines():
             log.warning("%s", line)

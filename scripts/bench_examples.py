@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 import torch
 
 os.environ.setdefault("WANDB_MODE", "disabled")
+CPU_SECONDS: list[float] = []
 
 
 def _sweep(out: Path, n: int, *extra: str) -> tuple[float, dict[str, Any]]:
@@ -36,8 +37,9 @@ def _sweep(out: Path, n: int, *extra: str) -> tuple[float, dict[str, Any]]:
     from engine.sweep import run_sweep
 
     cfg = compose_sweep((f"out_dir={out}", f"n_examples={n}", "progress=false", "wandb=disabled", *extra))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     run_sweep(cfg)
+    CPU_SECONDS.append(time.process_time() - c0)  # this process's CPU time: far less sensitive to other load
     return time.perf_counter() - t0, cfg
 
 
@@ -108,7 +110,8 @@ def main() -> None:
     logging.basicConfig(level=logging.ERROR)
     timer = instrument()
     times: dict[str, list[float]] = {"none": [], "broken": []}
-    ratios, ab = [], []
+    ratios, ab, cpu_ab = [], [], []
+    cpu: dict[str, list[float]] = {"none": [], "broken": []}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.repeats):
             modes = ("broken",) if not args.ab else ("none", "broken") if r % 2 == 0 else ("broken", "none")
@@ -117,10 +120,12 @@ def main() -> None:
                 secs, cfg = _sweep(Path(tmp) / f"{mode}-{r}", args.n_examples, f"save_examples={mode}",
                                    f"quantize={args.quantize}")
                 times[mode].append(secs)
+                cpu[mode].append(CPU_SECONDS[-1])
                 if mode == "broken":
                     ratios.append((timer.seconds - before) / secs)
             if args.ab:
                 ab.append(times["broken"][-1] / times["none"][-1])
+                cpu_ab.append(cpu["broken"][-1] / cpu["none"][-1])
         checked = check(Path(tmp) / f"broken-{args.repeats - 1}", cfg)
     doc = {"n_examples": args.n_examples, "quantize": args.quantize, "threads": torch.get_num_threads(),
            "sweep_seconds": [round(t, 2) for t in times["broken"]],
@@ -128,7 +133,10 @@ def main() -> None:
            **checked}
     if args.ab:
         doc.update(seconds_none=[round(t, 2) for t in times["none"]], ab_ratios=[round(x, 3) for x in ab],
-                   median_ab_ratio=round(statistics.median(ab), 3))
+                   median_ab_ratio=round(statistics.median(ab), 3),
+                   cpu_seconds_none=[round(t, 2) for t in cpu["none"]],
+                   cpu_seconds_broken=[round(t, 2) for t in cpu["broken"]],
+                   cpu_ab_ratios=[round(x, 3) for x in cpu_ab], median_cpu_ab_ratio=round(statistics.median(cpu_ab), 3))
     print(json.dumps(doc, indent=1))
 
 
