@@ -303,10 +303,14 @@ def test_quantize_uint8_on_the_tiny_digits_sweep_and_its_task_ids(tiny_checkpoin
 
 def _layout_sweep(tmp: Path, layout: str, quantize: str) -> tuple[Path, dict[str, Any]]:
     images, labels = fx.smooth_images(12, size=16, seed=3), np.arange(12) % 10
-    if layout == "cifar":
+    if layout in ("cifar", "cifar_bin"):
         images = fx.smooth_images(12, size=32, seed=3)
-        fx.write_cifar_python(tmp / "data", images, labels)
+        (fx.write_cifar_python if layout == "cifar" else fx.write_cifar_binary)(tmp / "data", images, labels)
         data = ["dataset=cifar10", f"dataset.root={tmp / 'data'}"]
+    elif layout == "npz_float":  # float pixels, on no grid
+        noise = np.random.default_rng(1).uniform(-0.4, 0.4, images.shape)
+        fx.write_npz(tmp / "x.npz", ((images + noise) / 255).clip(0, 1).astype(np.float32), labels)
+        data = ["dataset=npz", f"dataset.path={tmp / 'x.npz'}", "dataset.layout=nhwc"]
     else:
         if layout == "folder16":  # true 16-bit samples, off the 8-bit grid
             low = np.random.default_rng(0).integers(0, 256, images.shape)
@@ -314,7 +318,7 @@ def _layout_sweep(tmp: Path, layout: str, quantize: str) -> tuple[Path, dict[str
         fx.write_image_folder(tmp / "data", images, labels, [f"c{i}" for i in range(10)],
                               bits=16 if layout == "folder16" else 8)
         data = ["dataset=image_folder", f"dataset.root={tmp / 'data'}", "dataset.name=fixture"]
-    size = 32 if layout == "cifar" else 16
+    size = 32 if layout.startswith("cifar") else 16
     torch.manual_seed(0)
     ckpt = tmp / "cnn.safetensors"
     save_checkpoint(SmallCNN(in_channels=3, image_size=size, width=4).state_dict(), ckpt, {})
@@ -329,8 +333,8 @@ def _layout_sweep(tmp: Path, layout: str, quantize: str) -> tuple[Path, dict[str
     return tmp / "out", compose_dict(args)
 
 
-@pytest.mark.parametrize("layout,quantize", [("cifar", "uint8"), ("folder8", "uint8"), ("folder16", "uint16"),
-                                             ("folder16", "uint8")])
+@pytest.mark.parametrize("layout,quantize", [("cifar", "uint8"), ("cifar_bin", "uint8"), ("folder8", "uint8"),
+                                             ("folder16", "uint16"), ("folder16", "uint8"), ("npz_float", "uint8")])
 def test_quantize_on_other_layouts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, layout: str,
                                    quantize: str) -> None:
     monkeypatch.setattr("torchvision.datasets.cifar.check_integrity", lambda *a, **k: True)
@@ -338,12 +342,12 @@ def test_quantize_on_other_layouts(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     run_sweep(cfg)
     _check_quantized(out, cfg, quantize)
     ex = examples.load(out)
-    assert off_grid(ex.clean, quantize) == 0 or layout == "folder16"
+    assert off_grid(ex.clean, quantize) == 0 or layout in ("folder16", "npz_float")
     if layout == "folder16":  # 16-bit data is on its own grid, not on the 8-bit one
         assert off_grid(ex.clean, "uint16") == 0 and off_grid(ex.clean, "uint8") > 0
     moved = torch.as_tensor(ex.keys["level"].to_numpy() > 0)
     assert off_grid(ex.x[moved], quantize) == 0
-    if layout == "folder16" and quantize == "uint8":  # at ε = 0 no 8-bit image is within reach: the clean one stays
+    if off_grid(ex.clean, quantize):  # at ε = 0 no grid image is within reach: the clean one stays
         assert off_grid(ex.x[~moved], "uint8") > 0 and torch.equal(ex.x[~moved], ex.clean[~moved])
         return
     assert ex.x_uint is not None and int(ex.x_uint.max()) <= GRIDS[quantize]
