@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first, from the local wheel cache (never the 3 GB download); the rest resolves against it.
 	$(PY) -m pip install --quiet "torch>=2.4,<=2.14.1"
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev,serve]"
 	$(PY) -m pip check
 	@touch $(STAMP)
 

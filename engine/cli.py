@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import hydra
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -40,6 +41,9 @@ SUBCOMMANDS = {  # gauntlet <subcommand> …: each module owns its logic and ret
     "compare": "engine.stats.compare:main",
     "convert-checkpoint": "engine.models.convert:main",
     "verify": "engine.claims.cli:main",
+    "transfer": "engine.transfer.cli:main",
+    "extract": "engine.extraction.cli:main",
+    "probe": "engine.probe.cli:main",
 }
 
 
@@ -157,7 +161,9 @@ def _out_dir_check(argv: list[str]) -> tuple[list[str], list[str]]:
     try:
         jobs = _jobs(args.overrides) if args.multirun else [args.overrides]
         configs = [_compose(args, job) for job in jobs]
-    except Exception:  # what does not compose here (a typo, a plugin's syntax), Hydra reports next in its words
+    except (HydraException, OmegaConfBaseException) as exc:  # a value of the wrong type, an unknown key
+        return [_composition_message(exc)], []
+    except Exception:  # what does not compose here for other reasons (a plugin's syntax), Hydra reports next
         return [], []
     try:
         out_dirs = [_resolved_out_dir(cfg, given) for cfg in configs]
@@ -170,6 +176,16 @@ def _out_dir_check(argv: list[str]) -> tuple[list[str], list[str]]:
             any(c in first for c in "'\\$"):
         return [], []
     return [], [f"hydra.sweep.dir='{first}/hydra/multirun/${{now:%Y-%m-%d_%H-%M-%S}}'"]
+
+
+def _composition_message(exc: BaseException) -> str:
+    """Hydra's composition error in one line (exit 2 like every bad input), its cause's first lines joined."""
+    parts = [str(exc).strip()]
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None and str(cause).strip() not in parts[0]:
+        parts.append(str(cause).strip())
+    lines = [ln.strip() for part in parts for ln in part.splitlines() if ln.strip()]
+    return "; ".join(dict.fromkeys(lines))
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="sweep", version_base="1.3")

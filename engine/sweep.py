@@ -6,7 +6,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,10 +19,12 @@ from engine.data.fingerprint import describe_change
 from engine.errors import ConfigError, GauntletError
 from engine.evaluation.examples import DEFAULT_CAP
 from engine.evaluation.resources import Resources, _unwrap, resolve_device
-from engine.evaluation.tasks import Task
+from engine.evaluation.tasks import Task, TaskResult
 from engine.perturbations.base import Perturbation
 from engine.perturbations.suite import AttackSuite
 from engine.planning.plan import Plan, make_plan, prepare
+from engine.remote.ledger import install_run_limiters, record_task
+from engine.remote.model import is_remote
 from engine.runners.base import RunContext, Runner
 from engine.runners.progress import SweepProgress, work_per_sample
 from engine.runners.signals import Interrupted, interruptible
@@ -30,13 +32,14 @@ from engine.sanity.confirm import SweepConfirmer
 from engine.sanity.flags import SETUP, Flag, clean_accuracy_flags, probe_model, result_flags
 from engine.sinks.attack_summary import render_attack_summary
 from engine.sinks.corruption_summary import render_corruption_summary
+from engine.sinks.remote_summary import render_remote_summary
 from engine.sinks.summary import render_flags, render_table
 from engine.sinks.wandb_sink import log_sweep, settings_of
 from engine.stats.aggregate import AccuracyRow, accuracy_table
 from engine.store import examples
 from engine.store.outdir import OutDirLock, check_out_dir
 from engine.store.parquet import ResultStore
-from engine.store.rundir import record_plan, recorded_identities
+from engine.store.rundir import launch_command, record_plan, recorded_identities
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +84,7 @@ def run_sweep(cfg: Mapping[str, Any]) -> SweepOutcome:
         store.clean_temporaries()
         store.report_foreign()
         resources = Resources(device)
+        ledger = install_run_limiters(cfg["model"], out_dir)  # remote targets: one budget/rate limiter each
         pending = examples.Pending()  # tasks whose rows exist but whose examples do not (save_examples)
         is_done = examples.done_fn(store, str(cfg.get("save_examples", "none")),
                                    int(cfg.get("save_examples_cap", DEFAULT_CAP)), pending)
@@ -93,10 +97,13 @@ def run_sweep(cfg: Mapping[str, Any]) -> SweepOutcome:
                      len(plan.done), len(plan.tasks), store.dir)
         for line in recomputed_because_data_changed(plan, store):
             log.warning("%s", line)
-        evaluated = _execute_keeping_finished(plan, runner, device, resources, store, progress)
+        evaluated = _execute_keeping_finished(plan, runner, device, resources, store, progress,
+                                              _remote_recorder(cfg, out_dir))
         _check_data_unchanged(plan, cfg, store, evaluated)
         table = store.read(t.task_id for t in plan.tasks)
         rows, summary, flags = _summarise(cfg, plan, table, resources, labels)
+        remote_block = render_remote_summary(ledger)
+        summary += f"\n\n{remote_block}" if remote_block else ""
         threat_models = {n: resources.perturbation(n, p).threat_model.as_dict()
                          for n, p in cfg["perturbation"].items()}
         _write_sidecars(out_dir, cfg, plan, summary, labels, threat_models)
@@ -164,19 +171,27 @@ def _check_data_unchanged(plan: Plan, cfg: Mapping[str, Any], store: ResultStore
     )
 
 
+def _remote_recorder(cfg: Mapping[str, Any], out_dir: Path) -> Callable[[TaskResult], None]:
+    """Adds each finished task's remote spend to the run folder's ledger (nothing for local models)."""
+    return lambda result: record_task(out_dir, cfg["model"], result.task.model_name, result.remote)
+
+
 def _execute_keeping_finished(plan: Plan, runner: Runner, device: torch.device, resources: Resources,
-                              store: ResultStore, progress: bool) -> int:
+                              store: ResultStore, progress: bool,
+                              on_result: Callable[[TaskResult], None] | None = None) -> int:
     """``_execute``, and on an error or a signal say how many tasks finished: their rows stay, a re-run resumes."""
     with interruptible():
         try:
-            return _execute(plan.todo, runner, device, resources, store, progress)
+            return _execute(plan.todo, runner, device, resources, store, progress, on_result)
         except GauntletError as exc:
             kept = sum(store.verify(t.task_id) for t in plan.todo) + len(plan.done)
             saved = f"{kept} of {len(plan.tasks)} task(s) of this sweep have verified results in {store.dir} (kept)"
-            if isinstance(exc, Interrupted):  # one line: what is saved, how to resume
-                raise Interrupted(exc.signum, f"{exc}: {saved}; re-run the same command to resume") from None
-            raise type(exc)(f"{exc}\n{saved}; re-running the same command resumes from them and recomputes "
-                            "only the rest.") from None
+            command = launch_command()  # the exact command, when started by `gauntlet`
+            if isinstance(exc, Interrupted):  # the last line: what is saved, how to resume
+                how = f"resume with: {command}" if command else "re-run the same command to resume"
+                raise Interrupted(exc.signum, f"{exc}: {saved}; {how}") from None
+            again = f"re-running it ({command})" if command else "re-running the same command"
+            raise type(exc)(f"{exc}\n{saved}; {again} resumes from them and recomputes only the rest.") from None
 
 
 PROBE_SAMPLES = 64  # clean samples each model's gradient / output / randomness probe looks at
@@ -198,13 +213,22 @@ def sanity_flags(cfg: Mapping[str, Any], models: list[str], table: Any, resource
         probe = data.slice(0, min(n, PROBE_SAMPLES))
         x, y = probe.images.to(resources.device), probe.labels.to(resources.device)
         for name in models:
+            if is_remote(cfg["model"][name]):  # a black box by contract: no gradient to probe, queries cost money
+                continue
             flags += probe_model(resources.model(name, cfg["model"][name]), x, y, name, attacks_eot)
-    for f in flags:
-        level = logging.ERROR if f.verdict == SETUP else logging.WARNING
-        log.log(level, "sanity flag %s on %s%s: %s", f.check, f.model,
-                f" / {f.perturbation}" if f.perturbation else "", f.message)
+    _log_flags(flags)
     # a broken set-up first: it makes every other number (and flag) of that model meaningless
     return sorted(flags, key=lambda f: (f.verdict != SETUP, f.model, f.check, f.perturbation or ""))
+
+
+def _log_flags(flags: list[Flag]) -> None:
+    """One log line for all the flags (an error when a set-up is broken): the summary lists them, one line per
+    finding, and flags.json holds them in full; repeating each paragraph on stderr buried the numbers."""
+    if flags:
+        setup = sum(f.verdict == SETUP for f in flags)
+        log.log(logging.ERROR if setup else logging.WARNING,
+                "%d sanity flag(s)%s: %s; listed under the summary, in full in flags.json", len(flags),
+                f", {setup} of them a BROKEN SET-UP" if setup else "", ", ".join(dict.fromkeys(f.check for f in flags)))
 
 
 def _write_flags(out_dir: Path, plan: Plan, flags: list[Flag]) -> None:
@@ -214,7 +238,7 @@ def _write_flags(out_dir: Path, plan: Plan, flags: list[Flag]) -> None:
 
 
 def _execute(todo: tuple[Task, ...], runner: Runner, device: torch.device, resources: Resources,
-             store: ResultStore, progress: bool) -> int:
+             store: ResultStore, progress: bool, on_result: Callable[[TaskResult], None] | None = None) -> int:
     """Run ``todo`` on ``runner``, writing each result as it arrives; return how many were evaluated.
 
     Progress (engine/runners/progress.py): a live bar when ``progress`` and stderr is a terminal, else one log
@@ -224,13 +248,15 @@ def _execute(todo: tuple[Task, ...], runner: Runner, device: torch.device, resou
         return 0
     work = {t.task_id: work_per_sample(resources.perturbation(t.perturbation_name, t.perturbation)) for t in todo}
     tracker = SweepProgress(todo, work, live=progress and sys.stderr.isatty())
-    ctx = RunContext(device, tracker.samples, resources, events=tracker)
+    ctx = RunContext(device, tracker.work, resources, events=tracker)
     done = 0
     results = runner.run(todo, ctx)
     try:
         for result in results:
             path = store.write(result)
             examples.write(store.out_dir, result, store.index[result.task.task_id].digest)  # after its rows
+            if on_result is not None:
+                on_result(result)
             done += 1
             tracker.finished(result)
             log.debug("wrote %s (%.1f s)", path, result.seconds)

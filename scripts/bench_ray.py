@@ -80,7 +80,7 @@ def timed_run(runner: Any, plan: Any, res: Resources, device: torch.device,
     tasks = plan.todo
     work = {t.task_id: work_per_sample(res.perturbation(t.perturbation_name, t.perturbation)) for t in tasks}
     tracker = Timed(tasks, work, live=False, expect_workers=workers)
-    ctx = RunContext(device, tracker.samples, Resources(device), events=tracker)
+    ctx = RunContext(device, tracker.work, Resources(device), events=tracker)
     t0 = end = time.monotonic()
     n = 0
     for result in runner.run(tasks, ctx):

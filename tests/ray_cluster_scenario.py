@@ -58,7 +58,7 @@ def _plan(root: Path, out: str, *extra: str) -> tuple[Plan, ResultStore, Resourc
 def _sweep(runner: RayRunner, plan: Plan, store: ResultStore, res: Resources, after: Any = None) -> dict[str, Any]:
     work = {t.task_id: work_per_sample(res.perturbation(t.perturbation_name, t.perturbation)) for t in plan.todo}
     tracker = SweepProgress(plan.todo, work, live=False)
-    ctx = RunContext(torch.device("cpu"), tracker.samples, res, events=tracker)
+    ctx = RunContext(torch.device("cpu"), tracker.work, res, events=tracker)
     n = 0
     try:
         for result in runner.run(plan.todo, ctx):

@@ -63,6 +63,7 @@ FLOORS: dict[str, int] = {
     "sweep": 8,  # the driver
     "claims": 9,  # gauntlet verify drives sweeps
     "extraction": 9, "probe": 9,  # gauntlet extract / gauntlet probe drive the oracle, training and sinks
+    "transfer": 9,  # gauntlet transfer drives one sweep and writes its matrix
     "cli": 10,  # the entry point wires everything
 }
 TOP_LEVEL_MODULES = {"__init__", "cli", "sweep", "errors", "seeding"}

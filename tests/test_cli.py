@@ -68,3 +68,16 @@ def test_corrupt_checkpoint_is_a_clear_error(tiny_checkpoint: Path, tmp_path: Pa
     proc = run_cli(*tiny_overrides(bad, tmp_path, "perturbation=[clean]"))
     assert proc.returncode == 2 and "cannot be read" in proc.stderr
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("override, words", [
+    ("n_examples=abc", "could not be converted to Integer"),
+    ("no_such_key=3", "no_such_key"),
+    ("n_examples=[1,2", "no viable alternative"),
+])
+def test_a_value_hydra_cannot_compose_is_one_message_with_exit_2(tmp_path, override, words) -> None:
+    """A wrong type, an unknown key or broken override syntax: one line, exit 2 (not Hydra's exit 1)."""
+    proc = run_cli(override, f"out_dir={tmp_path / 'run'}", timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert words in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "run").exists()

@@ -35,6 +35,12 @@ def test_model_config_composes_and_arch_instantiates(name: str) -> None:
 
     cfg = compose_dict([f"model=[{name}]"])
     mcfg = cfg["model"][name]
+    if mcfg.get("remote") is not None:  # a deployed model: its contract builds an oracle (no network yet)
+        from engine.remote.model import build_oracle
+
+        oracle = build_oracle(name, mcfg)
+        assert oracle.num_classes >= 2 and oracle.endpoint.startswith("http")
+        return
     net = instantiate_arch(name, mcfg["arch"])
     assert sum(p.numel() for p in net.parameters()) > 0
     assert len(mcfg["mean"]) == len(mcfg["std"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -122,9 +123,11 @@ def test_a_signalled_driver_says_in_one_line_what_it_kept_and_resumes(
     lines = [line for line in text.splitlines() if "interrupted by" in line]
     assert code == 128 + sig, text[-3000:]
     assert len(lines) == 1, text[-3000:]
+    assert text.rstrip().splitlines()[-1] == lines[0]  # the last line
     m = re.search(r"interrupted by (SIG\w+): (\d+) of 8 task\(s\) of this sweep have verified results in (\S+) "
-                  r"\(kept\); re-run the same command to resume$", lines[0])
+                  r"\(kept\); resume with: cd (\S+) && gauntlet (.*)$", lines[0])
     assert m is not None, lines[0]
+    assert m[4] == shlex.quote(str(Path(REPO).resolve())) and m[5] == shlex.join(args)  # the exact command
     assert (m[1], int(m[2]), m[3]) == (sig.name, kept, str(out / "results")) and 1 <= kept < 8
     for noise in ("Traceback", "received at time", "KeyboardInterrupt", "Error"):
         assert noise not in text.replace(lines[0], ""), text[-3000:]

@@ -50,7 +50,7 @@ def _run(runner: Any, tasks: tuple[Task, ...], store: ResultStore, res: Resource
     """What ``engine.sweep._execute`` does, with a hook after each written result."""
     work = {t.task_id: work_per_sample(res.perturbation(t.perturbation_name, t.perturbation)) for t in tasks}
     tracker = SweepProgress(tasks, work, live=False)
-    ctx = RunContext(CPU, tracker.samples, res, events=tracker)
+    ctx = RunContext(CPU, tracker.work, res, events=tracker)
     results = []
     try:
         for result in runner.run(tasks, ctx):
@@ -205,3 +205,34 @@ def test_runner_local_holds_its_thread_count_when_numba_starts_its_pool(tiny_che
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=280)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == "[1, 1] 1"  # after the noise task, after clean, at the end
+
+
+@pytest.mark.timeout(300)
+def test_ray_reports_progress_from_inside_a_running_task(ray_instance: Any, embedded_checkpoints: dict[str, str],
+                                                         tmp_path: Path) -> None:
+    """Square on the trained digits model at a tiny ε (every sample stays robust: 1,000 queries each): the actor's
+    batched reports reach the driver while the task runs, and what they count is what the rows say was spent."""
+    cfg = compose_dict(["model=[digits_cnn]", "perturbation=[square_linf]", "perturbation.square_linf.eps=[0.002]",
+                        "perturbation.square_linf.attacks.0.n_queries=1000", "n_examples=16", "batch_size=16",
+                        f"out_dir={tmp_path}", "progress=false"])
+    store = ResultStore(str(cfg["out_dir"]))
+    plan = make_plan(cfg, store.has, progress=False)
+    seen: list[tuple[int, int, bool]] = []
+
+    class Watch(SweepProgress):
+        def work(self, task: Task, spent: int, skipped: int, samples: int, seconds: float) -> None:
+            seen.append((spent, samples, self.acct[task.task_id].finished))
+            super().work(task, spent, skipped, samples, seconds)
+
+    res = Resources(CPU)
+    tracker = Watch(plan.todo, {t.task_id: 1000 for t in plan.todo}, live=False)
+    runner = RayRunner(threads=1, num_actors=1, report_interval_s=0.05)
+    results = []
+    for result in runner.run(plan.todo, RunContext(CPU, tracker.work, res, events=tracker)):
+        tracker.finished(result)  # as the driver does: reports that arrive later are void
+        results.append(result)
+    tracker.close()
+    cost = int(results[0].columns["queries"].sum())
+    during = [s for s in seen if not s[2]]
+    assert len(during) >= 2 and sum(s[0] for s in during) > 0  # several reports while it ran, not one per task
+    assert sum(s[0] for s in seen) <= cost  # never more than the rows say was spent (late reports are void)

@@ -52,7 +52,7 @@ def test_shipped_checkpoint_is_checked_by_sha256(tiny_checkpoint: Path, tmp_path
 def test_worker_loads_each_model_once_uses_shipped_data_and_names_itself(tiny_checkpoint: Path,
                                                                          tmp_path: Path) -> None:
     tasks = _tasks(tiny_checkpoint, tmp_path)
-    reports: list[tuple[str, int, int]] = []
+    reports: list[tuple[str, int, int, int, int, float]] = []
     store = {"ckpt": tiny_checkpoint.read_bytes()}
     data = Resources(torch.device("cpu")).dataset(tasks[0].dataset).slice(0, 20)
     store["data"] = data  # type: ignore[assignment]
@@ -63,8 +63,10 @@ def test_worker_loads_each_model_once_uses_shipped_data_and_names_itself(tiny_ch
     assert {r.worker for r in results} == {"ray-7"} and {r.device for r in results} == {"cpu"}
     info = worker.info()
     assert info["loads"] == {"digits_cnn": 1} and info["threads"] == 1
-    assert sum(n for _, _, n in reports) == 20  # batched progress reports cover every sample
-    local = LocalRunner().run(tasks, RunContext(torch.device("cpu"), lambda t, n: None))
+    # batched progress reports cover every sample: one classification each, nothing found unnecessary
+    assert sum(r[2] for r in reports) == 20 and sum(r[3] for r in reports) == 0 and sum(r[4] for r in reports) == 20
+    assert {r[0] for r in reports} == {t.task_id for t in tasks} and all(r[5] >= 0 for r in reports)
+    local = LocalRunner().run(tasks, RunContext(torch.device("cpu"), lambda *report: None))
     for a, b in zip(results, local, strict=True):
         assert all((a.columns[k] == b.columns[k]).all() for k in a.columns)
 
@@ -95,7 +97,7 @@ def test_cuda_out_of_memory_names_the_task_and_the_fix(tiny_checkpoint: Path, tm
         worker.run(task, 1, Shipped())
     monkeypatch.setattr("engine.runners.local.evaluate", oom)
     with pytest.raises(GauntletError, match=r"batch_size=32"):
-        list(LocalRunner().run([task], RunContext(torch.device("cpu"), lambda t, n: None)))
+        list(LocalRunner().run([task], RunContext(torch.device("cpu"), lambda *report: None)))
 
 
 def test_runner_configs_are_checked_by_key() -> None:

@@ -214,7 +214,8 @@ def test_default_sweep_then_report(default_run: Path) -> None:
     pgd = next(c for c in summary["comparisons"] if c["perturbation"] == "pgd_linf" and c["level"] == 0.1)
     assert pgd["sentence"].startswith("digits_cnn_at is more robust than digits_cnn under pgd_linf at ε = 0.1: "
                                       "digits_cnn − digits_cnn_at = -")
-    assert len(list((default_run / "wandb" / "wandb").glob("offline-run-*"))) == 1  # W&B offline is the default
+    # W&B offline is the default: one run per model of the sweep
+    assert len(list((default_run / "wandb" / "wandb").glob("offline-run-*"))) == len(summary["models"]) == 2
 
 
 @pytest.mark.slow

@@ -489,3 +489,34 @@ def test_sweep_on_the_healthy_robust_model_raises_no_masking_flag(embedded_check
         assert f["verdict"] != MASKED
         if f["check"] == "white_box_too_weak":
             assert f["details"]["confirmation"]["grad_evals"] > 0 and f["details"]["confirmation"]["broken"] >= 1
+
+
+def test_the_summary_gives_one_line_per_finding_and_leaves_the_paragraphs_to_flags_json() -> None:
+    """Each flag's paragraph becomes one line (what was found, cut to the width); flags that say the same of several
+    models share a line; the reasoning, ids and advice are in flags.json, not repeated on the terminal."""
+    from engine.sanity.flags import MASKED, WEAK, Flag
+    from engine.sinks.summary import FLAG_WIDTH, flag_headline, render_flags
+
+    eot = ("two forward passes on the same inputs differ (max |Δlogit| = 0.3) and these attacks use no EOT: pgd; "
+           "their accuracy is optimistic for a randomised model (the evaluation is weak for it). Use an EOT attack")
+    grads = ("40 of 40 samples have an all-zero and 0 a NaN/inf input gradient (of the logit margin), measured on "
+             "the model itself: its forward pass returns logits with no gradient path to the input at all")
+    flags = [Flag("randomised_without_eot", "a", None, eot, {}, WEAK),
+             Flag("randomised_without_eot", "b", None, eot, {}, WEAK),
+             Flag("gradients", "a", None, grads, {"zero": 40}, MASKED),
+             Flag("white_box_too_weak", "b", "pgd_linf", "x" * 500, {}, WEAK)]
+    text = render_flags(flags)
+    lines = text.strip("\n").splitlines()
+    assert lines[0].startswith("sanity flags (4): ") and "flags.json" in lines[0]
+    body = lines[1:]
+    assert len(body) == 3 and all(line.startswith("  ! ") and len(line) <= FLAG_WIDTH for line in body)
+    assert body[0] == ("  ! randomised_without_eot [a, b] weak evaluation: two forward passes on the same inputs "
+                       "differ (max |Δlogit| = 0.3) an…")
+    assert "Use an EOT attack" not in text and "no gradient path" not in text  # the advice stays in flags.json
+    assert body[1].startswith("  ! gradients [a] model defeats the evaluation: 40 of 40 samples have an all-zero")
+    assert body[1].endswith("…")
+    assert body[2].startswith("  ! white_box_too_weak [b / pgd_linf] weak evaluation: xxx") and body[2].endswith("…")
+    assert flag_headline("CLEAN ACCURACY IS AT CHANCE: 2/20 = 10.0% correct, chance is 1/10 = 10.0% (p = 0.6); "
+                         "every number of this model is meaningless") == (
+        "CLEAN ACCURACY IS AT CHANCE: 2/20 = 10.0% correct, chance is 1/10 = 10.0% (p = 0.6)")
+    assert render_flags([]) == "\n\nsanity flags: none"

@@ -53,6 +53,13 @@ def main(argv: Sequence[str]) -> int:
         return 2
     path = write_verdicts(report)
     print(render(report))
+    try:
+        from engine.sinks.wandb_sink import log_verify
+
+        log_verify(report.out_dir)  # the base sweep, its verdicts and headline as one W&B run (no-op if disabled)
+    except GauntletError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     out_dir = report.out_dir
     print(f"\nVerdict: {path} and verdict.txt  (results: {out_dir / 'results'}, escalations: "
           f"{out_dir / 'escalations'})")

@@ -318,6 +318,7 @@ def verify(path: str, args: Sequence[str], command: str | None = None) -> Verify
     cfg = claim_build.base_config(cf, hydra_over, st.n_examples, claim_over, st.budget)
     res = Resources(resolve_device(str(cfg["device"])))
     randomised = _rescore_if_randomised(cf, cfg, res)
+    cfg["wandb"] = {**(cfg.get("wandb") or {}), "deferred": True}  # W&B once, with the verdicts (claims/cli.py)
     outcome = run_sweep(cfg)
     out_dir = str(cfg["out_dir"])
     rows = _rows(outcome, out_dir)

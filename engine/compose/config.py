@@ -40,6 +40,7 @@ class ModelConfig:
     strip_prefix: Optional[str] = None  # noqa: UP045  null = strip "module." when every key has it
     strict: bool = True
     train_if_missing: Optional[bool] = None  # noqa: UP045  null = only at the embedded default location
+    remote: Any = None  # a deployed model reached through its API (docs/remote-targets.md); no arch or checkpoint
 
 
 @dataclass

@@ -56,9 +56,16 @@ def build_perturbation(name: str, cfg: Mapping[str, Any]) -> Perturbation:
     if fields and unknown:
         valid = sorted(k for k in fields if k != "name")
         raise ConfigError(f"perturbation.{name}: unknown key(s) {unknown}; valid keys: {valid}")
+    # fields Hydra must hand over as plain data, not instantiate (a transfer attack's source model config: its
+    # arch is built by the model loader, with its checkpoint checks, never here)
+    plain = {k: cfg[k] for k in getattr(cls, "plain_fields", ()) if k in cfg}
     try:
-        pert = instantiate(dict(cfg), name=name, _convert_="all")
-    except InstantiationException as exc:
+        if plain:
+            rest = {k: v for k, v in cfg.items() if k not in plain}
+            pert = instantiate(rest, name=name, _convert_="all", _partial_=True)(**plain)
+        else:
+            pert = instantiate(dict(cfg), name=name, _convert_="all")
+    except (InstantiationException, TypeError) as exc:
         err = _unwrap(exc)
         if isinstance(err, GauntletError):
             raise err from None
@@ -108,3 +115,8 @@ class Resources:
         if key not in self._perts:
             self._perts[key] = build_perturbation(name, cfg)
         return self._perts[key]
+
+    def surrogates(self, pert: Perturbation) -> dict[str, torch.nn.Module]:
+        """The models ``pert`` attacks besides the sweep's (a transfer attack's source), built like any model:
+        the same loader, the same cache (a source equal to the target is the same object)."""
+        return {name: self.model(name, cfg) for name, cfg in pert.surrogates.items()}

@@ -59,3 +59,6 @@ class TaskResult:
     worker: str = "local"  # who computed it: "local" or a Ray actor's name (progress and balance lines)
     # the kept examples (engine/evaluation/examples.py): level, sample_id, x, clean; None when none are saved
     examples: dict[str, np.ndarray] | None = None
+    # a remote model's oracle spend for this task (engine/remote/accounting.stats_since), and the samples
+    # excluded under on_error: skip; None for a local model
+    remote: dict[str, Any] | None = None

@@ -16,6 +16,7 @@ from engine.models.arch import instantiate_arch
 from engine.models.checkpoint import load_state, load_torchscript, resolve_format, verify_file
 from engine.models.training import train_embedded
 from engine.models.wrapper import NormalizedModel
+from engine.remote.model import build_remote_model, contract_digest, is_remote
 
 log = logging.getLogger(__name__)
 PKG_SCHEME = "pkg://"
@@ -67,6 +68,8 @@ def ensure_checkpoint(name: str, model_cfg: Mapping[str, Any], progress: bool = 
     location (under ``<cache_dir>/checkpoints``) or with ``train_if_missing: true``; anywhere else a
     missing file is an error, so a mistyped path never silently trains a new model under the user's name.
     """
+    if is_remote(model_cfg):  # no file: the contract stands in for the checkpoint's hash in task ids
+        return contract_digest(name, model_cfg)
     path = checkpoint_path(model_cfg, name)
     recipe = model_cfg.get("train")
     if not path.exists() and recipe:
@@ -116,7 +119,9 @@ def _network(name: str, model_cfg: Mapping[str, Any], path: Path) -> torch.nn.Mo
 
 
 def build_model(name: str, model_cfg: Mapping[str, Any], device: torch.device) -> NormalizedModel:
-    """Architecture + weights + normalisation, in eval mode with frozen parameters."""
+    """Architecture + weights + normalisation, in eval mode with frozen parameters (or a remote model)."""
+    if is_remote(model_cfg):
+        return build_remote_model(name, model_cfg, device)  # type: ignore[return-value]
     mean, std = list(model_cfg["mean"]), list(model_cfg["std"])
     if not mean or len(mean) != len(std) or any(s <= 0 for s in std):
         raise ConfigError(f"model.{name}: mean and std need one value per channel and std > 0")

@@ -114,6 +114,10 @@ class Adaptive(SuiteMember):
     def eot_iter(self) -> int:
         return int(self.member.eot_iter)
 
+    @property
+    def planned_evals(self) -> int:
+        return int(self.member.planned_evals)
+
     def attack_view(self, model: nn.Module) -> GradientView:
         return GradientView(model, self.at, self.mode)
 

@@ -154,6 +154,11 @@ class APGD(SuiteMember):
     def eot_iter(self) -> int:
         return self.eot
 
+    @property
+    def planned_evals(self) -> int:
+        targets = self.n_target_classes if self.loss == "dlr-targeted" else 1
+        return self.n_iter * self.n_restarts * self.eot * targets
+
     def attack(self, x: torch.Tensor, y: torch.Tensor, ctx: MemberContext) -> MemberResult:
         n = x.shape[0]
         gens = ctx.generators()
@@ -250,6 +255,7 @@ class APGD(SuiteMember):
         queries = torch.zeros(n, dtype=torch.int64, device=x.device)
         x_adv = start.clamp(0.0, 1.0)
         grad, wrong, loss = self._grad(ctx, x_adv, y, target, need_grad=True)
+        ctx.spent(n * self.eot)
         n_iter_2 = max(int(0.22 * self.n_iter), 1)
         n_iter_min, size_decr = max(int(0.06 * self.n_iter), 1), max(int(0.03 * self.n_iter), 1)
         s = _APGDRows(
@@ -268,6 +274,7 @@ class APGD(SuiteMember):
             s.x_old, s.x_adv = s.x_adv, new
             last = i == self.n_iter - 1
             s.grad, wrong, loss = self._grad(ctx, s.x_adv, s.y, s.target, need_grad=not last)
+            ctx.spent(int(s.idx.numel()) * self.eot)
             if last:
                 queries[s.idx] += self.eot
             else:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -16,6 +16,20 @@ from engine.perturbations.norms import Norm, get_norm
 from engine.seeding import derive_seed
 
 Family = Literal["clean", "attack", "corruption"]
+# (evals spent, planned evals found unnecessary) since the last call: progress from inside a batch
+WorkReport = Callable[[int, int], None]
+
+BUDGET_KEYS = ("steps", "n_iter", "n_queries")  # per-level work of an attack (first present)
+RESTART_KEYS = ("restarts", "n_restarts")
+
+
+def budget_of(obj: object) -> int:
+    """Evals one sample costs ``obj`` (an attack or a suite member) at one level, read from its settings:
+    steps (or iterations, or queries) × restarts × EOT draws. The plan the progress bar starts from."""
+    steps = next((int(getattr(obj, k)) for k in BUDGET_KEYS if isinstance(getattr(obj, k, None), int)), 1)
+    restarts = next((int(getattr(obj, k)) for k in RESTART_KEYS if isinstance(getattr(obj, k, None), int)), 1)
+    eot = getattr(obj, "eot_iter", 1)
+    return max(1, steps) * max(1, restarts) * (eot if isinstance(eot, int) and eot > 0 else 1)
 
 
 @dataclass(frozen=True)
@@ -25,6 +39,16 @@ class BatchContext:
     model: nn.Module
     seed: int
     sample_ids: torch.Tensor  # int64, CPU, one id per row of the batch
+    # source models of a transfer attack (name → model on the device), built by the evaluator's resources from
+    # the perturbation's ``surrogates``: perturbations never load a model themselves
+    surrogates: Mapping[str, nn.Module] = field(default_factory=dict)
+    progress: WorkReport | None = None  # the evaluator's meter (engine/evaluation/evaluate.py), or None
+
+    def report(self, spent: int, skipped: int = 0) -> None:
+        """Tell the progress meter of ``spent`` evals done and ``skipped`` planned evals found unnecessary (a
+        sample that broke early); optional: the evaluator settles each level's account from its costs anyway."""
+        if self.progress is not None and (spent or skipped):
+            self.progress(int(spent), int(skipped))
 
     def batch_seed(self, *parts: object) -> int:
         """A seed fixed by the global seed, these sample ids, and ``parts`` (name, level, ...)."""
@@ -100,9 +124,21 @@ class Perturbation:
         return {}
 
     @property
+    def surrogates(self) -> dict[str, Mapping[str, Any]]:
+        """Other models this perturbation attacks (name → model config): the source of a transfer attack. The
+        planner checks their checkpoints (sha256 in the task id), the evaluator builds them (``BatchContext``)."""
+        return {}
+
+    @property
     def eot_iter(self) -> int:
         """Model samples averaged per gradient (Expectation over Transformation); 1 means no EOT."""
         return 1
+
+    @property
+    def planned_evals(self) -> int:
+        """Evals one sample is planned to cost at one level: its budget for an attack, 1 (one classification)
+        otherwise. An upper bound the progress bar starts from; work found unnecessary is taken off as it ends."""
+        return budget_of(self) if self.family == "attack" else 1
 
     @property
     def score_draws(self) -> int:

@@ -111,6 +111,7 @@ class _FABBase(SuiteMember):
             bs = xa.shape[0]
             f, w, cost = self._linearise(ctx, xa, ya, la_t[act] if la_t is not None else None)
             grads[act] += cost
+            ctx.spent(bs * (cost + 1))  # the linearisation and the query below, per row still searching
             with torch.no_grad():
                 b = -f + (w * xa.reshape(bs, -1)).sum(dim=-1)
                 d3 = project(torch.cat((xa.reshape(bs, -1), x0_all[act]), 0), torch.cat((w, w), 0),
@@ -163,6 +164,10 @@ class FABTargeted(_FABBase):
     @property
     def _per_call(self) -> int:
         return self.target_batch
+
+    @property
+    def planned_evals(self) -> int:
+        return self.n_iter * self.n_restarts * self.n_target_classes * 2  # a gradient and a query per iteration
 
     def _targets(self, x: torch.Tensor, ctx: MemberContext) -> tuple[torch.Tensor | None, list[int]]:
         with torch.no_grad():

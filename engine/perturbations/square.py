@@ -38,6 +38,10 @@ class Square(SuiteMember):
         if self.n_queries < 1 or self.n_restarts < 1 or not 0 < self.p_init <= 1:
             raise ConfigError(f"attack {self.name!r}: n_queries, n_restarts ≥ 1 and 0 < p_init ≤ 1")
 
+    @property
+    def planned_evals(self) -> int:
+        return self.n_queries * self.n_restarts
+
     def p_selection(self, it: int) -> float:
         if self.resc_schedule:
             it = int(it / self.n_queries * 10000)
@@ -84,6 +88,7 @@ class Square(SuiteMember):
             margin_min = self._margin(ctx, x_best, y)
             loss_min = margin_min.clone()
             queries = torch.ones(x.shape[0], dtype=torch.int64, device=x.device)
+            ctx.spent(x.shape[0])
             for i_iter in range(self.n_queries):
                 idx = (margin_min > 0.0).nonzero().squeeze(1)
                 if idx.numel() == 0:
@@ -99,6 +104,7 @@ class Square(SuiteMember):
                 x_new = torch.min(torch.max(x_best_curr + new_deltas, x_curr - eps), x_curr + eps).clamp(0.0, 1.0)
                 self._keep_better(self._margin(ctx, x_new, y_curr), idx, x_new, x_best_curr, loss_min, margin_min,
                                   x_best, queries)
+                ctx.spent(int(idx.numel()))  # one query per row still unbroken: a broken row stops counting
         return (margin_min <= 0.0).clone(), x_best.clone(), queries.clone()
 
     @staticmethod
@@ -149,6 +155,7 @@ class Square(SuiteMember):
             margin_min = self._margin(ctx, x_best, y)
             loss_min = margin_min.clone()
             queries = torch.ones(n, dtype=torch.int64, device=dev)
+            ctx.spent(n)
             for i_iter in range(self.n_queries):
                 idx = (margin_min > 0.0).nonzero().squeeze(1)
                 if idx.numel() == 0:
@@ -180,6 +187,7 @@ class Square(SuiteMember):
                 x_new = torch.clamp(x_curr + normalize(delta_curr, "l2") * eps, 0.0, 1.0)
                 self._keep_better(self._margin(ctx, x_new, y_curr), idx, x_new, x_best_curr, loss_min, margin_min,
                                   x_best, queries)
+                ctx.spent(int(idx.numel()))  # one query per row still unbroken: a broken row stops counting
         return (margin_min <= 0.0).clone(), x_best.clone(), queries.clone()
 
 

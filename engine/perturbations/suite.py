@@ -24,7 +24,7 @@ times afresh, and the sample counts as robust only if all R classify it correctl
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -38,6 +38,7 @@ from engine.perturbations.base import (
     Family,
     LevelOutput,
     Perturbation,
+    budget_of,
     check_eps_list,
     worst_of,
     zero_cost,
@@ -85,6 +86,12 @@ class MemberContext:
     sample_seeds: tuple[int, ...]  # one per row: (global seed, sample id, suite, member, ε)
     shared_seed: int  # (global seed, suite, member, ε): draws shared by all samples, same in every batch
     max_rows: int = 0  # rows of the suite's batch: a member that widens its batch (targets together) stays within it
+    on_spent: Callable[[int], None] | None = None  # progress: evals just spent (the suite's meter, or None)
+
+    def spent(self, evals: int) -> None:
+        """Report ``evals`` model evaluations just done (a member calls it every iteration; it is cheap)."""
+        if self.on_spent is not None and evals > 0:
+            self.on_spent(int(evals))
 
     def generators(self) -> list[torch.Generator]:
         """One CPU generator per row; a sample's draws never depend on its batch."""
@@ -148,6 +155,11 @@ class SuiteMember:
         return False
 
     @property
+    def planned_evals(self) -> int:
+        """Evals one sample is planned to cost this member at one ε (an upper bound: a sample leaves when broken)."""
+        return budget_of(self)
+
+    @property
     def threat(self) -> str:
         return BLACK_BOX if BLACK_BOX in self.tags else WHITE_BOX
 
@@ -172,6 +184,30 @@ class _SuiteState:
     broken: torch.Tensor
     breaker: list[str]
     caches: dict[str, _MinNormCache]
+
+
+class _MemberMeter:
+    """Progress of one member at one ε on one batch: evals reported as the member spends them, then at its end
+    the account settled from its real cost (``grad_evals`` + ``queries``): the planned evals of rows it never
+    attacked or that left it early are reported as unnecessary, so the sweep's total shrinks as they are found."""
+
+    def __init__(self, ctx: BatchContext, planned: int) -> None:
+        self.ctx, self.planned, self.spent, self.skipped = ctx, planned, 0, 0
+
+    def spend(self, evals: int) -> None:
+        self.spent += evals
+        self.ctx.report(evals, 0)
+
+    def skip(self, evals: int) -> None:
+        self.skipped += evals
+        self.ctx.report(0, evals)
+
+    def settle(self, actual: int) -> None:
+        self.ctx.report(actual - self.spent, max(0, self.planned - actual) - self.skipped)
+
+
+def _cost(grads: torch.Tensor, queries: torch.Tensor) -> int:
+    return int(grads.sum()) + int(queries.sum())
 
 
 @dataclass(frozen=True)
@@ -217,6 +253,10 @@ class AttackSuite(Perturbation):
         return min(a.eot_iter for a in self.attacks)
 
     @property
+    def planned_evals(self) -> int:
+        return sum(max(1, a.planned_evals) for a in self.attacks)
+
+    @property
     def score_draws(self) -> int:
         return self.rescore
 
@@ -248,8 +288,11 @@ class AttackSuite(Perturbation):
                 for member in self.attacks:
                     pool = (correct & ~state.broken).nonzero().squeeze(1)
                     if pool.numel() == 0:
-                        break
-                    self._run_member(member, level, pool, x, y, ctx, num_classes, state, grads, queries)
+                        break  # the evaluator books the members left as unnecessary when this level is yielded
+                    meter = self._meter(member, pool, n, ctx)
+                    before = _cost(grads, queries)
+                    self._run_member(member, level, pool, x, y, ctx, num_classes, state, grads, queries, meter)
+                    meter.settle(_cost(grads, queries) - before)
             yield LevelOutput(level, state.x_out.clone(), grads, queries, tuple(state.breaker))
 
     def _run_rescored(self, x: torch.Tensor, y: torch.Tensor, ctx: BatchContext) -> Iterator[LevelOutput]:
@@ -270,21 +313,33 @@ class AttackSuite(Perturbation):
                     pool = (best < self.rescore).nonzero().squeeze(1)
                     if pool.numel() == 0:
                         break
+                    meter = self._meter(member, pool, n, ctx)
+                    before = _cost(grads, queries)
                     res = member.attack(x[pool.to(x.device)], y[pool.to(x.device)],
-                                        self._member_context(member, level, pool, ctx, num_classes, x))
+                                        self._member_context(member, level, pool, ctx, num_classes, x, meter))
                     grads[pool] += res.grad_evals.cpu()
                     queries[pool] += res.queries.cpu()
                     self._keep_worse(member, level, pool, res, x, y, ctx, state, best, queries)
+                    meter.settle(_cost(grads, queries) - before)
             yield LevelOutput(level, state.x_out.clone(), grads, queries, tuple(state.breaker))
 
     def _member_context(self, member: SuiteMember, level: float, pool: torch.Tensor, ctx: BatchContext,
-                        num_classes: int, x: torch.Tensor) -> MemberContext:
+                        num_classes: int, x: torch.Tensor, meter: _MemberMeter) -> MemberContext:
         ids = ctx.sample_ids[pool].tolist()
         return MemberContext(
             model=ctx.model, norm=self._norm, eps=level, num_classes=num_classes,
             sample_seeds=tuple(derive_seed(ctx.seed, int(s), self.name, member.name, level) for s in ids),
             shared_seed=derive_seed(ctx.seed, self.name, member.name, level), max_rows=int(x.shape[0]),
+            on_spent=meter.spend,
         )
+
+    @staticmethod
+    def _meter(member: SuiteMember, pool: torch.Tensor, n: int, ctx: BatchContext) -> _MemberMeter:
+        """A meter for ``member`` on this batch; the rows outside ``pool`` (broken already, or misclassified
+        clean) are booked as unnecessary at once."""
+        meter = _MemberMeter(ctx, n * max(1, member.planned_evals))
+        meter.skip((n - int(pool.numel())) * max(1, member.planned_evals))
+        return meter
 
     def _keep_worse(self, member: SuiteMember, level: float, pool: torch.Tensor, res: MemberResult,
                     x: torch.Tensor, y: torch.Tensor, ctx: BatchContext, state: _SuiteState, best: torch.Tensor,
@@ -314,7 +369,7 @@ class AttackSuite(Perturbation):
 
     def _run_member(self, member: SuiteMember, level: float, pool: torch.Tensor, x: torch.Tensor,
                     y: torch.Tensor, ctx: BatchContext, num_classes: int, state: _SuiteState,
-                    grads: torch.Tensor, queries: torch.Tensor) -> None:
+                    grads: torch.Tensor, queries: torch.Tensor, meter: _MemberMeter) -> None:
         cache = state.caches.get(member.name) if member.minimal_norm and member.eps_independent else None
         if cache is not None:
             known = pool[cache.known[pool]]
@@ -323,12 +378,7 @@ class AttackSuite(Perturbation):
             pool = pool[~cache.known[pool]]
             if pool.numel() == 0:
                 return
-        ids = ctx.sample_ids[pool].tolist()
-        mctx = MemberContext(
-            model=ctx.model, norm=self._norm, eps=level, num_classes=num_classes,
-            sample_seeds=tuple(derive_seed(ctx.seed, int(s), self.name, member.name, level) for s in ids),
-            shared_seed=derive_seed(ctx.seed, self.name, member.name, level), max_rows=int(x.shape[0]),
-        )
+        mctx = self._member_context(member, level, pool, ctx, num_classes, x, meter)
         dev_pool = pool.to(x.device)
         res = member.attack(x[dev_pool], y[dev_pool], mctx)
         grads[pool] += res.grad_evals.cpu()

@@ -19,7 +19,9 @@ from engine.evaluation.resources import build_dataset, build_perturbation
 from engine.evaluation.tasks import Task
 from engine.models.fit import check_fits
 from engine.models.loader import ensure_checkpoint
+from engine.planning.remote_fit import check_remote_perturbations
 from engine.planning.sweep_targets import check_sweep_targets
+from engine.remote.model import is_remote, remote_identity
 from engine.seeding import stable_hash
 
 DoneFn = Callable[[str], bool]
@@ -148,22 +150,25 @@ def make_plan(
         )
     perts = {name: build_perturbation(name, pcfg) for name, pcfg in cfg["perturbation"].items()}
     _check_threat_models(perts, tuple(data.image_shape))
+    check_remote_perturbations(cfg["model"], perts)  # gradient attacks on a remote model: refused by name
     cache_dir = cfg.get("cache_dir")
     shas = {name: ensure_checkpoint(name, mcfg, progress, cache_dir) for name, mcfg in cfg["model"].items()}
+    sources = _surrogate_extras(perts, progress, cache_dir)
     seed = int(cfg["seed"])
     save, cap, quantize = example_options(cfg)
     content = identity_of(data, cache_dir)
     tasks, keys = [], {}
     for model_name, model_cfg in cfg["model"].items():
-        identity = {k: v for k, v in model_cfg.items()
-                    if k not in ("checkpoint", "sha256", "train", "train_if_missing")}
+        identity = model_identity(model_cfg)
+        if is_remote(model_cfg):  # rate limits, timeouts, credentials change no row: not part of the task id
+            identity["remote"] = remote_identity(model_name, model_cfg)
         for pert_name, pert in perts.items():
             pert_cfg = dict(cfg["perturbation"][pert_name])
             for start, stop in shard_ranges(n_examples, shard_size):
                 key = {
                     "model": [model_name, identity, shas[model_name]],
                     "dataset": dataset_cfg,
-                    "perturbation": [pert_name, pert_cfg, pert.task_extras(batch_size)],
+                    "perturbation": [pert_name, pert_cfg, {**pert.task_extras(batch_size), **sources[pert_name]}],
                     "rows": [start, stop],
                     "seed": seed,
                 }
@@ -185,10 +190,31 @@ def make_plan(
     tasks = [replace(t, run_id=run_id) for t in tasks]
     todo = tuple(t for t in tasks if not is_done(t.task_id))
     if check_model is not None:
-        for name in dict.fromkeys(t.model_name for t in todo):
-            model = check_model(name, cfg["model"][name])
+        to_check = {name: (name, cfg["model"][name]) for name in dict.fromkeys(t.model_name for t in todo)}
+        for t in todo:  # a transfer attack's source model too: it must fit the same data
+            to_check.update({f"{n} (source of {t.perturbation_name})": (n, c)
+                             for n, c in perts[t.perturbation_name].surrogates.items()})
+        for shown, (name, model_cfg) in to_check.items():
+            model = check_model(name, model_cfg)
             if isinstance(model, torch.nn.Module):  # channels, image size, classes, float logits
-                check_fits(name, model, data.image_shape, data.num_classes, data.name,
+                check_fits(shown, model, data.image_shape, data.num_classes, data.name,
                            next(model.buffers(), torch.empty(0)).device)
     return Plan(run_id, tuple(tasks), todo, content, keys, source_of(data))
 
+
+def model_identity(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """What of a model config goes into a task id besides its sha256 (not where the file lives, nor how to train it)."""
+    return {k: v for k, v in model_cfg.items() if k not in ("checkpoint", "sha256", "train", "train_if_missing")}
+
+
+def _surrogate_extras(perts: Mapping[str, Any], progress: bool,
+                      cache_dir: str | Path | None) -> dict[str, dict[str, Any]]:
+    """Per perturbation, its source models (transfer attacks) as task-id extras: each checkpoint checked (sha256,
+    trained at the embedded location like any model) and named by its sha256, so a changed source file never
+    reuses rows crafted on the old one. Empty for every other perturbation (their task ids are unchanged)."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, pert in perts.items():
+        srcs = {src: [model_identity(mcfg), ensure_checkpoint(src, mcfg, progress, cache_dir)]
+                for src, mcfg in pert.surrogates.items()}
+        out[name] = {"surrogates": srcs} if srcs else {}
+    return out

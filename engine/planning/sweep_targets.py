@@ -45,6 +45,8 @@ def _kind_at(key: str, cfg: Mapping[str, Any]) -> Kind:
     parts = key.split(".")
     if len(parts) == 3 and parts[0] == "model" and parts[2] == "arch" and parts[1] in (cfg.get("model") or {}):
         return MODEL
+    if len(parts) == 4 and parts[0] == "perturbation" and parts[2:] == ["source_model", "arch"]:
+        return MODEL  # a transfer attack's source model (engine/perturbations/transfer.py)
     if len(parts) == 2 and parts[0] == "perturbation":
         return PERTURBATION
     if key == "dataset":

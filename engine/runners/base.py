@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -11,7 +12,45 @@ import torch
 from engine.evaluation.resources import Resources
 from engine.evaluation.tasks import Task, TaskResult
 
-SamplesDone = Callable[[Task, int], None]
+# (task, evals spent, planned evals found unnecessary, samples finished, seconds of work since the task's last report)
+WorkDone = Callable[[Task, int, int, int, float], None]
+REPORT_INTERVAL_S = 0.25  # how often an in-process task hands its progress to the driver
+
+
+class WorkBatcher:
+    """A task's progress, collected from the evaluator's frequent reports (evals, and samples through every
+    level at each batch end) and handed on at most every ``interval_s`` (for a Ray actor one fire-and-forget
+    message per interval, never a round trip per batch), with the seconds of work since the last hand-over.
+    ``clock`` is injectable for tests."""
+
+    def __init__(self, send: Callable[[int, int, int, float], None], interval_s: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.send, self.interval_s, self.clock = send, interval_s, clock
+        self.last = clock()
+        self.spent = self.skipped = self.samples = 0
+
+    def __call__(self, spent: int, skipped: int) -> None:
+        self.spent += spent
+        self.skipped += skipped
+        self._maybe_flush()
+
+    def batch_done(self, samples: int) -> None:
+        self.samples += samples
+        self._maybe_flush()
+
+    def _maybe_flush(self) -> None:
+        now = self.clock()
+        if now - self.last >= self.interval_s:
+            self.flush(now)
+
+    def flush(self, now: float | None = None) -> None:
+        """Hand on what was collected (nothing when nothing was: its time goes with the next report)."""
+        if not (self.spent or self.skipped or self.samples):
+            return
+        now = self.clock() if now is None else now
+        self.send(self.spent, self.skipped, self.samples, now - self.last)
+        self.spent = self.skipped = self.samples = 0
+        self.last = now
 
 
 class RunEvents:
@@ -32,7 +71,7 @@ class RunContext:
     """What the driver hands a runner: the device, a progress callback, and (in-process) its caches."""
 
     device: torch.device
-    on_samples: SamplesDone
+    on_work: WorkDone
     resources: Resources | None = None
     events: RunEvents = field(default_factory=RunEvents)
 
@@ -46,7 +85,7 @@ class Runner(Protocol):
     """
 
     def run(self, tasks: Sequence[Task], ctx: RunContext) -> Iterator[TaskResult]:
-        """Yield one ``TaskResult`` per task (any order); ``ctx.on_samples`` reports progress within tasks."""
+        """Yield one ``TaskResult`` per task (any order); ``ctx.on_work`` reports progress within tasks."""
         ...
 
 

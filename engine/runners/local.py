@@ -13,7 +13,7 @@ from engine.errors import ConfigError, GauntletError
 from engine.evaluation.evaluate import evaluate
 from engine.evaluation.resources import Resources
 from engine.evaluation.tasks import Task, TaskResult
-from engine.runners.base import RunContext, oom_message
+from engine.runners.base import REPORT_INTERVAL_S, RunContext, WorkBatcher, oom_message
 
 WORKER = "local"
 
@@ -54,8 +54,9 @@ class LocalRunner:
             ctx.events.worker_ready(WORKER, str(res.device))
             for task in tasks:
                 ctx.events.task_started(task, WORKER)
+                report = WorkBatcher(functools.partial(ctx.on_work, task), REPORT_INTERVAL_S)
                 try:
-                    yield evaluate(task, res, on_batch=functools.partial(ctx.on_samples, task))
+                    yield evaluate(task, res, on_batch=report.batch_done, on_work=report)
                 except torch.OutOfMemoryError:
                     raise GauntletError(oom_message(task, str(res.device))) from None
         finally:

@@ -9,6 +9,7 @@ store once, and yields each result as it arrives (the driver alone writes Parque
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -26,6 +27,9 @@ from engine.data import SampleSet
 from engine.errors import CheckpointError, ConfigError, GauntletError
 from engine.evaluation.resources import Resources
 from engine.evaluation.tasks import Task, TaskResult
+from engine.remote.accounting import LocalLimiter
+from engine.remote.api import QueryBudgetExhausted
+from engine.remote.model import install_limiter, installed_limiter, is_remote, remote_settings, target_key
 from engine.runners.base import RunContext, default_threads
 from engine.runners.ray_worker import Shipped, Worker
 from engine.runners.signals import keeping_handlers
@@ -157,12 +161,14 @@ class RayRunner:
         with keeping_handlers():  # ray.init's own SIGTERM handler would exit without a word (engine/sweep.py)
             owned = self._connect(ray, private)
         self._actors, self.attempts, self.worker_info = [], {}, []
+        self._limiters: dict[str, tuple[Any, int]] = {}
         sink = None
         before: dict[str, float] = {}
         try:
             before = ray.available_resources()
             sink = _sink_class(ray).options(scheduling_strategy=_on_driver_node(ray),
                                             runtime_env={"env_vars": dict(NICENESS_ENV)}).remote()
+            self._limiters = _remote_limiters(ray, tasks)  # one per remote target, shared by every actor
             shipped = self._ship(ray, tasks, ctx)
             self._warm = list({stable_hash([t.perturbation_name, t.perturbation]): (t.perturbation_name,
                                                                                   dict(t.perturbation))
@@ -171,7 +177,10 @@ class RayRunner:
             yield from self._drive(ray, TaskQueue(tasks), shipped, ctx, sink)
             self.worker_info = self._collect_info(ray)
         finally:
-            for handle in [a.handle for a in self._actors] + ([sink] if sink is not None else []):
+            _sync_limiters(ray, self._limiters)
+            limiter_handles = [handle for handle, _ in self._limiters.values()]
+            self._limiters = {}
+            for handle in [a.handle for a in self._actors] + ([sink] if sink is not None else []) + limiter_handles:
                 try:
                     ray.kill(handle, no_restart=True)
                 except Exception as exc:  # already gone with its node; never mask the sweep's own error
@@ -285,7 +294,7 @@ class RayRunner:
         """Put each checkpoint's bytes and the (small) dataset into the object store once, per model."""
         ckpts: dict[str, Any] = {}
         if self.ship_checkpoints:
-            for t in {t.checkpoint_sha256: t for t in tasks}.values():
+            for t in {t.checkpoint_sha256: t for t in tasks if not is_remote(t.model)}.values():
                 ckpts[t.checkpoint_sha256] = ray.put(_read_checkpoint(t))
         datasets: dict[str, tuple[Any, str]] = {}
         res = ctx.resources if ctx.resources is not None else Resources(torch.device("cpu"))
@@ -328,7 +337,7 @@ class RayRunner:
         handle = self._cls.options(
             num_cpus=self._cpa, num_gpus=self._gpa, max_restarts=0, max_task_retries=0,
             scheduling_strategy="SPREAD", runtime_env={"env_vars": env},
-        ).remote(name, threads, self._sink, self.report_interval_s, self.keep_models, self._warm)
+        ).remote(name, threads, self._sink, self.report_interval_s, self.keep_models, self._warm, self._limiters)
         actor = _Actor(name, handle, handle.info.remote(), time.monotonic())
         self._actors.append(actor)
         return actor
@@ -484,10 +493,10 @@ class RayRunner:
             log.debug("progress reports unavailable: %s", exc)
             return
         current = {(t.task_id, att): t for a in self._actors if a.alive for _, t, att in a.inflight}
-        for key, n in reports.items():
+        for key, (spent, skipped, samples, seconds) in reports.items():
             task = current.get(key)
             if task is not None:
-                ctx.on_samples(task, n)
+                ctx.on_work(task, int(spent), int(skipped), int(samples), float(seconds))
 
     def _finished_elsewhere(self, ray: Any, owner: dict[Any, _Actor]) -> Iterator[TaskResult]:
         """Before failing fast, hand over results that are already complete so the driver writes them."""
@@ -547,13 +556,14 @@ def _sink_class(ray: Any) -> Any:
         """Collects workers' progress reports; the driver drains them every tick."""
 
         def __init__(self) -> None:
-            self.pending: dict[tuple[str, int], int] = {}
+            self.pending: dict[tuple[str, int], tuple[int, int, int, float]] = {}
 
-        def report(self, task_id: str, attempt: int, n: int) -> None:
+        def report(self, task_id: str, attempt: int, spent: int, skipped: int, samples: int, seconds: float) -> None:
             key = (task_id, attempt)
-            self.pending[key] = self.pending.get(key, 0) + n
+            a, b, c, d = self.pending.get(key, (0, 0, 0, 0.0))
+            self.pending[key] = (a + spent, b + skipped, c + samples, d + seconds)
 
-        def drain(self) -> dict[tuple[str, int], int]:
+        def drain(self) -> dict[tuple[str, int], tuple[int, int, int, float]]:
             out, self.pending = self.pending, {}
             return out
 
@@ -566,9 +576,12 @@ def _actor_class(ray: Any) -> Any:
         """A Ray actor around ``engine.runners.ray_worker.Worker``."""
 
         def __init__(self, name: str, threads: int, sink: Any, interval: float, keep_models: int,
-                     perturbations: list[tuple[str, dict[str, Any]]]) -> None:
-            def report(task_id: str, attempt: int, n: int) -> None:
-                sink.report.remote(task_id, attempt, n)
+                     perturbations: list[tuple[str, dict[str, Any]]], limiters: dict[str, Any] | None = None) -> None:
+            def report(task_id: str, attempt: int, spent: int, skipped: int, samples: int, seconds: float) -> None:
+                sink.report.remote(task_id, attempt, spent, skipped, samples, seconds)
+
+            for key, (handle, concurrency) in (limiters or {}).items():  # remote targets: one limiter per run
+                install_limiter(key, RayLimiterProxy(ray, handle, concurrency))
 
             self.worker = Worker(name, threads, list(ray.get_gpu_ids()), report, ray.get, interval, keep_models,
                                  perturbations)
@@ -580,3 +593,107 @@ def _actor_class(ray: Any) -> Any:
             return self.worker.run(task, attempt, shipped)
 
     return GauntletWorker
+
+
+# -- remote targets: one limiter actor per target holds the run's budget, rate and concurrency --------------------
+def _limiter_class(ray: Any) -> Any:
+    @ray.remote(num_cpus=0, max_concurrency=1000)  # threaded: slots block in acquire, never the actor
+    class RemoteLimiter:
+        """A ``LocalLimiter`` that every worker of the run shares (it writes the run folder's spend file)."""
+
+        def __init__(self, run_budget: int | None, rate: float | None, concurrency: int, spent: int,
+                     spent_file: str | None) -> None:
+            self.limiter = LocalLimiter(run_budget, rate, concurrency, already_spent=spent, spent_file=spent_file)
+
+        def reserve(self, rows: int) -> str | None:
+            try:
+                self.limiter.reserve(rows)
+            except QueryBudgetExhausted as exc:
+                return str(exc)
+            return None
+
+        def refund(self, rows: int) -> None:
+            self.limiter.refund(rows)
+
+        def spent(self) -> int:
+            return self.limiter.spent()
+
+        def acquire(self) -> None:
+            self.limiter.acquire()
+
+        def release(self) -> None:
+            self.limiter.release()
+
+        def throttle(self, seconds: float) -> None:
+            self.limiter.throttle(seconds)
+
+        def relax(self) -> None:
+            self.limiter.relax()
+
+    return RemoteLimiter
+
+
+class RayLimiterProxy:
+    """The ``Limiter`` a worker's oracle holds under Ray: every call goes to the run's one limiter actor."""
+
+    def __init__(self, ray: Any, handle: Any, concurrency: int) -> None:
+        self._ray, self._handle = ray, handle
+        self.concurrency = concurrency  # threads one oracle may send from (the actor caps the run's total)
+
+    def reserve(self, rows: int) -> None:
+        refused = self._ray.get(self._handle.reserve.remote(rows))
+        if refused:
+            raise QueryBudgetExhausted(refused)
+
+    def refund(self, rows: int) -> None:
+        self._ray.get(self._handle.refund.remote(rows))
+
+    def spent(self) -> int:
+        return int(self._ray.get(self._handle.spent.remote()))
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[None]:
+        self._ray.get(self._handle.acquire.remote())
+        try:
+            yield
+        finally:
+            self._handle.release.remote()
+
+    def throttle(self, seconds: float) -> None:
+        self._handle.throttle.remote(seconds)
+
+    def relax(self) -> None:
+        self._handle.relax.remote()
+
+
+def _remote_limiters(ray: Any, tasks: Sequence[Task]) -> dict[str, tuple[Any, int]]:
+    """One limiter actor per remote target of ``tasks``, on the driver node, starting from the driver's spend."""
+    out: dict[str, Any] = {}
+    for task in tasks:
+        if not is_remote(task.model):
+            continue
+        key = target_key(task.model_name, task.model)
+        if key in out:
+            continue
+        block = remote_settings(task.model_name, task.model)
+        driver = installed_limiter(key)
+        spent = driver.spent() if driver is not None else 0
+        spent_file = getattr(driver, "spent_file", None)
+        concurrency = int(block.get("concurrency") or 4)
+        handle = _limiter_class(ray).options(scheduling_strategy=_on_driver_node(ray)).remote(
+            block.get("run_budget"), block.get("rate_limit"), concurrency, spent, spent_file)
+        out[key] = (handle, concurrency)
+    return out
+
+
+def _sync_limiters(ray: Any, limiters: dict[str, tuple[Any, int]]) -> None:
+    """After the run: the driver's limiter takes each actor's total (sanity probes and later runs count on)."""
+    for key, (handle, _) in limiters.items():
+        driver = installed_limiter(key)
+        try:
+            spent = int(ray.get(handle.spent.remote(), timeout=30))
+        except Exception as exc:  # the actor is gone: its spend file has the total
+            log.warning("remote target %s: could not read the run's spend from its limiter (%s)", key, exc)
+            continue
+        if isinstance(driver, LocalLimiter):
+            driver.resync(spent)

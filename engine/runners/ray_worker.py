@@ -8,6 +8,7 @@ module stays testable in-process and obeys the package boundary.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import logging
 import os
@@ -27,13 +28,14 @@ from engine.evaluation.evaluate import evaluate
 from engine.evaluation.resources import Resources
 from engine.evaluation.tasks import Task, TaskResult
 from engine.models.loader import build_model
-from engine.runners.base import oom_message
+from engine.runners.base import WorkBatcher, oom_message
 from engine.seeding import stable_hash
 
 log = logging.getLogger(__name__)
 
 Fetch = Callable[[Any], Any]  # ray.get for one shipped object
-Report = Callable[[str, int, int], None]  # (task_id, attempt, samples) → fire-and-forget to the driver
+# (task_id, attempt, evals spent, evals found unnecessary, samples finished, seconds) → fire-and-forget
+Report = Callable[[str, int, int, int, int, float], None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,19 +156,9 @@ class Worker:
 
     def run(self, task: Task, attempt: int, shipped: Shipped) -> TaskResult:
         self.runs.append(task.task_id)
-        pending = 0
-        last = time.monotonic()
-
-        def on_batch(n: int) -> None:
-            nonlocal pending, last
-            pending += n
-            now = time.monotonic()
-            if now - last >= self.report_interval_s:
-                self.report(task.task_id, attempt, pending)
-                pending, last = 0, now
-
+        batcher = WorkBatcher(functools.partial(self.report, task.task_id, attempt), self.report_interval_s)
         try:
-            result = evaluate(self._local_task(task, shipped), self.res, on_batch=on_batch)
+            result = evaluate(self._local_task(task, shipped), self.res, on_batch=batcher.batch_done, on_work=batcher)
         except torch.OutOfMemoryError:
             raise GauntletError(oom_message(task, self.device_name)) from None
         return dataclasses.replace(result, task=task, device=self.device_name, worker=self.name)

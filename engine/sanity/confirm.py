@@ -27,6 +27,7 @@ from engine.evaluation.checks import check_logits, verify_batch
 from engine.perturbations.autoattack import APGD
 from engine.perturbations.base import BatchContext
 from engine.perturbations.suite import AttackSuite
+from engine.remote.api import oracle_of
 
 STRONG_N_ITER = 100  # iterations of each APGD run (the original AutoAttack's)
 STRONG_CE_RESTARTS = 5  # APGD-CE random restarts (AutoAttack "plus")
@@ -175,6 +176,8 @@ class SweepConfirmer:
         x = self.images[rows] if isinstance(self.images, torch.Tensor) else self.images.take(rows.numpy()).images
         x, y = x.to(self.device), self.labels[rows].to(self.device)
         model = self.model_for(model_name)
+        if oracle_of(model) is not None:
+            return None  # a remote target: no gradient to confirm with, and every probe would cost queries
         suite = strong_suite(norm, eps, eot=self.eot if self.eot > 1 and _randomised(model, x) else 1,
                              **self.strength)
         if graph_broken(model, x):

@@ -196,3 +196,49 @@ def broken_by_bars(table: pa.Table, suite: str, models: Sequence[str]) -> bytes 
     axes[-1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
     fig.suptitle(f"{suite}: who broke the samples", fontsize=10)
     return _png(fig)
+
+
+def transfer_heatmaps(matrix: pa.Table, title: str) -> bytes | None:
+    """A transfer matrix (``gauntlet transfer``'s ``transfer.parquet``): one panel per ε, sources (rows) ×
+    targets (columns), success rate % and its 95 % interval in each cell, the white-box diagonal outlined."""
+    import numpy as np
+    from matplotlib.patches import Rectangle
+
+    if matrix.num_rows == 0 or "success" not in matrix.column_names:
+        return None
+    cells = matrix.to_pylist()
+    order = (matrix.schema.metadata or {}).get(b"models", b"").decode().split(",")
+    models = [m for m in order if m] or list(dict.fromkeys(c["target"] for c in cells))
+    levels = sorted({c["level"] for c in cells})
+    ncols = min(3, len(levels))
+    nrows = math.ceil(len(levels) / ncols)
+    side = 0.95 * len(models) + 1.6
+    fig = Figure(figsize=(ncols * side + 1.2, nrows * (side - 0.3) + 0.9), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    im = None
+    for k, level in enumerate(levels):
+        ax = axes[k // ncols][k % ncols]
+        grid = np.full((len(models), len(models)), np.nan)
+        text: dict[tuple[int, int], str] = {}
+        for c in cells:
+            if c["level"] == level and c["source"] in models and c["target"] in models and c["n"]:
+                i, j = models.index(c["source"]), models.index(c["target"])
+                grid[i, j] = 100 * c["success"]
+                text[i, j] = f"{100 * c['success']:.0f}\n[{100 * c['success_low']:.0f}, {100 * c['success_high']:.0f}]"
+        im = ax.imshow(grid, vmin=0, vmax=100, cmap="magma_r", aspect="equal")
+        for (i, j), t in text.items():
+            ax.text(j, i, t, ha="center", va="center", fontsize=7, color="white" if grid[i, j] > 55 else "black")
+        for d in range(len(models)):
+            ax.add_patch(Rectangle((d - 0.45, d - 0.45), 0.9, 0.9, fill=False, lw=2, ec="#00a0c8", ls="--"))
+        ax.set_xticks(range(len(models)), models, rotation=35, ha="right", fontsize=8)
+        ax.set_yticks(range(len(models)), models, fontsize=8)
+        ax.set_xlabel("target", fontsize=8)
+        if k % ncols == 0:
+            ax.set_ylabel("source", fontsize=8)
+        ax.set_title(f"ε = {level:g}", fontsize=9)
+    for k in range(len(levels), nrows * ncols):
+        axes[k // ncols][k % ncols].set_axis_off()
+    if im is not None:
+        fig.colorbar(im, ax=axes.ravel().tolist(), label="success rate %", shrink=0.8)
+    fig.suptitle(title, fontsize=9, wrap=True)
+    return _png(fig)

@@ -23,9 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import GauntletError
+from engine.remote.ledger import LEDGER, RunLedger
 from engine.sinks import plots
 from engine.sinks.gallery import gallery_html
 from engine.sinks.leaderboard import Gathered, board_html, configs_html, gather, headline_html, runs_html
+from engine.sinks.remote_summary import render_remote_summary
 from engine.sinks.summary_doc import ALL_PAIRS_UP_TO, build_summary, ordered_models, ordered_perturbations
 from engine.stats.aggregate import AccuracyRow, accuracy_table
 from engine.stats.compare import RunSpec, ci_percent, explain, json_safe, parse_run_args
@@ -340,6 +342,43 @@ def _unfinished(summary: dict[str, Any]) -> str:
             f"Every number below covers only those tasks. {_e(summary['unfinished'])}</p>")
 
 
+TRANSFER_MATRIX = "transfer.parquet"  # written by `gauntlet transfer` next to results/ (engine/transfer/cli.py)
+
+
+def transfer_figures(gathered: Gathered) -> list[Figure]:
+    """The heat map of each gathered run's transfer matrix (``gauntlet transfer``), when it has one."""
+    import pyarrow.parquet as pq
+
+    figs = []
+    for src in gathered.sources:
+        path = Path(src.run.out_dir) / TRANSFER_MATRIX
+        if not path.is_file():
+            continue
+        try:
+            matrix = pq.read_table(path)
+        except (OSError, ValueError) as exc:
+            log.warning("transfer matrix %s is unreadable (%s); left out of the report", path, exc)
+            continue
+        attack = (matrix.schema.metadata or {}).get(b"attack", b"?").decode()
+        who = f"{src.label}: " if src.label and len(gathered.sources) > 1 else ""
+        title = (f"{who}transfer: success rate % [95 % CI] of {attack} examples crafted on the source (rows),\n"
+                 "scored on the target (columns); dashed: the white-box diagonal")
+        png = plots.transfer_heatmaps(matrix, title)
+        if png is not None:
+            safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in src.label or "")
+            slug = f"transfer_{safe}" if who else "transfer"
+            figs.append(Figure(title, slug, png))
+    return figs
+
+
+def _remote(gathered: Gathered) -> str:
+    """Each run's remote-targets block (queries sent, cached, throttled, excluded; the upper-bound caveat)."""
+    blocks = [render_remote_summary(RunLedger(src.run.out_dir)) for src in gathered.sources
+              if (Path(src.run.out_dir) / LEDGER).exists()]
+    blocks = [b for b in blocks if b]
+    return f"<h2>Remote targets</h2>{''.join(f'<pre>{_e(b)}</pre>' for b in blocks)}" if blocks else ""
+
+
 def _notes(notes: Sequence[str]) -> str:
     return "".join(f"<p class='flag'>note: {_e(n)}</p>" for n in notes)
 
@@ -366,7 +405,7 @@ def render_html(summary: dict[str, Any], figures: Sequence[Figure], gathered: Ga
             f"{_verdicts(run.verdicts)}{board_html(summary['leaderboard'] if len(summary['models']) > 1 else None)}"
             f"{runs_html(summary['runs'])}<h2>Command{'s' if several else ''}</h2><pre>{_e(command)}</pre>"
             f"{_models(summary)}{_accuracy(summary)}{_extras(summary)}<h2>Figures</h2>{imgs}{_gallery(gathered)}"
-            f"{_comparisons(summary)}{_flags(run.flags)}{_tags(summary, run)}"
+            f"{_comparisons(summary)}{_flags(run.flags)}{_remote(gathered)}{_tags(summary, run)}"
             f"<h2>Resolved config</h2>{configs_html(gathered.sources)}</body></html>")
 
 
@@ -400,6 +439,7 @@ def write_report(runs: str | Path | Sequence[str | Path | RunSpec], eps: float |
     summary["notes"] = gathered.notes
     level = summary["heatmap_level"]
     figures = make_figures(run, accuracy_table(run.rows), level["eps"], level["severity"])
+    figures += transfer_figures(gathered)
     try:
         (folder / "figures").mkdir(parents=True, exist_ok=True)
         paths = {}

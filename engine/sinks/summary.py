@@ -55,12 +55,32 @@ def render_table(rows: Sequence[AccuracyRow], models: Sequence[str], perturbatio
     return "\n".join(out)
 
 
-def render_flags(flags: Sequence[Flag]) -> str:
-    """The sanity flags under the table ("" when there are none), one line each."""
+FLAG_WIDTH = 120  # characters of one flag's line in the summary; the whole finding is in flags.json
+VERDICT_WORDS = {"weak_evaluation": "weak evaluation", "model_defeats_evaluation": "model defeats the evaluation",
+                 "broken_setup": "BROKEN SET-UP", "unconfirmed": "unconfirmed"}
+
+
+def flag_headline(message: str) -> str:
+    """A flag message's first clause, up to its first "; " or ". ": what was found, without the why and the
+    advice that follow."""
+    cuts = [at for at in (message.find("; "), message.find(". ")) if at >= 0]
+    return message[:min(cuts)] if cuts else message
+
+
+def render_flags(flags: Sequence[Flag], width: int = FLAG_WIDTH) -> str:
+    """The sanity flags under the table: one line per finding (flags that say the same of several models or
+    perturbations share it), cut to ``width``; what was found in full, sample ids and advice are in
+    ``flags.json`` (docs/sanity.md). ``sanity flags: none`` when there are none."""
     if not flags:
         return "\n\nsanity flags: none"
-    lines = ["", "", f"sanity flags ({len(flags)}): the numbers above may be optimistic, see docs/sanity.md"]
+    found: dict[tuple[str, str, str], list[str]] = {}
     for f in flags:
         where = f.model + (f" / {f.perturbation}" if f.perturbation else "")
-        lines.append(f"  ! {f.check} [{where}] {f.message}")
+        found.setdefault((f.check, f.verdict, flag_headline(f.message)), []).append(where)
+    lines = ["", "", f"sanity flags ({len(flags)}): the numbers above may be optimistic; one line per finding, "
+                     "the details in flags.json in the run folder (docs/sanity.md)"]
+    for (check, verdict, headline), wheres in found.items():
+        head = f"  ! {check} [{', '.join(wheres)}] {VERDICT_WORDS.get(verdict, verdict)}: "
+        text = head + headline
+        lines.append(text if len(text) <= width else text[:width - 1] + "…")
     return "\n".join(lines)
