@@ -199,3 +199,15 @@ def test_oracle_for_prefers_the_remote_models_own_oracle() -> None:
     assert isinstance(local, LocalOracle) and local.remaining(torch.tensor([0])).tolist() == [7]
     x = _batch(3)
     assert torch.equal(remote(x).argmax(1), inner.query(x, _ids(3)).labels)  # forward: one-hot of the label
+
+
+def test_a_lease_held_by_a_dead_holder_is_taken_back() -> None:
+    from engine.remote.accounting import LeasedLimiter
+
+    limiter = LeasedLimiter(concurrency=1, lease_s=0.2)
+    limiter.acquire_lease()  # its holder "dies": never released
+    second = limiter.acquire_lease()  # waits past the lease, then gets the slot back
+    assert limiter.reclaimed == 1
+    limiter.release_lease(second)
+    assert limiter.acquire(timeout=0.01)  # the slot is free again, counted once
+    limiter.release()

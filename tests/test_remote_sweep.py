@@ -62,11 +62,33 @@ def test_a_remote_sweep_matches_the_model_on_the_pixels_sent_and_the_servers_cou
     assert target["sent"] == target["spent"] - 1  # finished tasks; the plan's fit check sent one grey image
     assert target["calls"] == after["requests"] - before["requests"] - 1
     assert "remote targets" in outcome.summary and "upper bound" in outcome.summary
+    assert f"received {target['spent']} image(s)" in outcome.summary
     again = run_sweep(cfg)  # everything reused: no query spent
     assert again.evaluated == 0 and oip.stats()["images"] == after["images"]
+    assert f"received 0 image(s) ({target['spent']} in earlier runs of this folder)" in again.summary
     for path in out.rglob("*"):  # the token is nowhere in the run folder
         if path.is_file():
             assert TOKEN.encode() not in path.read_bytes(), path
+
+
+def test_the_token_is_in_no_file_of_a_cli_run_even_when_the_run_fails(
+        oip: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through the command line (Hydra's own files and logs included), a finished run and a failing one."""
+    from tests.conftest import run_cli
+
+    out = tmp_path / "cli"
+    ok = run_cli(*_overrides(oip.url, out, "perturbation=[clean]", *_auth(monkeypatch)))
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    monkeypatch.setenv("DIGITS_API_TOKEN", TOKEN + "-wrong")  # the server answers 401: the run fails
+    bad = run_cli(*_overrides(oip.url, tmp_path / "cli_bad", "perturbation=[clean]",
+                              "+model.remote_digits_cnn.remote.auth={env: DIGITS_API_TOKEN}"))
+    assert bad.returncode == 2 and "HTTP 401" in bad.stderr
+    for text in (ok.stdout, ok.stderr, bad.stdout, bad.stderr):
+        assert TOKEN not in text
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".parquet" for p in files) and any(p.name == "remote_ledger.json" for p in files)
+    for path in files:
+        assert TOKEN.encode() not in path.read_bytes(), path
 
 
 def test_gradient_attacks_are_refused_naming_what_fits(tmp_path: Path) -> None:
@@ -194,3 +216,17 @@ def test_operational_keys_leave_task_ids_alone(tmp_path: Path) -> None:
                "model.remote_digits_cnn.remote.concurrency=1", "+model.remote_digits_cnn.remote.auth={env: T}") == base
     assert ids("model.remote_digits_cnn.remote.encoding=jpeg") != base
     assert ids("model.remote_digits_cnn.remote.url=http://127.0.0.1:10") != base
+
+
+def test_a_claim_file_may_declare_a_remote_model_inline() -> None:
+    from engine.claims.schema import parse_claim_file
+
+    remote = {"protocol": "oip", "url": "http://127.0.0.1:8080", "model_name": "digits_cnn", "num_classes": 10,
+              "output": "label"}
+    doc = {"model": {"name": "vendor_api", "remote": remote}, "dataset": "digits",
+           "claims": [{"threat_model": {"norm": "linf", "eps": 0.1}, "claimed_accuracy": 0.5}]}
+    claim = parse_claim_file("vendor.yaml", doc)
+    assert claim.model_name == "vendor_api" and claim.model["remote"]["output"] == "label"  # type: ignore[index]
+    doc["model"] = {"name": "vendor_api", "remote": {**remote, "tokn": "x"}}
+    with pytest.raises(ConfigError, match=r"model.vendor_api.remote: unknown key\(s\) \['tokn'\]"):
+        parse_claim_file("vendor.yaml", doc)

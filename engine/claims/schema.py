@@ -22,6 +22,7 @@ from engine.compose import strict_yaml
 from engine.compose.config import CONFIG_DIR, group_options
 from engine.compose.targets import DOTTED_NAME, POLICY_KEYS, iter_targets
 from engine.errors import ConfigError
+from engine.remote.model import remote_settings
 
 TOP_KEYS = ("model", "dataset", "n_examples", "subset", "claims", "defence", "resolution", "tolerance", "title",
             "source")
@@ -230,6 +231,10 @@ def _inline_model(path: str, block: dict[str, Any]) -> tuple[str, dict[str, Any]
     name = str(block.pop("name", "model"))
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
         raise ConfigError(f"{path}: model.name={name!r} must be an identifier (letters, digits, _)")
+    if block.get("remote") is not None:  # a deployed model: its contract instead of arch and checkpoint
+        remote_settings(name, block)  # unknown or missing contract keys fail here, naming the key
+        _check_inline(path, "model", block)
+        return name, block
     for key in ("arch", "checkpoint"):
         if key not in block:
             raise ConfigError(f"{path}: the inline model block needs {key!r} (see configs/model/*.yaml)")

@@ -126,14 +126,16 @@ class LocalLimiter:
         if start > now:
             time.sleep(start - now)
 
-    def acquire(self) -> None:
-        """Take a slot and wait for the rate limit (the Ray limiter actor serves these to every worker)."""
-        self._slots.acquire()
+    def acquire(self, timeout: float | None = None) -> bool:
+        """Take a slot (False if none freed within ``timeout``), then wait for the rate limit."""
+        if not self._slots.acquire(timeout=timeout):
+            return False
         try:
             self._wait_rate()
         except BaseException:
             self._slots.release()
             raise
+        return True
 
     def release(self) -> None:
         self._slots.release()
@@ -144,6 +146,43 @@ class LocalLimiter:
         try:
             yield
         finally:
+            self.release()
+
+
+class LeasedLimiter(LocalLimiter):
+    """A limiter whose slots are leases: one held longer than ``lease_s`` (its holder died: a killed Ray worker)
+    is taken back, so a lost worker cannot shrink the run's concurrency for good. Served by the Ray limiter actor."""
+
+    def __init__(self, *args: Any, lease_s: float = 120.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lease_s = lease_s
+        self._leases: dict[int, float] = {}
+        self._next_token = 0
+        self._lease_lock = threading.Lock()
+        self.reclaimed = 0
+
+    def acquire_lease(self) -> int:
+        while not self.acquire(timeout=min(1.0, self.lease_s)):
+            self._reclaim()
+        with self._lease_lock:
+            self._next_token += 1
+            self._leases[self._next_token] = time.monotonic()
+            return self._next_token
+
+    def release_lease(self, token: int) -> None:
+        with self._lease_lock:
+            held = self._leases.pop(token, None) is not None
+        if held:  # a reclaimed lease was released already
+            self.release()
+
+    def _reclaim(self) -> None:
+        now = time.monotonic()
+        with self._lease_lock:
+            stale = [t for t, start in self._leases.items() if now - start > self.lease_s]
+            for token in stale:
+                del self._leases[token]
+        for _ in stale:
+            self.reclaimed += 1
             self.release()
 
 

@@ -39,6 +39,7 @@ class RunLedger:
             except ValueError:
                 self.doc = {"targets": {}}  # a torn file cannot happen (atomic writes); a hand-edited one is reset
         self.latencies: dict[str, list[float]] = {}  # this run's call latencies, per target
+        self.at_start: dict[str, int] = {}  # each target's spend when this run began (earlier runs of the folder)
 
     @classmethod
     def of(cls, out_dir: Path) -> RunLedger:
@@ -104,6 +105,7 @@ def install_run_limiters(models: Mapping[str, Mapping[str, Any]], out_dir: Path)
         limiter = LocalLimiter(block.get("run_budget"), block.get("rate_limit"), int(block.get("concurrency") or 4),
                                already_spent=ledger.spent(key), spent_file=str(ledger.spent_file(key)))
         install_limiter(key, limiter)
+        ledger.at_start[key] = ledger.spent(key)
         ledger.declare(key, block.get("run_budget"))
     return ledger
 

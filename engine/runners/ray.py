@@ -27,7 +27,7 @@ from engine.data import SampleSet
 from engine.errors import CheckpointError, ConfigError, GauntletError
 from engine.evaluation.resources import Resources
 from engine.evaluation.tasks import Task, TaskResult
-from engine.remote.accounting import LocalLimiter
+from engine.remote.accounting import LeasedLimiter, LocalLimiter
 from engine.remote.api import QueryBudgetExhausted
 from engine.remote.model import install_limiter, installed_limiter, is_remote, remote_settings, target_key
 from engine.runners.base import RunContext, default_threads
@@ -602,8 +602,9 @@ def _limiter_class(ray: Any) -> Any:
         """A ``LocalLimiter`` that every worker of the run shares (it writes the run folder's spend file)."""
 
         def __init__(self, run_budget: int | None, rate: float | None, concurrency: int, spent: int,
-                     spent_file: str | None) -> None:
-            self.limiter = LocalLimiter(run_budget, rate, concurrency, already_spent=spent, spent_file=spent_file)
+                     spent_file: str | None, lease_s: float) -> None:
+            self.limiter = LeasedLimiter(run_budget, rate, concurrency, already_spent=spent, spent_file=spent_file,
+                                         lease_s=lease_s)
 
         def reserve(self, rows: int) -> str | None:
             try:
@@ -618,11 +619,11 @@ def _limiter_class(ray: Any) -> Any:
         def spent(self) -> int:
             return self.limiter.spent()
 
-        def acquire(self) -> None:
-            self.limiter.acquire()
+        def acquire(self) -> int:
+            return self.limiter.acquire_lease()
 
-        def release(self) -> None:
-            self.limiter.release()
+        def release(self, token: int) -> None:
+            self.limiter.release_lease(token)
 
         def throttle(self, seconds: float) -> None:
             self.limiter.throttle(seconds)
@@ -653,11 +654,11 @@ class RayLimiterProxy:
 
     @contextlib.contextmanager
     def slot(self) -> Iterator[None]:
-        self._ray.get(self._handle.acquire.remote())
+        token = self._ray.get(self._handle.acquire.remote())
         try:
             yield
         finally:
-            self._handle.release.remote()
+            self._handle.release.remote(token)
 
     def throttle(self, seconds: float) -> None:
         self._handle.throttle.remote(seconds)
@@ -680,8 +681,9 @@ def _remote_limiters(ray: Any, tasks: Sequence[Task]) -> dict[str, tuple[Any, in
         spent = driver.spent() if driver is not None else 0
         spent_file = getattr(driver, "spent_file", None)
         concurrency = int(block.get("concurrency") or 4)
+        lease_s = 2 * float(block.get("timeout_s", 10.0)) + 30.0  # a slot is held for one request at most
         handle = _limiter_class(ray).options(scheduling_strategy=_on_driver_node(ray)).remote(
-            block.get("run_budget"), block.get("rate_limit"), concurrency, spent, spent_file)
+            block.get("run_budget"), block.get("rate_limit"), concurrency, spent, spent_file, lease_s)
         out[key] = (handle, concurrency)
     return out
 

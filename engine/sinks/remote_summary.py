@@ -27,6 +27,13 @@ def render_remote_summary(ledger: RunLedger | None) -> str:
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     table = [fmt.format(*HEAD), fmt.format(*("-" * w for w in widths)), *(fmt.format(*r) for r in lines)]
     notes = []
+    for key, entry in sorted(ledger.targets().items()):
+        if key in ledger.at_start:
+            before = ledger.at_start[key]
+            now = int(entry.get("spent", 0)) - before
+            notes.append(f"this run: {key.split(':')[0]} received {now} image(s)"
+                         + (f" ({before} in earlier runs of this folder)" if before else "")
+                         + ("; every answer came from finished rows or the cache" if now == 0 else ""))
     throttled = sum(int(e.get("throttled", 0)) for e in ledger.doc["targets"].values())
     if throttled:
         notes.append(f"throttled: the endpoint answered HTTP 429 {throttled} time(s); Gauntlet waited (Retry-After) "
