@@ -17,6 +17,7 @@ from hydra.utils import instantiate
 from engine.compose.levels import Labels
 from engine.data.fingerprint import describe_change
 from engine.errors import ConfigError, GauntletError
+from engine.evaluation.examples import DEFAULT_CAP
 from engine.evaluation.resources import Resources, _unwrap, resolve_device
 from engine.evaluation.tasks import Task, TaskResult
 from engine.perturbations.base import Perturbation
@@ -36,6 +37,7 @@ from engine.sinks.remote_summary import render_remote_summary
 from engine.sinks.summary import render_flags, render_table
 from engine.sinks.wandb_sink import log_sweep, settings_of
 from engine.stats.aggregate import AccuracyRow, accuracy_table
+from engine.store import examples
 from engine.store.outdir import OutDirLock, check_out_dir
 from engine.store.parquet import ResultStore
 from engine.store.rundir import launch_command, record_plan, recorded_identities
@@ -84,7 +86,12 @@ def run_sweep(cfg: Mapping[str, Any]) -> SweepOutcome:
         store.report_foreign()
         resources = Resources(device)
         ledger = install_run_limiters(cfg["model"], out_dir)  # remote targets: one budget/rate limiter each
-        plan = make_plan(cfg, store.has, check_model=resources.model, progress=progress)
+        pending = examples.Pending()  # tasks whose rows exist but whose examples do not (save_examples)
+        is_done = examples.done_fn(store, str(cfg.get("save_examples", "none")),
+                                   int(cfg.get("save_examples_cap", DEFAULT_CAP)), pending)
+        plan = make_plan(cfg, is_done, check_model=resources.model, progress=progress)
+        for line in pending.lines():
+            log.warning("%s", line)
         record_plan(out_dir, plan.run_id, cfg, _task_records(plan))  # a killed run can later say "N of M"
         if plan.done:
             log.info("%d of %d task(s) already have verified results in %s; reusing them",
@@ -255,6 +262,7 @@ def _execute(todo: tuple[Task, ...], runner: Runner, device: torch.device, resou
     try:
         for result in results:
             path = store.write(result)
+            examples.write(store.out_dir, result, store.index[result.task.task_id].digest)  # after its rows
             if on_result is not None:
                 on_result(result)
             done += 1

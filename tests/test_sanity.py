@@ -162,7 +162,7 @@ def _table(model: torch.nn.Module, pert: Perturbation, data: tuple[torch.Tensor,
     cols = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
     n = len(cols["sample_id"])
     extra = {"run_id": "r", "task_id": "t", "model": name, "dataset": "digits", "perturbation": pert.name,
-             "family": pert.family, "norm": pert.norm, "seed": 0}
+             "family": pert.family, "norm": pert.norm, "seed": 0, "float_correct": None}
     arrays = [pa.array(cols[f.name], type=f.type) if f.name in cols else pa.array([extra[f.name]] * n, type=f.type)
               for f in SCHEMA]
     return pa.table(arrays, schema=SCHEMA)

@@ -192,7 +192,8 @@ def _rows(records: list[tuple[str, str, str, float, int, bool]]) -> pa.Table:
                      ("sample_id", sid), ("label", 0), ("perturbation", pert), ("family", fam),
                      ("norm", None if fam != "attack" else "linf"), ("level", level), ("pred", 0 if ok else 1),
                      ("correct", ok), ("margin", 1.0 if ok else -1.0), ("perturbation_size", level),
-                     ("broken_by", "" if ok else pert), ("grad_evals", 0), ("queries", 0), ("seed", 0)):
+                     ("broken_by", "" if ok else pert), ("grad_evals", 0), ("queries", 0), ("seed", 0),
+                     ("float_correct", None)):
             cols[k].append(v)
     return pa.table(cols, schema=SCHEMA)
 

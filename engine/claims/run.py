@@ -36,6 +36,7 @@ from engine.claims.indicators import (
 )
 from engine.claims.ladder import LADDER_EVALS, Ladder, Live, RoundResult, climb
 from engine.claims.provenance import attack_record, provenance
+from engine.claims.quantized import add_grid_parts
 from engine.claims.schema import Claim, ClaimFile, load_claim_file
 from engine.claims.settings import Settings, settings
 from engine.claims.transfer import transfer_indicator
@@ -96,7 +97,7 @@ class NormCheck:
 def _rows(outcome: SweepOutcome, out_dir: str) -> list[dict[str, Any]]:
     table = ResultStore(out_dir).read(t.task_id for t in outcome.plan.tasks)
     cols = ["model", "perturbation", "level", "sample_id", "correct", "broken_by", "margin", "grad_evals", "queries",
-            "queries_to_success"]
+            "queries_to_success", "float_correct"]
     return table.select(cols).to_pylist()
 
 
@@ -329,6 +330,8 @@ def verify(path: str, args: Sequence[str], command: str | None = None) -> Verify
         checks[norm] = check_norm(cf, cfg, outcome, rows, res, norm, [c for c in white if c.norm == norm],
                                   st.budget, randomised, st.ladder_evals)
     verdicts = _verdicts(cf, checks, rows, st, res, cfg)
+    if cfg.get("quantize", "none") != "none":  # rows score grid examples: say what the float ones gave
+        add_grid_parts(verdicts, cf, rows, str(cfg["quantize"]))
     data = res.dataset(cfg["dataset"])
     n_eval = min(len(data), int(cfg["n_examples"]))
     sha = next((t.checkpoint_sha256 for t in outcome.plan.tasks if t.model_name == cf.model_name), None)

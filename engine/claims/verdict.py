@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.claims.decide import Blockers, Rule, decide, estimate
+from engine.claims.quantized import grid_text
 from engine.claims.schema import Claim
 from engine.compose.threat_model import ThreatModel, describe, parse_tags
 
@@ -59,6 +60,7 @@ class ClaimVerdict:
     caveat: str | None = None
     rule: str = ""  # the rule that decided (engine.claims.decide.RULES)
     ladder: dict[str, Any] | None = None  # the escalation ladder of this claim's norm (engine.claims.ladder)
+    quantized: dict[str, Any] | None = None  # quantize on: float vs grid robust accuracy (engine.claims.quantized)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -217,6 +219,7 @@ def _render_claim(v: ClaimVerdict) -> list[str]:
     if tm.get("norm"):
         lines.append(f"  adversarial examples within 1e-4 of the decision boundary: {v.near_boundary}")
     lines += _render_evidence(v)
+    lines += grid_text(v.quantized)
     if v.caveat:
         lines.append(f"  note: {v.caveat}")
     if v.source:

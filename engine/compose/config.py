@@ -65,6 +65,10 @@ class SweepConfig:
     target_packages: list[str] = field(default_factory=list)
     allow_any_target: bool = False
     wandb: Any = None  # configs/wandb/: mode offline | online | disabled (engine/sinks/wandb_sink.py)
+    # adversarial examples beside the rows (docs/results.md): none | broken | all, at most cap per task
+    save_examples: str = "none"
+    save_examples_cap: int = 2000
+    quantize: str = "none"  # none | uint8 | uint16: attack examples on the integer pixel grid (docs/attacks.md)
 
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 
 from engine.evaluation.checks import check_logits, verify_batch
+from engine.evaluation.examples import ExampleCollector
+from engine.evaluation.quantize import on_grid
 from engine.evaluation.resources import Resources
 from engine.evaluation.tasks import Task, TaskResult
 from engine.perturbations.base import BatchContext, LevelOutput, Perturbation, worst_of
@@ -104,6 +106,7 @@ def evaluate(task: Task, res: Resources, on_batch: ProgressFn | None = None,
     pert = res.perturbation(task.perturbation_name, task.perturbation)
     chunks: list[dict[str, np.ndarray]] = []
     default_breaker = pert.name if pert.family == "attack" else ""
+    keep = ExampleCollector(task.save_examples, task.examples_cap, pert.family)  # save_examples (none: a no-op)
     surrogates = res.surrogates(pert)  # a transfer attack's source model(s); empty for every other perturbation
     account = _LevelAccount(on_work) if on_work is not None else None
     mark = stats_mark(oracle_of(model))
@@ -115,11 +118,15 @@ def evaluate(task: Task, res: Resources, on_batch: ProgressFn | None = None,
         ctx = BatchContext(model=model, seed=task.seed, sample_ids=batch.sample_ids, surrogates=surrogates,
                            progress=account.report if account is not None else None)
         try:
-            chunks += _batch_rows(task, model, pert, ctx, x, y, data.num_classes, default_breaker, account)
+            scored = _batch_rows(task, model, pert, ctx, x, y, data.num_classes, default_breaker, account)
         except RemoteError:
             if getattr(model, "on_error", "fail") != "skip":
                 raise
             excluded += batch.sample_ids.tolist()  # on_error: skip: the batch's samples are excluded, counted
+        else:
+            chunks += [row for row, _ in scored]
+            for row, x_pert in scored:  # only a batch whose every level was scored keeps examples
+                keep.add(float(row["level"][0]), x, x_pert, row)
         if on_batch is not None:
             on_batch(len(batch))
     columns = _columns(chunks)
@@ -127,22 +134,31 @@ def evaluate(task: Task, res: Resources, on_batch: ProgressFn | None = None,
     if remote is not None:
         remote.update(excluded=len(excluded), excluded_ids=excluded)
     return TaskResult(task, columns, pert.family, pert.norm, time.perf_counter() - started, str(res.device),
-                      remote=remote)
+                      remote=remote, examples=keep.finish(tuple(data.image_shape)))
 
 
 def _batch_rows(task: Task, model: torch.nn.Module, pert: Perturbation, ctx: BatchContext, x: torch.Tensor,
                 y: torch.Tensor, num_classes: int, default_breaker: str,
-                account: _LevelAccount | None = None) -> list[dict[str, np.ndarray]]:
-    """Every level's verified rows for one batch (all or nothing: a failure mid-batch keeps none of them)."""
+                account: _LevelAccount | None = None) -> list[tuple[dict[str, np.ndarray], torch.Tensor]]:
+    """Every level's verified rows for one batch, each with the inputs they scored (all or nothing: a failure
+    mid-batch keeps none of them)."""
     out_rows = []
+    quantize = task.quantize != "none" and pert.family == "attack"
     for out in pert.run(x, y, ctx):
         if account is not None:
             account.settle(pert, out, len(y))
-        sizes = sent_sizes(model, pert, x, out.x, verify_batch(pert, out.level, x, out.x))
+        sizes = verify_batch(pert, out.level, x, out.x)
+        float_correct = None
+        if quantize:  # quantize: uint8 | uint16 (engine/evaluation/quantize.py): rows score the grid example
+            out, sizes, float_correct = on_grid(out, x, y, pert, model, task.quantize)
+        sizes = sent_sizes(model, pert, x, out.x, sizes)
         # a randomised model's example counts as correct only when every one of these draws classifies it so
         logits, _ = worst_of(model, out.x, y, pert.score_draws)
         check_logits(logits, len(y), num_classes, task.model_name, f"{pert.name} level {out.level:g}")
-        out_rows.append(_rows(out, logits, y, ctx.sample_ids, sizes, default_breaker))
+        row = _rows(out, logits, y, ctx.sample_ids, sizes, default_breaker)
+        if float_correct is not None:
+            row["float_correct"] = float_correct.numpy()
+        out_rows.append((row, out.x))
     return out_rows
 
 

@@ -32,6 +32,11 @@ class Task:
     seed: int
     batch_size: int
     dataset_identity: str = ""  # sha256 of the dataset's content (engine/data/fingerprint.py), part of task_id
+    # docs/results.md "Adversarial examples": which examples to keep (none | broken | all), at most how many;
+    # they change no row, so they are not part of task_id
+    save_examples: str = "none"
+    examples_cap: int = 0
+    quantize: str = "none"  # none | uint8 | uint16 (docs/attacks.md): in task_id when not none
 
     @property
     def n_samples(self) -> int:
@@ -52,6 +57,8 @@ class TaskResult:
     seconds: float
     device: str
     worker: str = "local"  # who computed it: "local" or a Ray actor's name (progress and balance lines)
+    # the kept examples (engine/evaluation/examples.py): level, sample_id, x, clean; None when none are saved
+    examples: dict[str, np.ndarray] | None = None
     # a remote model's oracle spend for this task (engine/remote/accounting.stats_since), and the samples
     # excluded under on_error: skip; None for a local model
     remote: dict[str, Any] | None = None

@@ -13,6 +13,8 @@ from engine.compose.config import schema_problems
 from engine.compose.levels import Labels, check_units, normalize_levels
 from engine.data.fingerprint import FileSource, identity_of, source_of
 from engine.errors import ConfigError
+from engine.evaluation.examples import DEFAULT_CAP, SAVE_MODES
+from engine.evaluation.quantize import MODES as QUANTIZE_MODES
 from engine.evaluation.resources import build_dataset, build_perturbation
 from engine.evaluation.tasks import Task
 from engine.models.fit import check_fits
@@ -100,6 +102,19 @@ def _check_threat_models(perts: Mapping[str, Any], image_shape: tuple[int, ...])
             check_units(name, pert.norm, tuple(pert.levels), image_shape)
 
 
+def example_options(cfg: Mapping[str, Any]) -> tuple[str, int, str]:
+    """``save_examples``, ``save_examples_cap`` and ``quantize``, checked."""
+    mode, cap = cfg.get("save_examples", "none"), cfg.get("save_examples_cap", DEFAULT_CAP)
+    quantize = cfg.get("quantize", "none")
+    if mode not in SAVE_MODES:
+        raise ConfigError(f"save_examples={mode!r} must be one of {', '.join(SAVE_MODES)}")
+    if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
+        raise ConfigError(f"save_examples_cap={cap!r} must be a positive integer (examples kept per task)")
+    if quantize not in QUANTIZE_MODES:
+        raise ConfigError(f"quantize={quantize!r} must be one of {', '.join(QUANTIZE_MODES)}")
+    return mode, cap, quantize
+
+
 def make_plan(
     cfg: Mapping[str, Any], is_done: DoneFn, check_model: ModelCheck | None = None, progress: bool = True
 ) -> Plan:
@@ -140,6 +155,7 @@ def make_plan(
     shas = {name: ensure_checkpoint(name, mcfg, progress, cache_dir) for name, mcfg in cfg["model"].items()}
     sources = _surrogate_extras(perts, progress, cache_dir)
     seed = int(cfg["seed"])
+    save, cap, quantize = example_options(cfg)
     content = identity_of(data, cache_dir)
     tasks, keys = [], {}
     for model_name, model_cfg in cfg["model"].items():
@@ -156,6 +172,8 @@ def make_plan(
                     "rows": [start, stop],
                     "seed": seed,
                 }
+                if quantize != "none" and pert.family == "attack":  # rows of rounded examples: other tasks
+                    key["quantize"] = quantize
                 task_id = task_id_of(key, content["digest"])
                 keys[task_id] = key
                 tasks.append(
@@ -164,7 +182,8 @@ def make_plan(
                         model=dict(model_cfg), checkpoint_sha256=shas[model_name],
                         dataset_name=data.name, dataset=dataset_cfg, perturbation_name=pert_name,
                         perturbation=pert_cfg, start=start, stop=stop, seed=seed, batch_size=batch_size,
-                        dataset_identity=content["digest"],
+                        dataset_identity=content["digest"], save_examples=save, examples_cap=cap,
+                        quantize=quantize,
                     )
                 )
     run_id = stable_hash(sorted(t.task_id for t in tasks), 12)

@@ -26,6 +26,7 @@ from engine.errors import GauntletError
 from engine.remote.ledger import LEDGER, RunLedger
 from engine.sinks import plots
 from engine.sinks.budget_summary import black_box_names, budget_html, dense_curves
+from engine.sinks.gallery import gallery_html
 from engine.sinks.leaderboard import Gathered, board_html, configs_html, gather, headline_html, runs_html
 from engine.sinks.remote_summary import render_remote_summary
 from engine.sinks.summary_doc import ALL_PAIRS_UP_TO, build_summary, ordered_models, ordered_perturbations
@@ -391,6 +392,12 @@ def _budget(summary: dict[str, Any]) -> str:
     return budget_html(summary.get("budget_curves") or [], black_box_names(summary.get("perturbations") or []))
 
 
+def _gallery(gathered: Gathered) -> str:
+    """The saved examples of each run (engine/sinks/gallery.py); '' when none saved any."""
+    return gallery_html([(s.label, s.run.out_dir, [t["task_id"] for t in s.run.tasks] or None)
+                         for s in gathered.sources])
+
+
 def render_html(summary: dict[str, Any], figures: Sequence[Figure], gathered: Gathered) -> str:
     """The page; every image is a data: URI, nothing is fetched. The headline comes first."""
     run = gathered.run
@@ -407,6 +414,7 @@ def render_html(summary: dict[str, Any], figures: Sequence[Figure], gathered: Ga
             f"{_verdicts(run.verdicts)}{board_html(summary['leaderboard'] if len(summary['models']) > 1 else None)}"
             f"{runs_html(summary['runs'])}<h2>Command{'s' if several else ''}</h2><pre>{_e(command)}</pre>"
             f"{_models(summary)}{_accuracy(summary)}{_extras(summary)}{_budget(summary)}<h2>Figures</h2>{imgs}"
+            f"{_gallery(gathered)}"
             f"{_comparisons(summary)}{_flags(run.flags)}{_remote(gathered)}{_tags(summary, run)}"
             f"<h2>Resolved config</h2>{configs_html(gathered.sources)}</body></html>")
 

@@ -18,18 +18,27 @@ import pyarrow.parquet as pq
 from engine.errors import ConfigError
 from engine.seeding import stable_hash
 from engine.store.outdir import OutDirLock
-from engine.store.parquet import SCHEMA, SCHEMA_VERSION, ResultStore, content_problem, file_entries, write_atomic
+from engine.store.parquet import (
+    SCHEMA,
+    SCHEMA_VERSION,
+    ResultStore,
+    content_digest,
+    content_problem,
+    file_entries,
+    write_atomic,
+)
 
 log = logging.getLogger(__name__)
 
 
-def _write_group(store: ResultStore, task_ids: list[str]) -> Path:
+def _write_group(store: ResultStore, task_ids: list[str]) -> tuple[Path, dict[str, str]]:
     tables = [store.read([t]) for t in task_ids]
-    digests = {t: store.index[t].digest for t in task_ids}
+    # verified just now; digested again under the version this file is written with (older files lack columns)
+    digests = {t: content_digest(table) for t, table in zip(task_ids, tables, strict=True)}
     path = store.dir / f"compact-{stable_hash(sorted(task_ids), 16)}.parquet"
     meta = {"gauntlet.schema_version": SCHEMA_VERSION, "gauntlet.tasks": json.dumps(digests, sort_keys=True)}
     write_atomic(pa.concat_tables(tables).replace_schema_metadata(meta), path)
-    return path
+    return path, digests
 
 
 def compact(out_dir: str | Path, max_rows: int = 1_000_000) -> tuple[int, int]:
@@ -56,8 +65,8 @@ def compact(out_dir: str | Path, max_rows: int = 1_000_000) -> tuple[int, int]:
         written = 0
         for group in (g for g in groups if len(g) > 1):
             old = [store.index[t].path for t in group]
-            merged = _write_group(store, group)
-            _check_merged(merged, {t: store.index[t].digest for t in group})
+            merged, digests = _write_group(store, group)
+            _check_merged(merged, digests)
             for p in old:
                 p.unlink()
             written += 1

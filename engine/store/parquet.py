@@ -53,13 +53,18 @@ SCHEMA = pa.schema(
         pa.field("queries", pa.int64(), nullable=False),
         pa.field("seed", pa.int64(), nullable=False),
         # queries the oracle had counted when a query-based attack's success check passed; null when the sample
-        # was never broken and for every other perturbation. Added after schema 2 without a version bump: files
-        # written before it read back with the column all null and keep their digests (content_digest).
+        # was never broken and for every other perturbation. Optional: files written before it read back with the
+        # column all null and keep their digests (content_digest).
         pa.field("queries_to_success", pa.int64(), nullable=True),
+        # quantize on (docs/attacks.md): was the float example, before rounding onto the grid, classified correctly?
+        # null when the rows are not of rounded attack examples
+        pa.field("float_correct", pa.bool_(), nullable=True),
     ]
 )
 OPTIONAL = frozenset({"queries_to_success"})  # left out of the digest when all null (older files never had it)
-SCHEMA_VERSION = "2"  # 2: task id and content digest in the metadata
+SCHEMA_VERSION = "3"  # 3: float_correct; 2: task id and content digest in the metadata
+# the columns each readable version's digest covers: a version-2 file reads with float_correct null
+DIGEST_FIELDS = {"2": [f for f in SCHEMA if f.name != "float_correct"], "3": list(SCHEMA)}
 TASK_FILE = re.compile(r"^[0-9a-f]{20}\.parquet$")
 COMPACT_FILE = re.compile(r"^compact-[0-9a-f]{16}\.parquet$")
 TMP_FILE = re.compile(r"^\.(?P<name>.+\.parquet)\.(?P<pid>\d+)\.tmp$")
@@ -69,10 +74,11 @@ class ResultIntegrityError(GauntletError):
     """A results file that does not verify: not this task's, another schema, or altered content."""
 
 
-def content_digest(table: pa.Table) -> str:
-    """sha256 over every column's values, in row order (independent of Parquet encoding and chunking)."""
+def content_digest(table: pa.Table, version: str = SCHEMA_VERSION) -> str:
+    """sha256 over every column's values (those of schema ``version``), in row order (independent of Parquet
+    encoding and chunking)."""
     h = hashlib.sha256()
-    for field in SCHEMA:
+    for field in DIGEST_FIELDS[version]:
         col = table.column(field.name).combine_chunks() if table.num_rows else pa.array([], field.type)
         if field.name in OPTIONAL:
             if col.null_count == len(col):
@@ -82,7 +88,9 @@ def content_digest(table: pa.Table) -> str:
                 h.update(b"\1" if v is None else str(v).encode() + b"\0")
             continue
         h.update(field.name.encode() + b"\0")
-        if pa.types.is_string(field.type):
+        if field.nullable and pa.types.is_boolean(field.type):  # null, false, true → 2, 0, 1 (no object bytes)
+            h.update(np.asarray([2 if v is None else int(v) for v in col.to_pylist()], dtype=np.int8).tobytes())
+        elif pa.types.is_string(field.type):
             for value in col.to_pylist():
                 h.update(b"\1" if value is None else value.encode() + b"\0")
         else:
@@ -120,8 +128,9 @@ def to_table(result: TaskResult) -> pa.Table:
     }
     for name, values in result.columns.items():
         arrays[name] = pa.array(values, type=SCHEMA.field(name).type)
-    for name in OPTIONAL - set(result.columns):
-        arrays[name] = pa.nulls(n, type=SCHEMA.field(name).type)
+    for f in SCHEMA:  # a nullable column the evaluator did not fill (float_correct without quantize) is null
+        if f.name not in arrays and f.nullable:
+            arrays[f.name] = pa.nulls(n, f.type)
     table = pa.table([arrays[f.name] for f in SCHEMA], schema=SCHEMA)
     check_unique_keys(table, f"task {t.task_id} ({t.describe()})")
     meta = {
@@ -154,6 +163,7 @@ class Entry:
     path: Path
     digest: str
     compacted: bool
+    version: str = SCHEMA_VERSION  # the schema version the file was written under (which columns its digest covers)
 
 
 class ResultStore:
@@ -248,7 +258,7 @@ class ResultStore:
         except (pa.ArrowInvalid, OSError) as exc:
             self._set_aside(entry.path, f"unreadable ({exc})")
             return False
-        problem = content_problem(table, task_id, entry.digest)
+        problem = content_problem(table, task_id, entry.digest, entry.version)
         if problem:
             self._set_aside(entry.path, problem)
             return False
@@ -311,8 +321,9 @@ class ResultStore:
 def file_entries(path: Path, meta: dict[bytes, bytes]) -> dict[str, Entry] | str:
     """The tasks a file claims to hold, or why it cannot be used (wrong schema version, no identity)."""
     version = meta.get(b"gauntlet.schema_version", b"").decode()
-    if version != SCHEMA_VERSION:
-        return f"schema version {version or 'missing'} (this Gauntlet writes {SCHEMA_VERSION})"
+    if version not in DIGEST_FIELDS:
+        return (f"schema version {version or 'missing'} (this Gauntlet writes {SCHEMA_VERSION} and reads "
+                f"{', '.join(DIGEST_FIELDS)})")
     if COMPACT_FILE.match(path.name):
         try:
             digests = json.loads(meta.get(b"gauntlet.tasks", b"{}"))
@@ -320,23 +331,23 @@ def file_entries(path: Path, meta: dict[bytes, bytes]) -> dict[str, Entry] | str
             return "its task list is not valid JSON"
         if not isinstance(digests, dict) or not digests:
             return "it names no tasks"
-        return {str(k): Entry(path, str(v), True) for k, v in digests.items()}
+        return {str(k): Entry(path, str(v), True, version) for k, v in digests.items()}
     task_id = meta.get(b"gauntlet.task_id", b"").decode()
     digest = meta.get(b"gauntlet.content_sha256", b"").decode()
     if task_id != path.name.removesuffix(".parquet"):
         return f"its metadata names task {task_id or 'none'}, not the one in its file name"
     if not digest:
         return "it has no content digest"
-    return {task_id: Entry(path, digest, False)}
+    return {task_id: Entry(path, digest, False, version)}
 
 
-def content_problem(table: pa.Table, task_id: str, digest: str) -> str:
+def content_problem(table: pa.Table, task_id: str, digest: str, version: str = SCHEMA_VERSION) -> str:
     if table.num_rows == 0:
         return f"no rows for task {task_id}"
     ids = pc.unique(table["task_id"]).to_pylist()
     if ids != [task_id]:
         return f"its rows belong to task(s) {sorted(ids)[:3]}, not {task_id}"
-    if content_digest(table) != digest:
+    if content_digest(table, version) != digest:
         return "its content does not match the sha256 recorded when it was written (altered or corrupt)"
     try:
         check_unique_keys(table, task_id)
