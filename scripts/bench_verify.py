@@ -15,8 +15,9 @@ model's EOT accuracy: an independent EOT attack (torchattacks' EOTPGD, 100 steps
 Each run is ``python -m engine.cli verify`` in a fresh process with the engine from ``--tree`` (default: this
 checkout), so the same script times an older commit: export it (``git archive COMMIT | tar -x -C DIR``) and
 copy this checkout's engine/models/testing.py into it (the test models only). Prints, and appends to
-``--log`` as JSON lines: wall time, verdict, measured accuracy, the escalations or ladder rounds, and the load
-average before and after (the machine is shared).
+``--log`` as JSON lines: wall time, the verify process's CPU time (user + system: on a shared machine the wall
+time grows with the load, its CPU time much less), verdict, measured accuracy, the escalations or ladder rounds,
+and the load average before and after.
 
 Usage:
     PYTHONPATH=. python scripts/bench_verify.py --cases logit quantised [--n 100] [--tree DIR] [--label after]
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -120,13 +122,15 @@ def run_one(case: str, n: int, claimed: float, tree: Path, work: Path, extra: li
     env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1",
            "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "0"}
     load_before = os.getloadavg()
+    cpu0 = _children_cpu()
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "engine.cli", "verify", str(claim), f"out_dir={out}",
                            "progress=false", *extra], cwd=tree, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
+    cpu = _children_cpu() - cpu0  # the verify process's own CPU time: what the load does not inflate
     rec: dict[str, Any] = {"case": case, "n": n, "claimed": round(claimed, 4), "tree": str(tree),
-                           "wall_s": round(wall, 1), "rc": proc.returncode, "load_before": load_before,
-                           "load_after": os.getloadavg(), "extra": extra}
+                           "wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "rc": proc.returncode,
+                           "load_before": load_before, "load_after": os.getloadavg(), "extra": extra}
     verdict = out / "verdict.json"
     if proc.returncode == 2 or not verdict.exists():
         rec["error"] = proc.stderr[-2000:]
@@ -136,6 +140,12 @@ def run_one(case: str, n: int, claimed: float, tree: Path, work: Path, extra: li
                reason=c["reason"], rule=c.get("rule"),
                steps=[_step(e) for e in c.get("ladder", {}).get("rounds", c.get("escalations", []))])
     return rec
+
+
+def _children_cpu() -> float:
+    """User + system CPU seconds of the finished child processes so far."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def _step(e: dict[str, Any]) -> dict[str, Any]:
