@@ -18,7 +18,7 @@ import pytest
 from engine.errors import GauntletError
 from engine.stats import corruption as cm
 from engine.stats import leaderboard as lb
-from engine.stats.compare import pair_headline, paired_comparison, paired_rows
+from engine.stats.compare import ATTACKED_NOTE, pair_headline, paired_comparison, paired_rows
 from engine.stats.intervals import trapezoid_area, wilson_interval
 from tests.conftest import run_cli
 
@@ -230,7 +230,8 @@ def test_leaderboard_numbers_are_the_parquet_rows(three_runs: dict[str, Path]) -
                                                                           [r["model"] for r in board["rows"]][1:],
                                                                           strict=True))
     assert all(t["m"] == 2 and t["ci_level"] == 0.975 for t in board["tests"])
-    assert summary["headline"][0] == board["ranking_sentence"] and len(summary["headline"]) == 2
+    assert summary["headline"][0] == board["ranking_sentence"] and len(summary["headline"]) == 3
+    assert summary["headline"][2] == ATTACKED_NOTE  # attacked accuracies are upper bounds, said under the headline
     assert summary["headline"][1].startswith(f"{board['rows'][0]['model']} is more robust than")
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from engine.stats import budget, leaderboard
 from engine.stats import corruption as cm
 from engine.stats.aggregate import AccuracyRow, accuracy_area, accuracy_table, worst_case
-from engine.stats.compare import PairedRow, norms_of, outcomes_of, pair_headline, paired_comparison
+from engine.stats.compare import PairedRow, norms_of, outcomes_of, pair_headline, paired_comparison, with_bound_note
 from engine.stats.intervals import clopper_pearson_interval
 from engine.store.rundir import RunFolder
 
@@ -144,8 +144,8 @@ def headline(board: leaderboard.Leaderboard, rows: Sequence[PairedRow]) -> list[
     top = set(board.ranking[:2])
     pair = [r for r in rows if {r.model_a, r.model_b} == top] if len(top) == 2 else []
     if len(board.models) == 2:
-        return [pair_headline(rows)]
-    return [leaderboard.ranking_sentence(board)] + ([pair_headline(pair)] if pair else [])
+        return with_bound_note([pair_headline(rows)], rows)
+    return with_bound_note([leaderboard.ranking_sentence(board)] + ([pair_headline(pair)] if pair else []), rows)
 
 
 def claim_eps(verdicts: dict[str, Any] | None, rows: Sequence[AccuracyRow]) -> float | None:

@@ -190,6 +190,16 @@ def _count_phrase(rows: Sequence[PairedRow], a: str, b: str, what: str, better: 
     return text + (", never less" if not lost else f", less at {len(lost)} ({_where(lost, rows)})")
 
 
+ATTACKED_NOTE = ("Every robust accuracy here is an attacked accuracy, an upper bound on the model's true robust "
+                 "accuracy: a stronger attack can only lower it.")
+
+
+def with_bound_note(sentences: list[str], rows: Sequence[PairedRow]) -> list[str]:
+    """The headline, followed by the upper-bound sentence where it speaks of any attack level."""
+    attacked = any(r.family == "attack" and r.level > 0 for r in rows)
+    return [*sentences, ATTACKED_NOTE] if attacked and sentences else sentences
+
+
 def pair_headline(rows: Sequence[PairedRow]) -> str:
     """The decision between the two models of ``rows`` in one sentence, from its primary rows (the
     multiplicity family): attack levels counted, clean and corrupted inputs after them."""
@@ -400,15 +410,17 @@ class Comparison:
 
     def headline(self, board: leaderboard.Leaderboard | None = None) -> list[str]:
         """The decision first: for two models one sentence; for more, the ranking and its top pair (without a
-        leaderboard: one sentence per pair)."""
+        leaderboard: one sentence per pair); then, where attacks were run, that their accuracies are upper bounds."""
         if len(self.outcomes) <= 2:
-            return [pair_headline(self.rows)]
+            return with_bound_note([pair_headline(self.rows)], self.rows)
         if board is None:
             pairs = dict.fromkeys((r.model_a, r.model_b) for r in self.rows)
-            return [pair_headline([r for r in self.rows if (r.model_a, r.model_b) == p]) for p in pairs]
+            return with_bound_note([pair_headline([r for r in self.rows if (r.model_a, r.model_b) == p])
+                                    for p in pairs], self.rows)
         top = set(board.ranking[:2])
         pair = [r for r in self.rows if {r.model_a, r.model_b} == top]
-        return [leaderboard.ranking_sentence(board)] + ([pair_headline(pair)] if pair and len(top) == 2 else [])
+        return with_bound_note([leaderboard.ranking_sentence(board)] + ([pair_headline(pair)]
+                                                                        if pair and len(top) == 2 else []), self.rows)
 
 
 def _model_names(run: Any) -> list[str]:
