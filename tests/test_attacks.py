@@ -438,3 +438,21 @@ def test_suite_configs_reproduce_the_original_versions(version: str, norm: str, 
             assert m.name == "square" and isinstance(m, Square)
             assert (m.n_queries, m.p_init, m.n_restarts, m.resc_schedule) == (
                 aa.square.n_queries, aa.square.p_init, aa.square.n_restarts, aa.square.rescale_schedule)
+
+
+@pytest.mark.parametrize("norm, eps", [("l2", 0.5), ("linf", 0.03)])
+def test_pgd_takes_a_permuted_three_channel_batch_like_a_contiguous_one(norm: str, eps: float) -> None:
+    """An HWC array read as CHW (a permuted, non-contiguous batch) once crashed torchattacks' PGDL2 (`.view`);
+    the attack sees the same numbers either way and gives the same examples."""
+    from engine.models.cnn import SmallCNN
+
+    torch.manual_seed(0)
+    model = SmallCNN(in_channels=3, image_size=8, width=4).eval()
+    hwc = torch.rand(6, 8, 8, 3)
+    permuted, y = hwc.permute(0, 3, 1, 2), torch.arange(6) % 10
+    assert not permuted.is_contiguous()
+    attack = PGD(name=f"pgd_{norm}", norm=norm, eps=[0.0, eps], steps=3, random_start=True)
+    ctx = BatchContext(model=model, seed=0, sample_ids=torch.arange(6))
+    a = attack.perturb_level(permuted, y, eps, ctx)
+    b = attack.perturb_level(permuted.contiguous(), y, eps, ctx)
+    assert torch.equal(a.x, b.x) and get_norm(norm).measure(a.x - permuted).max() <= eps + 1e-5

@@ -94,7 +94,9 @@ class GradientAttack(Perturbation):
         devices = [x.device] if x.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(ctx.batch_seed(self.name, level))
-            x_adv = attack(x, y)
+            # contiguous: torchattacks' PGDL2 .view()s the perturbation, which a permuted batch (an HWC layout
+            # read as CHW, a channels_last tensor) cannot take
+            x_adv = attack(x.contiguous(), y)
         cost = torch.full((n,), self.grad_evals_per_sample(), dtype=torch.int64)
         return LevelOutput(level, x_adv.detach(), cost, zero_cost(n))
 
