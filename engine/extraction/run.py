@@ -257,6 +257,29 @@ def _target_identity(settings: ExtractSettings, cfg: Mapping[str, Any], device: 
     return ident, build_model(settings.target, mcfg, device)
 
 
+def _check_fits(settings: ExtractSettings, cfg: Mapping[str, Any], target: torch.nn.Module, test: SampleSet,
+                device: torch.device) -> None:
+    """The target and the copy's architecture must take the test images and give one score per class: else the
+    copy is trained on, and judged against, answers that cannot be the test labels (e.g. a 10-class target on
+    CIFAR-100), and every number is silently wrong. A remote target's answers are checked by its oracle."""
+    from engine.models.arch import instantiate_arch
+    from engine.models.fit import check_fits
+    from engine.remote.model import is_remote
+
+    target_cfg = cfg["model"][settings.target]
+    if not is_remote(target_cfg):
+        check_fits(settings.target, target, test.image_shape, test.num_classes, test.name, device)
+    elif target_cfg["remote"].get("num_classes") != test.num_classes:
+        raise ConfigError(f"model.{settings.target}.remote.num_classes={target_cfg['remote'].get('num_classes')} but "
+                          f"dataset {test.name!r} has {test.num_classes} classes; point the target at the data it "
+                          "classifies")
+    copy_cfg = cfg["model"][settings.copy_model]
+    net = instantiate_arch(settings.copy_model, copy_cfg.get("arch") or {})
+    copy = NormalizedModel(net, list(copy_cfg["mean"]), list(copy_cfg["std"])).eval()
+    check_fits(f"{settings.copy_model} (the copy)", copy, test.image_shape, test.num_classes, test.name,
+               torch.device("cpu"))
+
+
 def prepare(settings: ExtractSettings, oracle_factory: OracleFactory) -> Context:
     """Compose and check everything that can fail on bad input, before any query is sent."""
     device = resolve_device(settings.device)
@@ -268,6 +291,7 @@ def prepare(settings: ExtractSettings, oracle_factory: OracleFactory) -> Context
     queries = qs.query_set(settings, cfg, test.image_shape, largest)
     baseline, note = qs.baseline_set(cfg, largest, settings.seed)
     target_ident, model = _target_identity(settings, cfg, device)
+    _check_fits(settings, cfg, model, test, device)
     ctx = Context(settings, cfg, test, queries, baseline, note, target_ident,
                   lambda contract: oracle_factory(model, contract, test.num_classes), device)
     copy_cfg = cfg["model"][settings.copy_model]

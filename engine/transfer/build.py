@@ -92,6 +92,11 @@ def precheck(spec: TransferSpec) -> None:
     for d in user:
         if not d.is_dir():
             raise ConfigError(f"--config-dir {d}: not a folder")
+    for _, name in spec.models:  # Hydra would silently take the first folder's: one name, two checkpoints
+        found = [str(d / "model" / f"{name}.yaml") for d in user if (d / "model" / f"{name}.yaml").is_file()]
+        if len(found) > 1:
+            raise ConfigError(f"model config {name!r} is in {len(found)} --config-dir folders ({', '.join(found)}); "
+                              "only the first would be used. Rename one file (and its '# @package model.<name>')")
     dirs = [Path(CONFIG_DIR), *user]
     problems = yaml_problems(dirs) or (package_problems(dirs) + config_dir_problems(user) + unknown_choices(
         [_models_override(spec), f"perturbation=[clean,{spec.attack}]", *spec.overrides], dirs))
