@@ -110,25 +110,25 @@ def sweep_config(url: str, out: Path, *, n: int, eps: list[float], budget: int, 
     return base
 
 
-def success_table(out: Path, eps: float) -> list[dict[str, Any]]:  # one ε
-    """Per (model, perturbation): samples the app answered correctly clean, successes at ε (inside the ball as
-    sent), examples outside it, their median size as sent, and a 95 % Wilson interval."""
+def success_table(out: Path, eps: float) -> list[dict[str, Any]]:
+    """Per (model, perturbation) at one ε: samples the app answered correctly clean (``attacked``), those it then
+    answered wrongly (``fooled``), those of them whose recorded size (on the pixels sent) is ≤ ε (``fooled_in``),
+    each rate with its 95 % Wilson interval, the largest recorded size and the median queries."""
     t = read(out).to_pandas()
     rows = []
     for (model, pert), g in t.groupby(["model", "perturbation"], sort=True):
         clean = g[g["level"] == 0].set_index("sample_id")["correct"]
         at = g[np.isclose(g["level"], eps)].set_index("sample_id")
-        attacked = clean[clean].index.intersection(at.index)
-        a = at.loc[attacked]
+        a = at.loc[clean[clean].index.intersection(at.index)]
+        wrong = ~a["correct"].astype(bool)
         inside = a["perturbation_size"] <= eps + SIZE_TOL
-        fooled = int((~a["correct"].astype(bool)).sum())
-        lo, hi = wilson_interval(fooled, len(a))
-        changed = a[a["perturbation_size"] > 0]["perturbation_size"]
-        rows.append({"model": model, "perturbation": pert, "eps": eps, "attacked": len(a), "fooled": fooled,
-                     "rate": fooled / len(a) if len(a) else float("nan"), "lo": lo, "hi": hi,
-                     "outside": int((~inside).sum()), "max_size": float(a["perturbation_size"].max()),
-                     "median_size": float(changed.median()) if len(changed) else 0.0,
-                     "median_queries": float(a["queries"].median()) if len(a) else 0.0})
+        row: dict[str, Any] = {"model": model, "perturbation": pert, "eps": eps, "attacked": len(a),
+                               "max_size": float(a["perturbation_size"].max()) if len(a) else 0.0,
+                               "median_queries": float(a["queries"].median()) if len(a) else 0.0}
+        for key, k in (("fooled", int(wrong.sum())), ("fooled_in", int((wrong & inside).sum()))):
+            lo, hi = wilson_interval(k, len(a))
+            row.update({key: k, f"{key}_rate": k / len(a) if len(a) else float("nan"), f"{key}_ci": (lo, hi)})
+        rows.append(row)
     return rows
 
 
@@ -136,12 +136,17 @@ def print_table(rows: list[dict[str, Any]], args: argparse.Namespace, wall: floa
     print(f"digits_cnn behind examples/targets/upload_app.py (JPEG q{args.quality}), L∞ ε={args.eps}, "
           f"n={args.n}, Square ≤ {args.budget} queries, PGD {args.pgd_steps} steps; {wall:.0f} s "
           f"({platform.processor() or platform.machine()}, {os.cpu_count()} CPUs)")
-    print(f"{'ε':>5} {'target':<12} {'attack':<12} {'attacked':>8} {'fooled':>6} {'success':>8} {'95 % CI':>15} "
-          f"{'size > ε':>8} {'max size':>8} {'med. queries':>12}")
+    print(f"{'ε':>5} {'target':<12} {'attack':<12} {'attacked':>8} {'fooled':>6} {'rate [95 % CI]':>19} "
+          f"{'≤ ε sent':>8} {'rate [95 % CI]':>19} {'max size':>8} {'med. q':>6}")
+
+    def rate(r: dict[str, Any], key: str) -> str:
+        lo, hi = r[f"{key}_ci"]
+        return f"{r[f'{key}_rate']:.2f} [{lo:.2f}, {hi:.2f}]"
+
     for r in rows:
-        ci = f"[{r['lo']:.2f}, {r['hi']:.2f}]"
         print(f"{r['eps']:>5g} {r['model']:<12} {r['perturbation']:<12} {r['attacked']:>8} {r['fooled']:>6} "
-              f"{r['rate']:>8.2f} {ci:>15} {r['outside']:>8} {r['max_size']:>8.4f} {r['median_queries']:>12.0f}")
+              f"{rate(r, 'fooled'):>19} {r['fooled_in']:>8} {rate(r, 'fooled_in'):>19} {r['max_size']:>8.4f} "
+              f"{r['median_queries']:>6.0f}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -151,8 +156,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--budget", type=int, default=1000, help="Square's queries per sample")
     parser.add_argument("--quality", type=int, default=75, help="the app's JPEG quality (and the declared one)")
     parser.add_argument("--pgd-steps", type=int, default=20)
-    parser.add_argument("--out", type=Path, default=None, help="run folder (default: a temporary one)")
+    parser.add_argument("--out", type=Path, default=None, help="run folder (default: a temporary one); kept")
+    parser.add_argument("--table-only", action="store_true", help="print the table of an existing --out folder")
     args = parser.parse_args(argv)
+    if args.table_only and args.out:
+        print_table([r for e in args.eps for r in success_table(args.out, e)], args, 0.0)
+        return
     with tempfile.TemporaryDirectory() as tmp, upload_app(args.quality) as url:
         out = args.out or Path(tmp) / "run"
         started = time.perf_counter()
