@@ -14,7 +14,7 @@ from torch import nn
 
 from engine.remote.accounting import Limiter
 from engine.remote.api import Oracle, Output, oracle_of
-from engine.remote.encoding import ImageContract, sent_grid
+from engine.remote.encoding import ImageContract
 from engine.remote.oracle import BaseOracle, Reply, shape_scores
 
 
@@ -35,7 +35,7 @@ class LocalOracle(BaseOracle):
         self.endpoint = f"in-process {type(model).__name__}"
 
     def _fetch(self, grid: torch.Tensor, payloads: list[bytes] | None) -> Reply:
-        pixels = sent_grid(grid, self.image).float() / 255.0
+        pixels = self._sent_grid(grid).float() / 255.0  # what an endpoint decodes from the files sent
         device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
         outs = []
         with self.limiter.slot(), torch.no_grad():

@@ -16,7 +16,7 @@ import torch
 from engine.errors import ConfigError
 from engine.remote.accounting import CallStats, Limiter, LocalLimiter, SampleLedger
 from engine.remote.api import Answer, Output, RemoteError
-from engine.remote.encoding import ImageContract, encode_batch, row_keys, sent_grid, to_grid
+from engine.remote.encoding import ImageContract, decode_one, encode_batch, encode_one, row_keys, to_grid
 
 OUTPUTS = ("label", "topk", "probs", "logits")
 
@@ -58,6 +58,7 @@ class BaseOracle:
         self.use_cache = cache
         self.cache_size = cache_size
         self._cache: OrderedDict[str, tuple[int, torch.Tensor | None]] = OrderedDict()
+        self._files: OrderedDict[str, bytes] = OrderedDict()  # JPEG: decoded pixels' key → the file they came from
 
     # -- the Oracle protocol ------------------------------------------------------------------------------------
 
@@ -86,7 +87,7 @@ class BaseOracle:
         return torch.tensor(self.ledger.used(sample_ids.reshape(-1).tolist()), dtype=torch.int64)
 
     def sent(self, x: torch.Tensor) -> torch.Tensor:
-        grid = sent_grid(to_grid(x, self.image.size), self.image)
+        grid = self._sent_grid(to_grid(x, self.image.size))
         dtype = x.dtype if x.is_floating_point() else torch.float32
         return (grid.float() / 255.0).to(device=x.device, dtype=dtype)
 
@@ -120,9 +121,35 @@ class BaseOracle:
             todo.append(r)
         return todo
 
+    def _sent_grid(self, grid: torch.Tensor) -> torch.Tensor:
+        """The uint8 pixels the endpoint decodes for each row. JPEG is not idempotent, so a row that is itself the
+        decoding of a file made here (attacks hold and re-query ``sent`` pixels) is sent as that file and arrives
+        unchanged; any other row is encoded, and its decoding remembered with its file."""
+        if self.image.encoding == "png":
+            return grid  # lossless: the server decodes exactly these pixels
+        rows = []
+        for row, key in zip(grid, row_keys(grid), strict=True):
+            if key in self._files:
+                self._files.move_to_end(key)
+                rows.append(row)
+                continue
+            data = encode_one(row, self.image)
+            decoded = decode_one(data, int(row.shape[0]))
+            self._files[row_keys(decoded[None])[0]] = data
+            rows.append(decoded)
+        while len(self._files) > self.cache_size:
+            self._files.popitem(last=False)
+        return torch.stack(rows)
+
+    def _wire_files(self, grid: torch.Tensor) -> list[bytes]:
+        """One file per row: the remembered file where the row is its decoding, else the row encoded as declared."""
+        if self.image.encoding == "png":
+            return encode_batch(grid, self.image)
+        return [self._files.get(k) or encode_one(row, self.image) for row, k in zip(grid, row_keys(grid), strict=True)]
+
     def _send(self, grid: torch.Tensor) -> Reply:
         """Send unique rows, check the reply's shape and values, count it; refund the budget if nothing arrived."""
-        payloads = encode_batch(grid, self.image) if self.needs_files else None
+        payloads = self._wire_files(grid) if self.needs_files else None
         try:
             reply = self._fetch(grid, payloads)
         except RemoteError as err:
