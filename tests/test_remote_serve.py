@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -27,6 +28,7 @@ from tests.remote_servers import Server, count_file_totals, free_port
 
 pytestmark = pytest.mark.timeout(400)
 N = 8
+TOKEN = "tok-ray-serve-3d9a-never-written"
 SQUARE = ("perturbation.square_linf_remote.eps=[0.1,0.2]", "perturbation.square_linf_remote.budget=25")
 
 
@@ -35,7 +37,7 @@ def served(embedded_checkpoints: dict[str, str], tmp_path_factory: pytest.TempPa
     count = tmp_path_factory.mktemp("ray_serve") / "count.jsonl"
     # RAY_ADDRESS set as a test session's Ray would: the server must start its own instance regardless.
     server = Server("ray_serve", free_port(), ("--models", "digits_cnn", "--count-file", str(count)),
-                    env={"RAY_ADDRESS": "127.0.0.1:1"})
+                    env={"RAY_ADDRESS": "127.0.0.1:1", "TARGET_TOKEN": TOKEN})
     server.start(timeout=240)
     server.count_file = count  # type: ignore[attr-defined]
     try:
@@ -70,11 +72,14 @@ def _preds(out: Path) -> dict[tuple[str, float], np.ndarray]:
 
 
 def test_a_sweep_through_ray_serve_matches_the_model_in_process_and_the_servers_count(
-        served: Server, tmp_path: Path) -> None:
+        served: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    infer = f"{served.url}/v2/models/digits_cnn/infer"
+    assert httpx.post(infer, json={"inputs": []}, timeout=10).status_code == 401  # the token holds through Serve
+    monkeypatch.setenv("DIGITS_API_TOKEN", TOKEN)
     before = served.stats()
     remote_out, local_out = tmp_path / "remote", tmp_path / "local"
-    run_sweep(compose_dict(_sweep("remote_digits_cnn", remote_out,
-                                  f"model.remote_digits_cnn.remote.url={served.url}")))
+    run_sweep(compose_dict(_sweep("remote_digits_cnn", remote_out, f"model.remote_digits_cnn.remote.url={served.url}",
+                                  "+model.remote_digits_cnn.remote.auth={env: DIGITS_API_TOKEN}")))
     run_sweep(compose_dict(_sweep("digits_cnn", local_out)))
     remote, local = _preds(remote_out), _preds(local_out)
     assert set(remote) == {("clean", 0.0), ("square_linf_remote", 0.1), ("square_linf_remote", 0.2)}
@@ -89,3 +94,6 @@ def test_a_sweep_through_ray_serve_matches_the_model_in_process_and_the_servers_
     assert target["sent"] == target["spent"] - 1
     assert target["calls"] == after["requests"] - before["requests"] - 1
     assert count_file_totals(served.count_file) == {**after, "throttled": 0}  # type: ignore[attr-defined]
+    for path in remote_out.rglob("*"):  # the token is nowhere in the run folder
+        if path.is_file():
+            assert TOKEN.encode() not in path.read_bytes(), path
