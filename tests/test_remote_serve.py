@@ -97,3 +97,27 @@ def test_a_sweep_through_ray_serve_matches_the_model_in_process_and_the_servers_
     for path in remote_out.rglob("*"):  # the token is nowhere in the run folder
         if path.is_file():
             assert TOKEN.encode() not in path.read_bytes(), path
+
+
+def test_a_busy_port_or_an_unknown_model_is_refused_before_any_ray_instance_starts(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_TMPDIR": str(tmp_path)}  # a started instance would show
+        return subprocess.run([sys.executable, str(REPO / "examples/targets/serve_oip.py"), *args], env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        taken = run("--port", port, "--models", "digits_cnn")
+    assert taken.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in taken.stderr
+    bad = run("--port", str(free_port()), "--models", "digits_cnn,no_such_model,../model/digits_cnn")
+    assert bad.returncode == 1, bad.stderr[-500:]
+    assert "no embedded model config for ['no_such_model', '../model/digits_cnn']" in bad.stderr
+    assert not list(tmp_path.iterdir())  # no Ray session was started

@@ -17,6 +17,7 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from pathlib import Path
@@ -83,6 +84,23 @@ def serve_models(port: int, names: list[str], options: dict[str, Any], object_st
             ray.shutdown()
 
 
+def _refuse_early(port: int, names: list[str]) -> None:
+    """One clear message before a Ray instance is started for nothing: a busy port, an unknown model."""
+    from examples.targets.common import REPO
+
+    config = REPO / "configs" / "model"
+    unknown = [n for n in names if not n.isidentifier() or not (config / f"{n}.yaml").is_file()]
+    if not names:
+        raise SystemExit("serve_oip: --models names no model")
+    if unknown:
+        raise SystemExit(f"serve_oip: no embedded model config for {unknown} (configs/model/<name>.yaml)")
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError as err:
+            raise SystemExit(f"serve_oip: cannot listen on 127.0.0.1:{port}: {err.strerror}") from None
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--port", type=int, default=8080)
@@ -93,6 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--object-store-mb", type=int, default=100, help="the private Ray instance's object store")
     args = parser.parse_args(argv)
     names = [name for name in args.models.split(",") if name]
+    _refuse_early(args.port, names)
     count_file = str(Path(args.count_file).resolve()) if args.count_file else None  # the replica's cwd differs
     options = {"label_only": args.label_only, "rate": args.rate_limit, "count_file": count_file}
     serve_models(args.port, names, options, args.object_store_mb)
