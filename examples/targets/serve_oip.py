@@ -34,6 +34,7 @@ import ray
 from ray import serve
 
 APP_NAME = "oip"
+SHUTDOWN_GRACE_S = 20.0
 
 
 @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 1}, max_ongoing_requests=8)
@@ -78,10 +79,17 @@ def serve_models(port: int, names: list[str], options: dict[str, Any], object_st
         print(f"serving {', '.join(names)} on http://127.0.0.1:{port} (Ray Serve)", flush=True)
         stop.wait()
     finally:
+        # A SIGTERM sent to the whole process group (`timeout`, a service manager) also stops the raylet, and
+        # serve.shutdown then waits for it forever: past the grace the process exits, and Ray's processes, tied
+        # to this one's life, go with it.
+        watchdog = threading.Timer(SHUTDOWN_GRACE_S, os._exit, args=(1,))
+        watchdog.daemon = True
+        watchdog.start()
         try:
             serve.shutdown()
         finally:
             ray.shutdown()
+            watchdog.cancel()
 
 
 def _refuse_early(port: int, names: list[str]) -> None:
