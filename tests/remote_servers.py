@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +18,12 @@ import httpx
 from tests.conftest import REPO
 
 SCRIPTS = {"oip": (REPO / "examples/targets/oip_server.py", "/v2/health/ready"),
-           "upload": (REPO / "examples/targets/upload_app.py", "/health")}
+           "upload": (REPO / "examples/targets/upload_app.py", "/health"),
+           "ray_serve": (REPO / "examples/targets/serve_oip.py", "/v2/health/ready")}
+# Ray Serve starts a private Ray instance (raylet, GCS, actors): its own process group, stopped by SIGTERM first
+# (serve.shutdown, ray.shutdown), then the whole group killed; a SIGTERM to the group would kill the raylet
+# under the shutdown and hang it.
+GROUPS = {"ray_serve"}
 
 
 def free_port() -> int:
@@ -44,12 +50,14 @@ class Server:
         script, health = SCRIPTS[self.kind]
         env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **self.env}
         self.proc = subprocess.Popen([sys.executable, str(script), "--port", str(self.port), *self.args],
-                                     env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                     env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     start_new_session=self.kind in GROUPS)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
+            if (code := self.proc.poll()) is not None:
                 err = self.proc.stderr.read().decode()[-2000:] if self.proc.stderr else ""
-                raise RuntimeError(f"{self.kind} server exited with {self.proc.returncode}: {err}")
+                self.stop()  # what the server started (a Ray instance) goes too
+                raise RuntimeError(f"{self.kind} server exited with {code}: {err}")
             try:
                 if httpx.get(self.url + health, timeout=1.0).status_code == 200:
                     return
@@ -60,10 +68,23 @@ class Server:
         raise RuntimeError(f"{self.kind} server not ready on {self.url} within {timeout} s")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
+        if self.proc is not None and self.kind in GROUPS:
+            self._stop_group(self.proc)
+        elif self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=30)
         self.proc = None
+
+    @staticmethod
+    def _stop_group(proc: subprocess.Popen[bytes], grace: float = 30.0) -> None:
+        """SIGTERM to the server (a clean shutdown), then SIGKILL to whatever of its group is left."""
+        if proc.poll() is None:
+            proc.terminate()
+            with suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=grace)
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
 
     def fault(self, mode: str) -> None:
         """Switch the server's injected fault (it runs with --fault-control)."""
