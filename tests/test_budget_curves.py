@@ -68,7 +68,7 @@ def _old_digest(table: pa.Table) -> str:
 
     h = hashlib.sha256()
     for field in SCHEMA:
-        if field.name == "queries_to_success":
+        if field.name in ("queries_to_success", "float_correct"):  # neither existed in schema version 2
             continue
         col = table.column(field.name).combine_chunks()
         h.update(field.name.encode() + b"\0")
@@ -81,7 +81,7 @@ def _old_digest(table: pa.Table) -> str:
 
 
 def test_a_result_file_written_before_the_column_still_verifies(tmp_path: Path) -> None:
-    old_fields = [f for f in SCHEMA if f.name != "queries_to_success"]
+    old_fields = [f for f in SCHEMA if f.name not in ("queries_to_success", "float_correct")]
     row = {"run_id": "r", "task_id": "0123456789abcdef0123", "model": "m", "dataset": "d", "sample_id": 1,
            "label": 2, "perturbation": "p", "family": "attack", "norm": "linf", "level": 0.1, "pred": 3,
            "correct": False, "margin": -1.0, "perturbation_size": 0.1, "broken_by": "p", "grad_evals": 5,
@@ -95,6 +95,7 @@ def test_a_result_file_written_before_the_column_still_verifies(tmp_path: Path) 
     assert store.verify(row["task_id"]) and not store.quarantined
     got = store.read([row["task_id"]])
     assert got.column("queries_to_success").to_pylist() == [None] and got.column("grad_evals").to_pylist() == [5]
+    assert got.column("float_correct").to_pylist() == [None]
 
 
 @pytest.fixture(scope="module")

@@ -294,7 +294,8 @@ def test_the_evaluator_scores_a_rescored_example_robust_only_if_every_draw_is_co
     for rescore in (1, 20):
         suite = _suite(rescore, Push(name="weak", level=0.3))
         res = SimpleNamespace(model=lambda *_: Coin(), dataset=lambda *_: data,
-                              perturbation=lambda *_, s=suite: s, device=torch.device("cpu"))
+                              perturbation=lambda *_, s=suite: s, surrogates=lambda *_: {},
+                              device=torch.device("cpu"))
         task = Task("t", "r", "coin", {}, "", "coin", {}, "s", {}, 0, 40, 0, 40)
         rows[rescore] = evaluate(task, res).columns  # type: ignore[arg-type]
     assert rows[1]["correct"].all()  # one draw, and the unclaimed example dropped: looks robust

@@ -213,7 +213,7 @@ def test_ray_reports_progress_from_inside_a_running_task(ray_instance: Any, embe
     """Square on the trained digits model at a tiny ε (every sample stays robust: 1,000 queries each): the actor's
     batched reports reach the driver while the task runs, and what they count is what the rows say was spent."""
     cfg = compose_dict(["model=[digits_cnn]", "perturbation=[square_linf]", "perturbation.square_linf.eps=[0.002]",
-                        "perturbation.square_linf.attacks.0.n_queries=1000", "n_examples=16", "batch_size=16",
+                        "perturbation.square_linf.attacks.0.n_queries=4000", "n_examples=16", "batch_size=16",
                         f"out_dir={tmp_path}", "progress=false"])
     store = ResultStore(str(cfg["out_dir"]))
     plan = make_plan(cfg, store.has, progress=False)
@@ -225,7 +225,7 @@ def test_ray_reports_progress_from_inside_a_running_task(ray_instance: Any, embe
             super().work(task, spent, skipped, samples, seconds)
 
     res = Resources(CPU)
-    tracker = Watch(plan.todo, {t.task_id: 1000 for t in plan.todo}, live=False)
+    tracker = Watch(plan.todo, {t.task_id: 4000 for t in plan.todo}, live=False)
     runner = RayRunner(threads=1, num_actors=1, report_interval_s=0.05)
     results = []
     for result in runner.run(plan.todo, RunContext(CPU, tracker.work, res, events=tracker)):

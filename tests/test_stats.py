@@ -193,7 +193,7 @@ def _rows(records: list[tuple[str, str, str, float, int, bool]]) -> pa.Table:
                      ("norm", None if fam != "attack" else "linf"), ("level", level), ("pred", 0 if ok else 1),
                      ("correct", ok), ("margin", 1.0 if ok else -1.0), ("perturbation_size", level),
                      ("broken_by", "" if ok else pert), ("grad_evals", 0), ("queries", 0), ("seed", 0),
-                     ("float_correct", None)):
+                     ("queries_to_success", None), ("float_correct", None)):
             cols[k].append(v)
     return pa.table(cols, schema=SCHEMA)
 
