@@ -22,17 +22,26 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 WHITE = "autoattack_standard_linf"
 BLACK = ("square_linf_remote", "hopskipjump_linf", "rays_linf")
 
 
-def _one(model: str, pert: str, n: int, eps: list[float], budget: int, out: str, seed: int) -> dict[str, Any]:
-    """One sweep (model × perturbation); its accuracy per ε and the mean queries, read from its rows."""
+def _one(model: str, pert: str, n: int, eps: list[float], budget: int, out: str, seed: int,
+         served: bool = False) -> dict[str, Any]:
+    """One sweep (model × perturbation); its accuracy per ε and the mean queries, read from its rows.
+
+    ``served``: a black-box attack reaches ``model`` only through examples/targets/oip_server.py on 127.0.0.1
+    (its own server, started here and always stopped; OIP, probabilities, 8-bit PNG-equivalent uint8 tensors)
+    and the server's own image count is returned beside Gauntlet's; the white-box suite runs on the checkpoint."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 
@@ -40,16 +49,28 @@ def _one(model: str, pert: str, n: int, eps: list[float], budget: int, out: str,
     from engine.compose.config import compose_sweep
     from engine.sweep import run_sweep
 
-    over = [f"model=[{model}]", f"perturbation=[{pert}]", f"perturbation.{pert}.eps=[{','.join(map(str, eps))}]",
+    folder = f"{out}/{model}__{pert}"
+    remote = served and pert != WHITE
+    target = "remote_digits_cnn" if remote else model
+    over = [f"model=[{target}]", f"perturbation=[{pert}]", f"perturbation.{pert}.eps=[{','.join(map(str, eps))}]",
             f"n_examples={n}", "batch_size=50", "progress=false", "wandb=disabled", f"seed={seed}",
-            f"out_dir={out}/{model}__{pert}"]
+            f"out_dir={folder}"]
     if pert != WHITE:
         over.append(f"perturbation.{pert}.budget={budget}")
     from engine.store.results import read
 
     started = time.perf_counter()
-    outcome = run_sweep(compose_sweep(over))
-    rows = read(f"{out}/{model}__{pert}", run_id=outcome.plan.run_id).to_pylist()
+    with ExitStack() as stack:
+        if remote:
+            from tests.remote_servers import serve
+
+            server = stack.enter_context(serve("oip", "--models", model))
+            key = f"model.{target}.remote"
+            over += [f"{key}.url={server.url}", f"{key}.model_name={model}", f"{key}.budget_per_sample={budget}",
+                     f"{key}.run_budget=null"]
+        outcome = run_sweep(compose_sweep(over))
+        server_images = server.stats()["images"] if remote else None
+    rows = read(folder, run_id=outcome.plan.run_id).to_pylist()
     per: dict[float, dict[str, Any]] = {}
     for e in eps:
         mine = [r for r in rows if abs(r["level"] - e) < 1e-12]
@@ -57,24 +78,32 @@ def _one(model: str, pert: str, n: int, eps: list[float], budget: int, out: str,
         per[e] = {"n": len(mine), "robust": sum(r["correct"] for r in mine),
                   "mean_queries": sum(r["queries"] for r in mine) / max(1, len(mine)),
                   "median_queries_to_success": sorted(q2s)[len(q2s) // 2] if q2s else None}
-    return {"model": model, "perturbation": pert, "seconds": time.perf_counter() - started, "levels": per}
+    spent = None
+    if remote:
+        from engine.remote.ledger import RunLedger
+
+        spent = sum(int(t.get("spent", 0)) for t in RunLedger(Path(folder)).targets().values())
+    return {"model": model, "perturbation": pert, "seconds": time.perf_counter() - started, "levels": per,
+            "served": remote, "server_images": server_images, "gauntlet_sent": spent}
 
 
-def _table(results: list[dict[str, Any]], eps: list[float], n: int, budget: int) -> tuple[str, list[dict[str, Any]]]:
+def _table(results: list[dict[str, Any]], eps: list[float], n: int, budget: int, attacks: list[str],
+           served: bool) -> tuple[str, list[dict[str, Any]]]:
     by = {(r["model"], r["perturbation"]): r for r in results}
     models = list(dict.fromkeys(r["model"] for r in results))
     lines = [f"n = {n} digits test samples (the first {n}), L∞, black-box budget {budget:,} queries per sample; "
-             "robust accuracy % (white-box AutoAttack standard vs black-box attacks through a LocalOracle); "
+             f"robust accuracy % (white-box AutoAttack standard on the checkpoint vs black-box attacks through "
+             f"{'the OIP server on 127.0.0.1' if served else 'a LocalOracle'}); "
              "gap = black − white (points)", "",
-             "| model | ε | AutoAttack (white-box) | " + " | ".join(BLACK) + " | flags |",
-             "|---|---|---|" + "---|" * len(BLACK) + "---|"]
+             "| model | ε | AutoAttack (white-box) | " + " | ".join(attacks) + " | flags |",
+             "|---|---|---|" + "---|" * len(attacks) + "---|"]
     gaps = []
     for m in models:
         for e in eps:
             wb = by[(m, WHITE)]["levels"][e]
             w = 100 * wb["robust"] / wb["n"]
             cells, flags = [], []
-            for b in BLACK:
+            for b in attacks:
                 lv = by[(m, b)]["levels"][e]
                 acc = 100 * lv["robust"] / lv["n"]
                 gap = acc - w
@@ -97,19 +126,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="runs/bb_vs_wb")
+    ap.add_argument("--served", action="store_true", help="black-box attacks through the OIP server on 127.0.0.1")
+    ap.add_argument("--attacks", nargs="+", default=list(BLACK), help="which black-box attacks (default: all)")
     args = ap.parse_args(argv)
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    work = [(m, p) for m in args.models for p in (WHITE, *BLACK)]
+    work = [(m, p) for m in args.models for p in (WHITE, *args.attacks)]
     # the slowest first (a robust model's label-only attacks spend their whole budget), so the pool stays busy
     work.sort(key=lambda mp: (mp[0] != "digits_cnn_at", mp[1] == WHITE))
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        futures = [pool.submit(_one, m, p, args.n, args.eps, args.budget, args.out, args.seed) for m, p in work]
+        futures = [pool.submit(_one, m, p, args.n, args.eps, args.budget, args.out, args.seed, args.served)
+                   for m, p in work]
         results = []
         for f in futures:
             r = f.result()
-            print(f"done {r['model']} × {r['perturbation']} in {r['seconds']:.0f} s", flush=True)
+            counts = (f"; images: Gauntlet {r['gauntlet_sent']:,}, server {r['server_images']:,}"
+                      if r["served"] else "")
+            print(f"done {r['model']} × {r['perturbation']} in {r['seconds']:.0f} s{counts}", flush=True)
             results.append(r)
-    text, gaps = _table(results, args.eps, args.n, args.budget)
+    text, gaps = _table(results, args.eps, args.n, args.budget, args.attacks, args.served)
     secs = "\n".join(f"- {r['model']} × {r['perturbation']}: {r['seconds']:.0f} s" for r in results)
     print(text)
     (Path(args.out) / "bb_vs_wb.md").write_text(text + "\n\nwall time per sweep (one core each):\n" + secs + "\n")

@@ -15,8 +15,11 @@ it receives, JPEG-re-encodes it at ``--quality`` and classifies that. One sweep,
   re-encoding. Under ``upload_jpeg`` every query is also JPEG-encoded by the client as declared, and the
   perturbation size is measured on the decoded JPEG that was sent.
 
-Rows "crafted without knowing" are the two ``xfer_*`` rows under ``upload_png``: their success rate is the app's
-answer after re-encoding. Success = the app answers the clean image correctly and the example wrongly, with its
+Three contracts for the same app: ``upload_png`` (PNG sent, the re-encoding not declared), ``upload_known`` (PNG
+sent, ``reencode_jpeg: <quality>`` declared: the transfers craft on the local weights behind that JPEG round trip,
+engine/perturbations/transfer.py ``ThroughEndpoint``), ``upload_jpeg`` (``encoding: jpeg``: the client sends JPEG).
+Rows "crafted without knowing" are the two ``xfer_*`` rows under ``upload_png``, "knowing" the same under
+``upload_known``: their success rates are the app's answer after re-encoding. Success = the app answers the clean image correctly and the example wrongly, with its
 perturbation size (measured by the engine on the pixels sent) ≤ ε; 95 % Wilson intervals. Not a test: figures go to
 docs/BENCHMARKS.md and docs/remote-targets.md.
 """
@@ -82,11 +85,13 @@ def upload_app(quality: int, model: str = "digits_cnn") -> Iterator[str]:
         proc.wait(timeout=30)
 
 
-def remote_model(url: str, encoding: str, quality: int, budget: int) -> dict[str, Any]:
-    """The upload app's contract: scores at ``scores``, images sent as ``encoding`` (JPEG at ``quality``)."""
-    return {"remote": {"protocol": "upload", "url": url, "output": "probs", "num_classes": 10,
-                       "encoding": encoding, "jpeg_quality": quality, "upload": {"scores_path": "scores"},
-                       "budget_per_sample": budget, "concurrency": 4, "timeout_s": 30}}
+def remote_model(url: str, encoding: str, quality: int, budget: int, reencode: int | None = None) -> dict[str, Any]:
+    """The upload app's contract: scores at ``scores``, images sent as ``encoding`` (JPEG at ``quality``), and, when
+    ``reencode`` is given, the app's own JPEG re-encoding declared (``reencode_jpeg``)."""
+    block = {"protocol": "upload", "url": url, "output": "probs", "num_classes": 10, "encoding": encoding,
+             "jpeg_quality": quality, "upload": {"scores_path": "scores"}, "budget_per_sample": budget,
+             "concurrency": 4, "timeout_s": 30}
+    return {"remote": block if reencode is None else {**block, "reencode_jpeg": reencode}}
 
 
 def sweep_config(url: str, out: Path, *, n: int, eps: list[float], budget: int, quality: int,
@@ -106,6 +111,7 @@ def sweep_config(url: str, out: Path, *, n: int, eps: list[float], budget: int, 
     base["perturbation"] = {"square": {**square, "name": "square"}, "xfer_square": transfer(square, "square"),
                             "xfer_pgd": transfer(pgd, "pgd_linf")}
     base["model"] = {"digits_cnn": source, "upload_png": remote_model(url, "png", quality, budget),
+                     "upload_known": remote_model(url, "png", quality, budget, reencode=quality),
                      "upload_jpeg": remote_model(url, "jpeg", quality, budget)}
     return base
 
@@ -136,7 +142,7 @@ def print_table(rows: list[dict[str, Any]], args: argparse.Namespace, wall: floa
     print(f"digits_cnn behind examples/targets/upload_app.py (JPEG q{args.quality}), L∞ ε={args.eps}, "
           f"n={args.n}, Square ≤ {args.budget} queries, PGD {args.pgd_steps} steps; {wall:.0f} s "
           f"({platform.processor() or platform.machine()}, {os.cpu_count()} CPUs)")
-    print(f"{'ε':>5} {'target':<12} {'attack':<12} {'attacked':>8} {'fooled':>6} {'rate [95 % CI]':>19} "
+    print(f"{'ε':>5} {'target':<13} {'attack':<12} {'attacked':>8} {'fooled':>6} {'rate [95 % CI]':>19} "
           f"{'≤ ε sent':>8} {'rate [95 % CI]':>19} {'max size':>8} {'med. q':>6}")
 
     def rate(r: dict[str, Any], key: str) -> str:
@@ -144,7 +150,7 @@ def print_table(rows: list[dict[str, Any]], args: argparse.Namespace, wall: floa
         return f"{r[f'{key}_rate']:.2f} [{lo:.2f}, {hi:.2f}]"
 
     for r in rows:
-        print(f"{r['eps']:>5g} {r['model']:<12} {r['perturbation']:<12} {r['attacked']:>8} {r['fooled']:>6} "
+        print(f"{r['eps']:>5g} {r['model']:<13} {r['perturbation']:<12} {r['attacked']:>8} {r['fooled']:>6} "
               f"{rate(r, 'fooled'):>19} {r['fooled_in']:>8} {rate(r, 'fooled_in'):>19} {r['max_size']:>8.4f} "
               f"{r['median_queries']:>6.0f}")
 

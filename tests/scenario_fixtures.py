@@ -178,7 +178,10 @@ def train_checkpoint(source: str, layout: Layout, path: Path, seed: int,
     more: another checkpoint of the same architecture), save it; return its config and weights."""
     arch = arch_of(source, layout.channels, layout.num_classes)
     grey = layout.images.shape[-1] == 1
-    train_x = class_images(layout.labels, layout.num_classes, 1 if grey else 3, seed=100 + seed)
+    # the embedded digits are real images, not class templates: train on them, or the model is at chance on them
+    train_x = layout.images if layout.name == "digits" else class_images(layout.labels, layout.num_classes,
+                                                                        1 if grey else 3, seed=100 + seed)
+    torch.manual_seed(seed)  # the initial weights too: every run of the matrix trains the same checkpoint
     net = build_arch(arch)
     if start is not None:
         net.load_state_dict(start)

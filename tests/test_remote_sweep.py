@@ -185,23 +185,29 @@ def test_on_error_skip_excludes_and_counts_the_samples(embedded_checkpoints: dic
 
 
 def test_sizes_are_measured_on_the_pixels_sent() -> None:
-    from engine.evaluation.evaluate import sent_sizes
+    """A corruption's rows on a JPEG target: the size is the one between the decoded files sent, not the one the
+    perturbation computed on its floats (tests/test_remote_ball.py: the ε ball of attacks, on the same pixels)."""
+    from types import SimpleNamespace
+
+    from engine.evaluation.evaluate import _batch_rows
+    from engine.evaluation.resources import build_perturbation
+    from engine.perturbations.base import BatchContext
     from engine.perturbations.norms import NORMS
     from engine.remote.model import RemoteModel
 
-    class Linf:
-        norm_obj = NORMS["linf"]
-
-    x = load_digits().images[:4]
-    x_adv = (x + 0.03 * torch.sign(torch.randn_like(x))).clamp(0, 1)
-    as_computed = NORMS["linf"].measure(x_adv - x).double()
+    data = load_digits()
+    x, y, ids = data.images[:4], data.labels[:4], torch.arange(4)
+    pert = build_perturbation("gaussian_noise", compose_dict()["perturbation"]["gaussian_noise"])
     jpeg = RemoteModel("m", LocalOracle(load_model("digits_cnn"), num_classes=10, encoding="jpeg", jpeg_quality=50))
-    sizes = sent_sizes(jpeg, Linf(), x, x_adv, as_computed)  # type: ignore[arg-type]
+    ctx = BatchContext(model=jpeg, seed=0, sample_ids=ids)
+    task = SimpleNamespace(quantize="none", model_name="m")
+    scored = _batch_rows(task, jpeg, pert, ctx, x, y, 10, "")  # type: ignore[arg-type]
     sent = jpeg.oracle.sent
-    assert torch.equal(sizes, NORMS["linf"].measure(sent(x_adv) - sent(x)).double())
-    assert not torch.allclose(sizes, as_computed)  # JPEG moved the pixels: the size sent is not the size computed
-    local = torch.nn.Linear(1, 1)
-    assert sent_sizes(local, Linf(), x, x_adv, as_computed) is as_computed  # type: ignore[arg-type]
+    for row, x_pert in scored:
+        want = NORMS["linf"].measure(sent(x_pert) - sent(x)).double().numpy()
+        as_computed = NORMS["linf"].measure(x_pert - x).double().numpy()
+        assert np.array_equal(row["perturbation_size"], want)
+        assert not np.allclose(want, as_computed)  # JPEG moved the pixels: the size sent is not the size computed
 
 
 def test_operational_keys_leave_task_ids_alone(tmp_path: Path) -> None:

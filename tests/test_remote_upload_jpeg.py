@@ -93,7 +93,8 @@ def _rows(out: Path) -> dict[tuple[str, str, float, int], dict[str, Any]]:
     return {(r["model"], r["perturbation"], r["level"], r["sample_id"]): r for r in t}
 
 
-CONTRACTS = {"upload_png": ImageContract("png"), "upload_jpeg": ImageContract("jpeg", QUALITY)}
+CONTRACTS = {"upload_png": ImageContract("png"), "upload_known": ImageContract("png", reencode_jpeg=QUALITY),
+             "upload_jpeg": ImageContract("jpeg", QUALITY)}
 
 
 @pytest.mark.parametrize("model", sorted(CONTRACTS))

@@ -11,11 +11,13 @@ from engine.perturbations.norms import NORMS
 RANGE_ATOL = 1e-6  # pixels may overshoot [0, 1] by float rounding, no more
 
 
-def verify_batch(pert: Perturbation, level: float, x: torch.Tensor, x_pert: torch.Tensor) -> torch.Tensor:
+def verify_batch(pert: Perturbation, level: float, x: torch.Tensor, x_pert: torch.Tensor,
+                 ball: bool = True) -> torch.Tensor:
     """Raise ``ThreatModelViolation`` unless ``x_pert`` is a valid perturbation of ``x`` at ``level``.
 
     Checks shape, dtype, finiteness, the [0, 1] box and, for attacks, ‖x_pert − x‖ ≤ ε
-    (plus the norm's stated tolerance). Returns the per-sample perturbation size
+    (plus the norm's stated tolerance; ``ball=False`` leaves that to a second call on other pixels,
+    e.g. the ones a remote target receives). Returns the per-sample perturbation size
     in the perturbation's norm (L∞ for norm-free corruptions) as float64 on CPU.
     """
     where = f"perturbation {pert.name!r} at level {level:g}"
@@ -38,7 +40,7 @@ def verify_batch(pert: Perturbation, level: float, x: torch.Tensor, x_pert: torc
     norm = pert.norm_obj
     size_norm = norm if norm is not None else NORMS["linf"]
     sizes = size_norm.measure(x_pert - x).cpu()
-    if pert.family == "attack" and norm is not None:
+    if pert.family == "attack" and norm is not None and ball:
         bound = norm.bound(level)
         over = sizes > bound
         if bool(over.any()):

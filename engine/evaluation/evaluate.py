@@ -14,7 +14,6 @@ from engine.evaluation.quantize import on_grid
 from engine.evaluation.resources import Resources
 from engine.evaluation.tasks import Task, TaskResult
 from engine.perturbations.base import BatchContext, LevelOutput, Perturbation, worst_of
-from engine.perturbations.norms import NORMS
 from engine.remote.accounting import stats_mark, stats_since
 from engine.remote.api import RemoteError, oracle_of
 
@@ -144,14 +143,17 @@ def _batch_rows(task: Task, model: torch.nn.Module, pert: Perturbation, ctx: Bat
     mid-batch keeps none of them)."""
     out_rows = []
     quantize = task.quantize != "none" and pert.family == "attack"
+    oracle = oracle_of(model)
+    centre = x if oracle is None else oracle.sent(x)  # a remote target's ball is around the clean image it receives
     for out in pert.run(x, y, ctx):
         if account is not None:
             account.settle(pert, out, len(y))
-        sizes = verify_batch(pert, out.level, x, out.x)
+        sizes = verify_batch(pert, out.level, x, out.x, ball=oracle is None)
         float_correct = None
         if quantize:  # quantize: uint8 | uint16 (engine/evaluation/quantize.py): rows score the grid example
-            out, sizes, float_correct = on_grid(out, x, y, pert, model, task.quantize)
-        sizes = sent_sizes(model, pert, x, out.x, sizes)
+            out, sizes, float_correct = on_grid(out, centre, y, pert, model, task.quantize)
+        if oracle is not None:  # the ε ball checked on the pixels the endpoint receives
+            sizes = verify_batch(pert, out.level, centre, oracle.sent(out.x))
         # a randomised model's example counts as correct only when every one of these draws classifies it so
         logits, _ = worst_of(model, out.x, y, pert.score_draws)
         check_logits(logits, len(y), num_classes, task.model_name, f"{pert.name} level {out.level:g}")
@@ -160,17 +162,6 @@ def _batch_rows(task: Task, model: torch.nn.Module, pert: Perturbation, ctx: Bat
             row["float_correct"] = float_correct.numpy()
         out_rows.append((row, out.x))
     return out_rows
-
-
-def sent_sizes(model: torch.nn.Module, pert: Perturbation, x: torch.Tensor, x_pert: torch.Tensor,
-               sizes: torch.Tensor) -> torch.Tensor:
-    """For a remote model, the perturbation size measured on the pixels the endpoint receives (8-bit grid,
-    decoded JPEG): ``‖sent(x_pert) − sent(x)‖``; ``sizes`` (verified on the attack's tensor) otherwise."""
-    oracle = oracle_of(model)
-    if oracle is None:
-        return sizes
-    norm = pert.norm_obj or NORMS["linf"]
-    return norm.measure(oracle.sent(x_pert) - oracle.sent(x)).double().cpu()
 
 
 def _columns(chunks: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

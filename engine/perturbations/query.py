@@ -10,8 +10,11 @@ is broken or its budget is spent: attacks ask for what is ``left`` before every 
 scope; ``queries_to_success`` is the count when its success check passed (-1 when never broken).
 
 Attacks hold and query the pixels the oracle says it sends (``oracle.sent``: the 8-bit grid, or the decoded
-JPEG), so the returned example is what the target saw and its size is measured on those pixels; an example
-whose sent pixels leave the ε ball (possible only below one grid step) is not counted as broken.
+JPEG), so the returned example is what the target saw and its size is measured on those pixels. The ball's
+centre is the clean image as the target receives it: for a remote model ``oracle.sent(x)`` (the engine's rows
+measure ``‖sent(x_adv) − sent(x)‖``, so the attack keeps exactly that inside ε — data off the 8-bit grid no
+longer puts examples half a grey level outside ε), for a local checkpoint the clean image as loaded (the
+evaluator measures against that). An example whose sent pixels still leave the ball is not counted as broken.
 """
 
 from __future__ import annotations
@@ -118,6 +121,12 @@ class Asker:
         return torch.where(ans.labels.to(x.device) != y, torch.clamp(margin, max=0.0), margin)
 
 
+def ball_centre(oracle: Oracle, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The clean image the ε ball is drawn around: as the endpoint receives it for a remote model (what the
+    engine's rows are measured against), as loaded for a local checkpoint."""
+    return oracle.sent(x) if oracle_of(model) is not None else x
+
+
 def grid_ball(oracle: Oracle, x: torch.Tensor, cand: torch.Tensor, norm: Norm, eps: float) -> torch.Tensor:
     """The pixels the oracle sends for ``cand``, pulled into the ε ball around ``x`` where rounding left it.
 
@@ -209,6 +218,7 @@ class QueryAttack(Perturbation):
         n, ids = x.shape[0], ctx.sample_ids.cpu()
         x_out = x.clone()
         to_success = torch.full((n,), -1, dtype=torch.int64)
+        centre = ball_centre(oracle, ctx.model, x)
         with oracle.scope(f"{self.name}@{level:g}", self.budget):
             if level > 0:
                 ask = Asker(oracle, ids, y)
@@ -218,8 +228,8 @@ class QueryAttack(Perturbation):
                     wrong = torch.ones(n, dtype=torch.bool)
                 pool = (~wrong).nonzero().squeeze(1).cpu()
                 if pool.numel():
-                    found = self.search(ask, x, y, pool, level, ctx)
-                    self._check(oracle, ask, x, pool, found, level, x_out, to_success)
+                    found = self.search(ask, centre, y, pool, level, ctx)
+                    self._check(oracle, ask, centre, pool, found, level, x_out, to_success)
             used = oracle.used(ids).to(torch.int64).clone()
         return LevelOutput(level, x_out, torch.zeros(n, dtype=torch.int64), used,
                            queries_to_success=to_success)

@@ -16,16 +16,35 @@ the task id) and ``engine.evaluation.resources`` builds it and hands it over in
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
+from torch import nn
 
 from engine.errors import ConfigError
 from engine.perturbations.base import BatchContext, Family, LevelOutput, Perturbation
+from engine.perturbations.query import grid_ball
+from engine.remote.api import oracle_of
 
 TRANSFER_TAGS = ("black-box", "AML.T0043.002")  # ATLAS: Craft Adversarial Data: Black-Box Transfer
+
+
+class ThroughEndpoint(nn.Module):
+    """The source model seeing what the target's model is declared to see (``oracle.seen``: the JPEG sent and/or
+    the endpoint's declared re-encoding). Forward through the real JPEG round trip; backward straight through it
+    (BPDA with the identity, Athalye et al. 2018), so white-box attacks on the source craft examples that survive
+    the re-encoding; query-based inner attacks see the JPEG in every answer."""
+
+    def __init__(self, source: nn.Module, seen: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.source = source
+        self._seen = seen
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.source(x + (self._seen(x) - x).detach())
+        return out
 
 
 @dataclass(frozen=True)
@@ -108,9 +127,21 @@ class Transfer(Perturbation):
         if source is None:
             raise ConfigError(f"perturbation {self.name!r}: source model {self.source!r} was not provided to it "
                               "(evaluate it through the engine's evaluator, which builds the source model)")
+        oracle = oracle_of(ctx.model)
+        seen = getattr(oracle, "seen", None)
+        if seen is not None and getattr(getattr(oracle, "image", None), "lossy", False):
+            source = ThroughEndpoint(source, seen)  # craft knowing the contract's JPEG step(s)
         inner_ctx = BatchContext(model=source, seed=ctx.seed, sample_ids=ctx.sample_ids, progress=ctx.progress)
-        for out in self.attack.run(x, y, inner_ctx):
-            yield LevelOutput(out.level, out.x, out.grad_evals, out.queries, out.broken_by)
+        # a remote target receives the clean image as sent (8-bit grid, JPEG): the engine measures the ball around
+        # that, so the examples are crafted around it too
+        centre = x if oracle is None else oracle.sent(x)
+        for out in self.attack.run(centre, y, inner_ctx):
+            x_adv = out.x
+            if oracle is not None and self.norm_obj is not None:
+                # the example as sent, inside the ball it is measured in (a float example rounded on its own can
+                # land half a grey level outside ε); a row that never fits is sent clean: not broken
+                x_adv = grid_ball(oracle, centre, out.x, self.norm_obj, out.level)
+            yield LevelOutput(out.level, x_adv, out.grad_evals, out.queries, out.broken_by)
 
     def perturb_level(self, x: torch.Tensor, y: torch.Tensor, level: float, ctx: BatchContext) -> LevelOutput:
         """One level alone: the inner attack's whole ε list is run (its levels share work), this one kept."""

@@ -27,12 +27,24 @@ class ImageContract:
     encoding: Encoding = "png"
     jpeg_quality: int = 95
     size: tuple[int, int] | None = None  # (H, W) the endpoint accepts; a batch of another size is refused
+    # the endpoint JPEG-re-encodes what it receives at this quality before its model sees it (declared by whoever
+    # knows the endpoint; Gauntlet cannot look inside it): transfer attacks craft through it, sizes stay on `sent`
+    reencode_jpeg: int | None = None
 
     def __post_init__(self) -> None:
         if self.encoding not in ("png", "jpeg"):
             raise ConfigError(f"remote encoding must be 'png' or 'jpeg', got {self.encoding!r}")
         if not 1 <= int(self.jpeg_quality) <= 100:
             raise ConfigError(f"remote jpeg_quality must be in 1..100, got {self.jpeg_quality}")
+        q = self.reencode_jpeg
+        if q is not None and (isinstance(q, bool) or not isinstance(q, int) or not 1 <= q <= 100):
+            raise ConfigError(f"remote reencode_jpeg must be null or a JPEG quality in 1..100, got {q!r}")
+
+    @property
+    def lossy(self) -> bool:
+        """Whether the model behind the endpoint sees anything but the 8-bit rounding of the image (JPEG sent, or a
+        declared re-encoding)."""
+        return self.encoding == "jpeg" or self.reencode_jpeg is not None
 
 
 def to_grid(x: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
@@ -94,6 +106,14 @@ def sent_pixels(x: torch.Tensor, contract: ImageContract) -> torch.Tensor:
     """``x`` as the endpoint receives it, back in [0, 1] on ``x``'s device and dtype."""
     grid = sent_grid(to_grid(x, contract.size), contract)
     return (grid.float() / 255.0).to(device=x.device, dtype=x.dtype if x.is_floating_point() else torch.float32)
+
+
+def reencoded(pixels: torch.Tensor, quality: int) -> torch.Tensor:
+    """Pixels in [0, 1] (already on the 8-bit grid) after a JPEG round trip at ``quality``: what a model behind an
+    endpoint that re-encodes sees. On ``pixels``' device and dtype."""
+    grid = to_grid(pixels)
+    again = sent_grid(grid, ImageContract("jpeg", quality))
+    return (again.float() / 255.0).to(device=pixels.device, dtype=pixels.dtype)
 
 
 def row_keys(grid: torch.Tensor) -> list[str]:

@@ -26,9 +26,13 @@ class LocalOracle(BaseOracle):
     def __init__(self, model: nn.Module, *, output: Output = "probs", num_classes: int,
                  budget_per_sample: int | None = None, run_budget: int | None = None, encoding: str = "png",
                  jpeg_quality: int = 95, top_k: int | None = None, round_digits: int | None = None,
-                 cache: bool = True, limiter: Limiter | None = None, batch_size: int = 256) -> None:
+                 cache: bool = True, limiter: Limiter | None = None, batch_size: int = 256,
+                 reencode_jpeg: int | None = None) -> None:
+        # reencode_jpeg is a declaration about the model given (e.g. one that JPEG-re-encodes in its forward), as
+        # for an endpoint: recorded for crafting (``seen``), never applied here
         super().__init__(output=output, num_classes=num_classes, budget_per_sample=budget_per_sample,
-                         run_budget=run_budget, image=ImageContract(encoding, jpeg_quality),  # type: ignore[arg-type]
+                         run_budget=run_budget,
+                         image=ImageContract(encoding, jpeg_quality, None, reencode_jpeg),  # type: ignore[arg-type]
                          top_k=top_k, round_digits=round_digits, cache=cache, limiter=limiter)
         self.model = model
         self.batch_size = batch_size

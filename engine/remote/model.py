@@ -26,7 +26,7 @@ from engine.seeding import stable_hash
 
 PROTOCOLS = ("oip", "upload")
 KEYS = {"protocol", "url", "model_name", "output", "top_k", "round_digits", "num_classes", "encoding",
-        "jpeg_quality", "size", "tensor", "input_name", "output_name", "max_batch", "auth", "timeout_s", "retries",
+        "jpeg_quality", "reencode_jpeg", "size", "tensor", "input_name", "output_name", "max_batch", "auth", "timeout_s", "retries",
         "throttle_retries", "backoff_s", "binary", "rate_limit", "concurrency", "budget_per_sample", "run_budget",
         "on_error", "cache", "cache_size", "upload"}
 UPLOAD_KEYS = {"mode", "field", "label_path", "scores_path"}
@@ -99,7 +99,9 @@ OPERATIONAL = {"auth", "timeout_s", "retries", "throttle_retries", "backoff_s", 
 
 def remote_identity(name: str, model_cfg: Mapping[str, Any]) -> dict[str, Any]:
     """The part of the contract that decides the rows: endpoint, what it answers, how images are sent, budgets."""
-    return {k: v for k, v in remote_settings(name, model_cfg).items() if k not in OPERATIONAL}
+    block = remote_settings(name, model_cfg)
+    # a key that declares nothing (reencode_jpeg: null) is the contract without it: same task ids
+    return {k: v for k, v in block.items() if k not in OPERATIONAL and not (k == "reencode_jpeg" and v is None)}
 
 
 def contract_digest(name: str, model_cfg: Mapping[str, Any]) -> str:
@@ -140,7 +142,7 @@ def build_oracle(name: str, model_cfg: Mapping[str, Any], limiter: Limiter | Non
                         auth_header=auth.get("header", "Authorization"), auth_scheme=auth.get("scheme", "Bearer"))
     size = block.get("size")
     image = ImageContract(block.get("encoding", "png"), int(block.get("jpeg_quality", 95)),
-                          tuple(size) if size else None)
+                          tuple(size) if size else None, block.get("reencode_jpeg"))
     common: dict[str, Any] = {
         "output": block.get("output", "probs"), "num_classes": int(block["num_classes"]),
         "budget_per_sample": block.get("budget_per_sample"), "image": image, "top_k": block.get("top_k"),

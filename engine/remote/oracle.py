@@ -16,7 +16,7 @@ import torch
 from engine.errors import ConfigError
 from engine.remote.accounting import CallStats, Limiter, LocalLimiter, SampleLedger
 from engine.remote.api import Answer, Output, RemoteError
-from engine.remote.encoding import ImageContract, decode_one, encode_batch, encode_one, row_keys, to_grid
+from engine.remote.encoding import ImageContract, decode_one, encode_batch, encode_one, reencoded, row_keys, to_grid
 
 OUTPUTS = ("label", "topk", "probs", "logits")
 
@@ -90,6 +90,13 @@ class BaseOracle:
         grid = self._sent_grid(to_grid(x, self.image.size))
         dtype = x.dtype if x.is_floating_point() else torch.float32
         return (grid.float() / 255.0).to(device=x.device, dtype=dtype)
+
+    def seen(self, x: torch.Tensor) -> torch.Tensor:
+        """What the model behind the endpoint is declared to see for ``x``: the pixels sent, then the contract's
+        declared re-encoding (``reencode_jpeg``), if any. Crafting aid only: sizes are measured on :meth:`sent`."""
+        pixels = self.sent(x)
+        q = self.image.reencode_jpeg
+        return pixels if q is None else reencoded(pixels, q)
 
     def scope(self, key: str, budget_per_sample: int | None) -> AbstractContextManager[None]:
         return self.ledger.scope(key, budget_per_sample)
