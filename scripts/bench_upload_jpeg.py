@@ -4,8 +4,8 @@
     python scripts/bench_upload_jpeg.py --n 20 --eps 0.2 --budget 500 --quality 50
 
 The target is examples/targets/upload_app.py on 127.0.0.1 (a subprocess) serving ``digits_cnn``: it decodes what
-it receives, JPEG-re-encodes it at ``--quality`` and classifies that. One sweep, two contracts for the same app
-(``upload_png``: ``encoding: png``; ``upload_jpeg``: ``encoding: jpeg``, the app's quality), three attacks:
+it receives, JPEG-re-encodes it at ``--quality`` and classifies that. One sweep, the contracts below for the
+same app, three attacks:
 
 * ``xfer_pgd``: PGD L∞ (20 steps) white-box on the local ``digits_cnn`` (the same weights, no JPEG step), each
   example sent once to the app (a ``transfer`` perturbation whose source is local, whose target is the app);
@@ -19,8 +19,9 @@ Three contracts for the same app: ``upload_png`` (PNG sent, the re-encoding not 
 sent, ``reencode_jpeg: <quality>`` declared: the transfers craft on the local weights behind that JPEG round trip,
 engine/perturbations/transfer.py ``ThroughEndpoint``), ``upload_jpeg`` (``encoding: jpeg``: the client sends JPEG).
 Rows "crafted without knowing" are the two ``xfer_*`` rows under ``upload_png``, "knowing" the same under
-``upload_known``: their success rates are the app's answer after re-encoding. Success = the app answers the clean image correctly and the example wrongly, with its
-perturbation size (measured by the engine on the pixels sent) ≤ ε; 95 % Wilson intervals. Not a test: figures go to
+``upload_known``: their success rates are the app's answer after re-encoding. Success = the app answers the clean
+image correctly and the example wrongly, with its perturbation size (measured by the engine on the pixels sent)
+≤ ε; 95 % Wilson intervals. Not a test: figures go to
 docs/BENCHMARKS.md and docs/remote-targets.md.
 """
 

@@ -26,9 +26,9 @@ from engine.seeding import stable_hash
 
 PROTOCOLS = ("oip", "upload")
 KEYS = {"protocol", "url", "model_name", "output", "top_k", "round_digits", "num_classes", "encoding",
-        "jpeg_quality", "reencode_jpeg", "size", "tensor", "input_name", "output_name", "max_batch", "auth", "timeout_s", "retries",
-        "throttle_retries", "backoff_s", "binary", "rate_limit", "concurrency", "budget_per_sample", "run_budget",
-        "on_error", "cache", "cache_size", "upload"}
+        "jpeg_quality", "reencode_jpeg", "size", "tensor", "input_name", "output_name", "max_batch", "auth",
+        "timeout_s", "retries", "throttle_retries", "backoff_s", "binary", "rate_limit", "concurrency",
+        "budget_per_sample", "run_budget", "on_error", "cache", "cache_size", "upload"}
 UPLOAD_KEYS = {"mode", "field", "label_path", "scores_path"}
 AUTH_KEYS = {"env", "header", "scheme"}
 
