@@ -20,6 +20,7 @@ from engine.compose.config import (
     config_dirs_from_argv,
     package_problems,
     register_schemas,
+    shadowed_configs,
     unknown_choices,
     yaml_problems,
 )
@@ -60,7 +61,8 @@ def _precheck(argv: list[str]) -> tuple[list[str], list[str]]:
     problems = yaml_problems(dirs)
     if problems:
         return problems, []  # a file that does not parse as written: the other checks would read it wrongly
-    problems = unknown_choices(argv, [Path(CONFIG_DIR)]) + package_problems(dirs)
+    problems = (unknown_choices(argv, [Path(CONFIG_DIR)]) + package_problems(dirs)
+                + shadowed_configs(config_dirs_from_argv(argv)))
     if not opted_in_on_command_line(argv):  # the user's folders may not grant themselves the opt-ins
         problems += config_dir_problems(config_dirs_from_argv(argv))
     if problems:

@@ -117,3 +117,24 @@ def test_schema_rejects_bad_types_and_unknown_keys_at_compose_time(override: str
 
     with pytest.raises(ConfigCompositionException):
         compose_dict([override])
+
+
+def test_a_config_in_two_of_the_users_folders_is_refused_not_taken_from_the_first(tmp_path: Path) -> None:
+    """``--config-dir a`` and ``hydra.searchpath=[file://b]`` both holding model/net.yaml: Hydra would silently use
+    a's; the command refuses, naming both files, and writes nothing."""
+    from engine.compose.config import shadowed_configs
+    from tests.conftest import run_cli
+
+    for d, ckpt in (("a", "one.safetensors"), ("b", "two.safetensors")):
+        (tmp_path / d / "model").mkdir(parents=True)
+        (tmp_path / d / "model" / "net.yaml").write_text(f"# @package model.net\narch: x\ncheckpoint: {ckpt}\n")
+    (tmp_path / "b" / "model" / "other.yaml").write_text("# @package model.other\narch: x\n")
+    found = shadowed_configs([tmp_path / "a", tmp_path / "b"])
+    assert len(found) == 1 and "model config 'net' is in 2" in found[0] and str(tmp_path / "b") in found[0]
+    assert shadowed_configs([tmp_path / "a", tmp_path / "a"]) == []  # one folder named twice is one folder
+    out = tmp_path / "out"
+    proc = run_cli("--config-dir", str(tmp_path / "a"), f"hydra.searchpath=[file://{tmp_path / 'b'}]",
+                   "model=[net]", "perturbation=[clean]", f"out_dir={out}")
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and "is in 2 --config-dir folders" in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr and not out.exists()

@@ -266,3 +266,16 @@ def test_the_report_says_black_box_numbers_are_upper_bounds_without_curves() -> 
              {"name": "pgd", "family": "attack", "tags": ["white-box"]}]
     assert black_box_names(perts) == ["square_linf"]
     assert "upper bounds on robust accuracy" in budget_html([], ["square_linf"]) and budget_html([], []) == ""
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_square_on_probabilities_is_square_on_logits(norm: str, digits: Any) -> None:
+    """Probabilities are compared as log-probabilities (their differences are the logit margins): Square through
+    a target that returns probabilities takes the same steps and finds the same examples as through its logits."""
+    model, x, y, ids = digits
+    att = ATTACKS[f"square_{norm}"](400)
+    (on_logits,), _ = _run(att, model, x, y, ids)
+    served = Served(model, "probs")
+    (on_probs,) = list(att.run(x, y, BatchContext(served, 7, ids)))
+    assert torch.equal(on_logits.x, on_probs.x) and torch.equal(on_logits.queries, on_probs.queries)
+    assert bool((on_probs.queries_to_success >= 0).any())  # it does break samples

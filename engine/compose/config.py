@@ -146,6 +146,20 @@ def unknown_choices(argv: list[str], config_dirs: list[Path]) -> list[str]:
     return problems
 
 
+def shadowed_configs(user_dirs: list[Path]) -> list[str]:
+    """Messages for a config file (``<group>/<name>.yaml``) found in more than one of the user's folders: Hydra
+    silently takes the first folder's, so one name would mean two configs (two checkpoints, two datasets)."""
+    seen: dict[str, list[str]] = {}
+    for d in dict.fromkeys(Path(u).expanduser() for u in user_dirs):
+        if not d.is_dir():
+            continue
+        for f in sorted(d.glob("*/*.yaml")) + sorted(d.glob("*/*.yml")):
+            seen.setdefault(f"{f.parent.name}/{f.stem}", []).append(str(f))
+    return [f"{key.split('/')[0]} config {key.split('/')[1]!r} is in {len(paths)} --config-dir folders "
+            f"({', '.join(paths)}); only the first would be used. Rename one file (and its '# @package' line)"
+            for key, paths in seen.items() if len(paths) > 1]
+
+
 MULTI_GROUPS = ("model", "perturbation")  # groups selected as lists: each file is its own entry
 _PACKAGE = re.compile(r"^#\s*@package\s+(\S+)\s*$")
 

@@ -105,13 +105,17 @@ class Asker:
     def margins(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """Score of the true class minus the best other score (≤ 0: misclassified), from the target's scores.
 
-        Scores the contract leaves out (top-k, non-finite entries) count as -inf; a true class outside the
-        top-k is therefore misclassified."""
+        Probabilities (``probs``, ``topk``) are compared as log-probabilities: log p_y − log p_k = z_y − z_k,
+        so the margin is the logit margin the attacks' papers use (AutoAttack's Square: logits), not a
+        probability difference that flattens out near 0 and 1. Scores the contract leaves out (top-k zeros,
+        non-finite entries) count as -inf; a true class outside the top-k is therefore misclassified."""
         rows = rows.cpu()
         ans = self._ask(x, rows)
         if ans.scores is None:
             raise ConfigError("a score-based attack got no scores from its target")
         s = ans.scores.to(x.device, torch.float64)
+        if self.oracle.output in ("probs", "topk"):
+            s = torch.where(s > 0, s, torch.zeros_like(s)).log()  # 0 (left out, or underflow) → -inf
         s = torch.where(torch.isfinite(s), s, torch.full_like(s, float("-inf")))
         y = self.y[rows.to(self.y.device)].to(x.device)
         true = s.gather(1, y[:, None]).squeeze(1)

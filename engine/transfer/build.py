@@ -17,7 +17,14 @@ from typing import Any
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
-from engine.compose.config import CONFIG_DIR, compose_sweep, package_problems, unknown_choices, yaml_problems
+from engine.compose.config import (
+    CONFIG_DIR,
+    compose_sweep,
+    package_problems,
+    shadowed_configs,
+    unknown_choices,
+    yaml_problems,
+)
 from engine.compose.levels import normalize_levels
 from engine.compose.targets import config_dir_problems
 from engine.errors import ConfigError
@@ -92,11 +99,9 @@ def precheck(spec: TransferSpec) -> None:
     for d in user:
         if not d.is_dir():
             raise ConfigError(f"--config-dir {d}: not a folder")
-    for _, name in spec.models:  # Hydra would silently take the first folder's: one name, two checkpoints
-        found = [str(d / "model" / f"{name}.yaml") for d in user if (d / "model" / f"{name}.yaml").is_file()]
-        if len(found) > 1:
-            raise ConfigError(f"model config {name!r} is in {len(found)} --config-dir folders ({', '.join(found)}); "
-                              "only the first would be used. Rename one file (and its '# @package model.<name>')")
+    shadowed = shadowed_configs(user)  # Hydra would silently take the first folder's: one name, two checkpoints
+    if shadowed:
+        raise ConfigError("; ".join(shadowed))
     dirs = [Path(CONFIG_DIR), *user]
     problems = yaml_problems(dirs) or (package_problems(dirs) + config_dir_problems(user) + unknown_choices(
         [_models_override(spec), f"perturbation=[clean,{spec.attack}]", *spec.overrides], dirs))
