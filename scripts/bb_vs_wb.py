@@ -1,26 +1,33 @@
 """Black box vs white box on the same checkpoint: query-based attacks beside AutoAttack.
 
-    python scripts/bb_vs_wb.py                         # digits_cnn and digits_cnn_at, n=30, L∞ 0.1 / 0.2
-    python scripts/bb_vs_wb.py --n 50 --jobs 2 --out runs/bb_vs_wb
+    python scripts/bb_vs_wb.py --served                # digits_cnn and digits_cnn_at, n=30, L∞ 0.1 / 0.2
+    python scripts/bb_vs_wb.py --served --models digits_cnn --n 100 --attacks square_linf_remote
 
 For each model: the white-box AutoAttack standard suite (L∞) and the black-box Square (on the scores), HopSkipJump
 and RayS (label only), each within ``--budget`` queries per sample (10,000 by default, BlackboxBench's cap), all
 through ``gauntlet``'s own sweep (``engine.sweep.run_sweep``): the evaluator checks every example against the
-threat model and classifies it again, and the query attacks ask the target only through the oracle (a
-LocalOracle around the checkpoint: 8-bit pixels, every query counted). Each (model, attack) is one sweep in its
+threat model on the pixels the target received and classifies it again through the target, and the query attacks
+ask the target only through the oracle. ``--served``: the target is examples/targets/oip_server.py on 127.0.0.1
+serving the checkpoint (a server per sweep; Gauntlet's image count is printed beside the server's); otherwise a
+LocalOracle around the checkpoint (8-bit pixels, every query counted). Each (model, attack) is one sweep in its
 own folder under ``--out``, run ``--jobs`` at a time.
 
-Prints, per model and ε: the white-box robust accuracy, each black-box one, the gap (black − white, points;
-positive: the black-box attack leaves more samples standing, as expected), and flags a black-box number
-*below* the white-box one (the white-box suite missed examples a query attack found: a sign the white-box
-evaluation is weaker than it should be, e.g. masked gradients). Writes the table as Markdown and JSON to
-``--out``. Not a test: numbers go to docs/BENCHMARKS.md and docs/attacks.md.
+Two white-box references: AutoAttack on the float images at ε (the checkpoint's usual figure), and AutoAttack on
+the images as the endpoint receives them (8-bit) at the largest radius an 8-bit image can use inside ε
+(⌊255ε⌋/255: 25/255 = 0.098 for ε = 0.1), float pixels allowed. An endpoint only ever receives 8-bit images, so a
+query attack works in that smaller ball; the second reference is the white-box number for the same inputs and
+ball. Prints, per model and ε, each black-box robust accuracy with its gap to both (black − white, points;
+positive: the black-box attack leaves more samples standing, as expected), and flags a black-box number *below*
+either (the white-box suite missed examples a query attack found: a sign the white-box evaluation is weaker than
+it should be, e.g. masked gradients). Writes the table as Markdown and JSON to ``--out``. Not a test: numbers go
+to docs/BENCHMARKS.md and docs/remote-targets.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -32,7 +39,42 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 WHITE = "autoattack_standard_linf"
+WHITE8 = "autoattack_standard_linf@8bit"  # the same suite on the 8-bit images at the 8-bit radius (grid_eps)
+DIGITS8 = "digits8.npz"
 BLACK = ("square_linf_remote", "hopskipjump_linf", "rays_linf")
+
+
+def grid_eps(e: float) -> float:
+    """The largest L∞ radius an 8-bit image can use inside ε: whole grey levels (0.1 → 25/255, 0.2 → 51/255)."""
+    return math.floor(e * 255 + 1e-9) / 255
+
+
+def write_digits8(path: Path, n: int) -> Path:
+    """The first ``n`` digits test images as the endpoint receives them (8-bit, round half to even), with labels."""
+    import numpy as np
+    import torch
+
+    from engine.data.digits import load_digits
+
+    data = load_digits()
+    x = (data.images[:n] * 255).round().to(torch.uint8).numpy()
+    np.savez(path, x=x, y=data.labels[:n].numpy().astype(np.int64))
+    return path
+
+
+def _overrides(model: str, pert: str, n: int, eps: list[float], budget: int, folder: str, seed: int,
+               out: str) -> list[str]:
+    name = WHITE if pert == WHITE8 else pert
+    levels = [grid_eps(e) for e in eps] if pert == WHITE8 else eps
+    over = [f"model=[{model}]", f"perturbation=[{name}]", f"perturbation.{name}.eps=[{','.join(map(repr, levels))}]",
+            f"n_examples={n}", "batch_size=50", "progress=false", "wandb=disabled", f"seed={seed}",
+            f"out_dir={folder}"]
+    if pert == WHITE8:
+        over += ["dataset=npz", f"dataset.path={Path(out).resolve() / DIGITS8}", "dataset.num_classes=10",
+                 "dataset.layout=nchw"]
+    elif pert != WHITE:
+        over.append(f"perturbation.{pert}.budget={budget}")
+    return over
 
 
 def _one(model: str, pert: str, n: int, eps: list[float], budget: int, out: str, seed: int,
@@ -40,25 +82,23 @@ def _one(model: str, pert: str, n: int, eps: list[float], budget: int, out: str,
     """One sweep (model × perturbation); its accuracy per ε and the mean queries, read from its rows.
 
     ``served``: a black-box attack reaches ``model`` only through examples/targets/oip_server.py on 127.0.0.1
-    (its own server, started here and always stopped; OIP, probabilities, 8-bit PNG-equivalent uint8 tensors)
-    and the server's own image count is returned beside Gauntlet's; the white-box suite runs on the checkpoint."""
+    (its own server, started here and always stopped; OIP, probabilities, uint8 tensors) and the server's own
+    image count is returned beside Gauntlet's; the white-box suite runs on the checkpoint. ``WHITE8``: the
+    white-box suite on the same checkpoint, on the images as the endpoint receives them (8-bit) at the largest
+    radius an 8-bit image can use inside ε (``grid_eps``), float pixels allowed (a lower bound on what the
+    8-bit ball allows; rows reported under their ε)."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 
     torch.set_num_threads(1)
     from engine.compose.config import compose_sweep
+    from engine.store.results import read
     from engine.sweep import run_sweep
 
-    folder = f"{out}/{model}__{pert}"
-    remote = served and pert != WHITE
+    folder = f"{out}/{model}__{pert.replace('@', '_')}"
+    remote = served and pert not in (WHITE, WHITE8)
     target = "remote_digits_cnn" if remote else model
-    over = [f"model=[{target}]", f"perturbation=[{pert}]", f"perturbation.{pert}.eps=[{','.join(map(str, eps))}]",
-            f"n_examples={n}", "batch_size=50", "progress=false", "wandb=disabled", f"seed={seed}",
-            f"out_dir={folder}"]
-    if pert != WHITE:
-        over.append(f"perturbation.{pert}.budget={budget}")
-    from engine.store.results import read
-
+    over = _overrides(target, pert, n, eps, budget, folder, seed, out)
     started = time.perf_counter()
     with ExitStack() as stack:
         if remote:
@@ -73,7 +113,8 @@ def _one(model: str, pert: str, n: int, eps: list[float], budget: int, out: str,
     rows = read(folder, run_id=outcome.plan.run_id).to_pylist()
     per: dict[float, dict[str, Any]] = {}
     for e in eps:
-        mine = [r for r in rows if abs(r["level"] - e) < 1e-12]
+        level = grid_eps(e) if pert == WHITE8 else e
+        mine = [r for r in rows if abs(r["level"] - level) < 1e-12]
         q2s = [r["queries_to_success"] for r in mine if r.get("queries_to_success") is not None]
         per[e] = {"n": len(mine), "robust": sum(r["correct"] for r in mine),
                   "mean_queries": sum(r["queries"] for r in mine) / max(1, len(mine)),
@@ -87,33 +128,41 @@ def _one(model: str, pert: str, n: int, eps: list[float], budget: int, out: str,
             "served": remote, "server_images": server_images, "gauntlet_sent": spent}
 
 
+def _cell(results: dict[tuple[str, str], dict[str, Any]], m: str, p: str, e: float) -> float:
+    lv = results[(m, p)]["levels"][e]
+    return 100 * lv["robust"] / lv["n"]
+
+
 def _table(results: list[dict[str, Any]], eps: list[float], n: int, budget: int, attacks: list[str],
            served: bool) -> tuple[str, list[dict[str, Any]]]:
+    """Per model and ε: AutoAttack on the float images (the checkpoint's usual white-box figure), AutoAttack on the
+    8-bit images at the 8-bit radius (the same inputs and ball the endpoint allows), each black-box attack with its
+    gap to both (points). A black-box number below either white-box one is flagged."""
     by = {(r["model"], r["perturbation"]): r for r in results}
     models = list(dict.fromkeys(r["model"] for r in results))
     lines = [f"n = {n} digits test samples (the first {n}), L∞, black-box budget {budget:,} queries per sample; "
              f"robust accuracy % (white-box AutoAttack standard on the checkpoint vs black-box attacks through "
-             f"{'the OIP server on 127.0.0.1' if served else 'a LocalOracle'}); "
-             "gap = black − white (points)", "",
-             "| model | ε | AutoAttack (white-box) | " + " | ".join(attacks) + " | flags |",
-             "|---|---|---|" + "---|" * len(attacks) + "---|"]
+             f"{'the OIP server on 127.0.0.1' if served else 'a LocalOracle'}); gap = black − white (points), "
+             "first against AutoAttack on the float images at ε, then against AutoAttack on the 8-bit images at "
+             "the 8-bit radius ⌊255ε⌋/255", "",
+             "| model | ε | AutoAttack, float | AutoAttack, 8-bit | " + " | ".join(attacks) + " | flags |",
+             "|---|---|---|---|" + "---|" * len(attacks) + "---|"]
     gaps = []
     for m in models:
         for e in eps:
-            wb = by[(m, WHITE)]["levels"][e]
-            w = 100 * wb["robust"] / wb["n"]
+            w, w8 = _cell(by, m, WHITE, e), _cell(by, m, WHITE8, e)
             cells, flags = [], []
             for b in attacks:
-                lv = by[(m, b)]["levels"][e]
-                acc = 100 * lv["robust"] / lv["n"]
-                gap = acc - w
-                gaps.append({"model": m, "eps": e, "attack": b, "white_box": w, "black_box": acc, "gap_points": gap,
+                acc, lv = _cell(by, m, b, e), by[(m, b)]["levels"][e]
+                gaps.append({"model": m, "eps": e, "attack": b, "white_box": w, "white_box_8bit": w8,
+                             "black_box": acc, "gap_points": acc - w, "gap_points_8bit": acc - w8,
                              "mean_queries": lv["mean_queries"], "median_queries_to_success":
-                             lv["median_queries_to_success"], "below_white_box": gap < 0})
-                cells.append(f"{acc:.1f} ({gap:+.1f})")
-                if gap < 0:
-                    flags.append(f"{b} BELOW white-box")
-            lines.append(f"| {m} | {e:g} | {w:.1f} | " + " | ".join(cells) + f" | {'; '.join(flags) or '-'} |")
+                             lv["median_queries_to_success"], "below_white_box": acc < min(w, w8)})
+                cells.append(f"{acc:.1f} ({acc - w:+.1f} / {acc - w8:+.1f})")
+                flags += [f"{b} BELOW white-box ({which})" for which, ref in (("float", w), ("8-bit", w8))
+                          if acc < ref]
+            lines.append(f"| {m} | {e:g} | {w:.1f} | {w8:.1f} | " + " | ".join(cells)
+                         + f" | {'; '.join(flags) or '-'} |")
     return "\n".join(lines), gaps
 
 
@@ -130,9 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--attacks", nargs="+", default=list(BLACK), help="which black-box attacks (default: all)")
     args = ap.parse_args(argv)
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    work = [(m, p) for m in args.models for p in (WHITE, *args.attacks)]
+    work = [(m, p) for m in args.models for p in (WHITE, WHITE8, *args.attacks)]
+    write_digits8(Path(args.out) / DIGITS8, args.n)
     # the slowest first (a robust model's label-only attacks spend their whole budget), so the pool stays busy
-    work.sort(key=lambda mp: (mp[0] != "digits_cnn_at", mp[1] == WHITE))
+    work.sort(key=lambda mp: (mp[0] != "digits_cnn_at", mp[1] in (WHITE, WHITE8)))
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         futures = [pool.submit(_one, m, p, args.n, args.eps, args.budget, args.out, args.seed, args.served)
                    for m, p in work]

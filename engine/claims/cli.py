@@ -7,7 +7,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 
-from engine.errors import GauntletError
+from engine.errors import GauntletError, error_exit, subcommand_start
 
 USAGE = """usage: gauntlet verify CLAIM.yaml [key=value …]
 
@@ -28,10 +28,9 @@ Exit codes: 0 every claim CONSISTENT, 1 some claim REFUTED, 3 none refuted but s
 
 def main(argv: Sequence[str]) -> int:
     """Run ``verify`` on ``argv`` (the arguments after ``verify``); return the exit code."""
-    if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE, file=sys.stderr if not argv else sys.stdout)
-        return 2 if not argv else 0
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="[%(levelname)s] %(name)s: %(message)s")
+    started = subcommand_start(argv, USAGE)
+    if started is not None:
+        return started
     try:
         from engine.claims.build import split_overrides
         from engine.claims.schema import load_claim_file
@@ -45,8 +44,7 @@ def main(argv: Sequence[str]) -> int:
         with interruptible():  # between sweeps too (indicators, escalation choice): one line, 130/143
             report = verify(argv[0], argv[1:], command=" ".join(["gauntlet", "verify", *map(shlex.quote, argv)]))
     except GauntletError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return int(getattr(exc, "exit_code", 2))  # 2; 128 + the signal when interrupted
+        return error_exit(exc)  # 2; 128 + the signal when interrupted
     except Exception:  # a crash must never read as a verdict (exit 1 means REFUTED)
         logging.getLogger("gauntlet.verify").exception("verify failed")
         print("error: verify failed unexpectedly (traceback above); no verdict was written", file=sys.stderr)

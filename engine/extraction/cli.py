@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import logging
-import sys
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from engine.errors import ConfigError, GauntletError
+from engine.errors import ConfigError, GauntletError, error_exit, subcommand_start
 from engine.extraction.settings import Contract
 from engine.remote.api import Oracle
 
@@ -75,10 +73,9 @@ def _table(rows: list[dict[str, Any]]) -> str:
 
 def main(argv: Sequence[str]) -> int:
     """Run ``extract`` on ``argv`` (the arguments after ``extract``); return the exit code."""
-    if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE, file=sys.stderr if not argv else sys.stdout)
-        return 2 if not argv else 0
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="[%(levelname)s] %(name)s: %(message)s")
+    started = subcommand_start(argv, USAGE)
+    if started is not None:
+        return started
     try:
         from engine.extraction.run import extract
         from engine.extraction.settings import parse_args
@@ -90,8 +87,7 @@ def main(argv: Sequence[str]) -> int:
             rows, spent, out_dir = extract(settings, target_oracle)
         page = write_report(out_dir, rows)
     except GauntletError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return int(getattr(exc, "exit_code", 2))
+        return error_exit(exc)
     print(_table(rows))
     print(f"\nqueries sent now: {spent.total} (stealing {spent.steal}, fidelity {spent.fidelity}, "
           f"transfer {spent.transfer}); results: {out_dir / 'extraction.parquet'}; report: {page}")

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 import math
 import re
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from engine.errors import ConfigError, GauntletError
+from engine.errors import ConfigError, GauntletError, error_exit, subcommand_start
 
 USAGE = """usage: gauntlet probe url=URL max_requests=N duration=SECONDS [key=value …]
 
@@ -85,10 +83,9 @@ def _print(rows: list[dict[str, Any]]) -> None:
 
 
 def main(argv: Sequence[str]) -> int:
-    if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE, file=sys.stderr if not argv else sys.stdout)
-        return 2 if not argv else 0
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="[%(levelname)s] %(name)s: %(message)s")
+    started = subcommand_start(argv, USAGE)
+    if started is not None:
+        return started
     try:
         from engine.probe.run import probe
 
@@ -102,8 +99,7 @@ def main(argv: Sequence[str]) -> int:
             Path(out_dir).mkdir(parents=True, exist_ok=True)
             write_atomic(pa.Table.from_pylist(rows), Path(out_dir) / "probe.parquet")
     except GauntletError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return int(getattr(exc, "exit_code", 2))
+        return error_exit(exc)
     _print(rows)
     print(f"\n{rows[0]['requests_total']} requests to {rows[0]['target']} (cap {settings.max_requests})")
     return 0

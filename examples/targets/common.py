@@ -101,3 +101,26 @@ class Flaky:
         with self._lock:
             self._n += 1
             return self._n % 2 == 1
+
+
+def base_app(count_file: str | None, rate: float | None, fault: str,
+             fault_control: bool) -> tuple[Any, Counter, RateGate, dict[str, str], Flaky]:
+    """What both example servers start from: a FastAPI app behind the token check, its request counter, rate gate,
+    injected-fault state and flaky switch, and ``POST /fault/{mode}`` (tests only: refused without
+    ``--fault-control``)."""
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+
+    app = FastAPI()
+    app.middleware("http")(require_token)
+    state = {"fault": fault}
+
+    @app.post("/fault/{mode}")
+    def set_fault(mode: str) -> Any:
+        """Switch the injected fault (tests); only with --fault-control."""
+        if not fault_control or mode not in FAULTS:
+            return JSONResponse({"error": "fault control is off"}, 403)
+        state["fault"] = mode
+        return {"fault": mode}
+
+    return app, Counter(count_file), RateGate(rate), state, Flaky()

@@ -26,7 +26,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from examples.targets.common import FAULTS, Counter, Flaky, RateGate, faulty, load_model, require_token
+from examples.targets.common import FAULTS, base_app, faulty, load_model
 
 DTYPES = {"FP32": torch.float32, "UINT8": torch.uint8, "FP64": torch.float64}
 
@@ -60,19 +60,7 @@ def _classify(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 def make_app(models: dict[str, torch.nn.Module], label_only: bool = False, rate: float | None = None,
              fault: str = "none", count_file: str | None = None,
              fault_control: bool = False) -> FastAPI:
-    app = FastAPI()
-    counter, gate = Counter(count_file), RateGate(rate)
-    app.middleware("http")(require_token)
-    state = {"fault": fault}
-    flaky = Flaky()
-
-    @app.post("/fault/{mode}")
-    def set_fault(mode: str) -> Any:
-        """Switch the injected fault (tests); only with --fault-control."""
-        if not fault_control or mode not in FAULTS:
-            return JSONResponse({"error": "fault control is off"}, 403)
-        state["fault"] = mode
-        return {"fault": mode}
+    app, counter, gate, state, flaky = base_app(count_file, rate, fault, fault_control)
 
     @app.get("/v2/health/live")
     @app.get("/v2/health/ready")

@@ -27,7 +27,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from PIL import Image
 
-from examples.targets.common import FAULTS, Counter, Flaky, RateGate, faulty, load_model, require_token
+from examples.targets.common import FAULTS, base_app, faulty, load_model
 
 
 def preprocess(data: bytes, size: int, quality: int | None, channels: int) -> torch.Tensor:
@@ -60,19 +60,7 @@ def make_app(model: torch.nn.Module, size: int = 32, channels: int = 1, quality:
              rate: float | None = None, label_only: bool = False, round_digits: int | None = None,
              fault: str = "none", count_file: str | None = None,
              fault_control: bool = False) -> FastAPI:
-    app = FastAPI()
-    counter, gate = Counter(count_file), RateGate(rate)
-    app.middleware("http")(require_token)
-    state = {"fault": fault}
-    flaky = Flaky()
-
-    @app.post("/fault/{mode}")
-    def set_fault(mode: str) -> Any:
-        """Switch the injected fault (tests); only with --fault-control."""
-        if not fault_control or mode not in FAULTS:
-            return JSONResponse({"error": "fault control is off"}, 403)
-        state["fault"] = mode
-        return {"fault": mode}
+    app, counter, gate, state, flaky = base_app(count_file, rate, fault, fault_control)
 
     @app.get("/health")
     def health() -> dict[str, bool]:
