@@ -96,6 +96,17 @@ def tiny_overrides(ckpt: Path, out_dir: Path, *extra: str) -> list[str]:
     ]
 
 
+def load_script(name: str) -> Any:
+    """``scripts/<name>.py`` imported as a module (scripts are not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     """Run ``gauntlet`` as a user would; returns the finished process (never raises on exit code)."""
     return subprocess.run(

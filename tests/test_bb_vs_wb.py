@@ -4,7 +4,6 @@ one is flagged."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -12,17 +11,14 @@ from types import ModuleType
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, load_script
 
 pytestmark = pytest.mark.timeout(600)
 
 
 def _script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bb_vs_wb", REPO / "scripts/bb_vs_wb.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    module: ModuleType = load_script("bb_vs_wb")
+    return module
 
 
 def test_the_8bit_radius_is_whole_grey_levels_inside_eps() -> None:

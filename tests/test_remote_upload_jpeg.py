@@ -8,7 +8,6 @@ examples/targets/upload_app.py on 127.0.0.1, always stopped.
 
 from __future__ import annotations
 
-import importlib.util
 import io
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from engine.store.results import read
 from engine.sweep import run_sweep
 from examples.targets.common import load_model
 from examples.targets.upload_app import preprocess
-from tests.conftest import REPO
+from tests.conftest import load_script
 from tests.remote_servers import serve
 
 pytestmark = pytest.mark.timeout(300)
@@ -34,11 +33,7 @@ QUALITY, EPS = 75, 0.2
 
 
 def _bench() -> Any:
-    spec = importlib.util.spec_from_file_location("bench_upload_jpeg", REPO / "scripts/bench_upload_jpeg.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench_upload_jpeg")
 
 
 @pytest.fixture(scope="module")

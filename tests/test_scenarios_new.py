@@ -420,3 +420,58 @@ def test_remote(scenarios: Scenarios, servers: Servers, layout: str, tmp_path: P
         assert third.evaluated == len(third.plan.tasks)  # other pixels: asked again, not answered from the old rows
         (total,) = RunLedger(out).targets().values()
         assert server.stats()["images"] - before == total["spent"] == target["spent"] + N_EVAL + 1  # + its fit check
+
+
+# -- the ε ball of a remote target on every layout ------------------------------------------------------------------
+
+BALL_EPS = 0.05  # 12.75 grey levels: on images off the 8-bit grid the two possible centres differ
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("layout", [*cells("remote_ball"), "npz_float"])
+def test_remote_attacks_keep_the_ball_around_the_image_as_sent(scenarios: Scenarios, layout: str,
+                                                               tmp_path: Path) -> None:
+    """Square, RayS and a transfer against the layout's model reached only through an oracle (in process, PNG
+    contract), on the pixels the layout's loader returns (``npz_float``: the .npz layout stored as float pixels off
+    the 8-bit grid): the evaluator accepts every example and every recorded size, measured on the pixels sent
+    against the clean image as sent, is within ε."""
+    from types import SimpleNamespace
+
+    from engine.evaluation.evaluate import _batch_rows
+    from engine.evaluation.resources import build_dataset, build_perturbation
+    from engine.perturbations.base import BatchContext
+    from engine.remote.local import LocalOracle
+    from engine.remote.model import RemoteModel
+    from tests.conftest import compose_dict
+
+    base = "npz" if layout == "npz_float" else layout
+    lay = scenarios.layout(base)
+    if base == "digits":
+        data_cfg = compose_dict()["dataset"]
+    elif layout == "npz_float":  # floats off the grid: the uint8 pixels plus a third of a grey level, clipped
+        off = np.clip(lay.images.astype(np.float32) / 255 + np.float32(1 / 765), 0, 1)
+        data_cfg = {**lay.dataset, "path": str(write_npz(tmp_path / "float.npz", off, lay.labels)), "layout": "nhwc"}
+    else:
+        data_cfg = write_layout(lay, tmp_path / "data", lay.images)
+    data = build_dataset(data_cfg).slice(0, N_EVAL)
+    x, y, ids = data.images, data.labels, data.sample_ids
+    net = build_model("net", scenarios.model(base, "embedded" if base == "digits" else "user_package"),
+                      torch.device("cpu"))
+    target = RemoteModel("target", LocalOracle(net, output="probs", num_classes=lay.num_classes))
+    cfg = compose_dict(["perturbation=[square_linf_remote,rays_linf,pgd_linf]"])["perturbation"]
+    perts = [build_perturbation("sq", {**cfg["square_linf_remote"], "name": "sq", "eps": [BALL_EPS], "budget": 150}),
+             build_perturbation("rays", {**cfg["rays_linf"], "name": "rays", "eps": [BALL_EPS], "budget": 150}),
+             build_perturbation("xfer", {"_target_": "engine.perturbations.transfer.Transfer", "source": "src",
+                                         "source_model": {"arch": "unused"},
+                                         "attack": {**cfg["pgd_linf"], "name": "pgd_linf", "eps": [BALL_EPS],
+                                                    "steps": 5}})]
+    task = SimpleNamespace(quantize="none", model_name="target")
+    centre = target.oracle.sent(x)
+    for pert in perts:
+        ctx = BatchContext(model=target, seed=0, sample_ids=ids, surrogates={"src": net})
+        ((row, x_pert),) = _batch_rows(task, target, pert, ctx, x, y, lay.num_classes, pert.name)  # type: ignore[arg-type]
+        sizes = (target.oracle.sent(x_pert) - centre).abs().flatten(1).amax(1).double().numpy()
+        assert np.array_equal(row["perturbation_size"], sizes), pert.name
+        assert float(sizes.max()) <= BALL_EPS + 1e-6, (pert.name, float(sizes.max()))
+    if layout in ("digits", "npz_float"):  # the premise: these pixels are off the grid
+        assert float((x - centre).abs().max()) > 0.25 / 255
