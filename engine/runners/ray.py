@@ -343,12 +343,17 @@ class RayRunner:
         return actor
 
     def _collect_info(self, ray: Any) -> list[dict[str, Any]]:
-        live = [a for a in self._actors if a.alive and a.ready]
-        try:
-            return list(ray.get([a.handle.info.remote() for a in live], timeout=30))
-        except Exception as exc:  # diagnostics only; never fail a finished sweep over them
-            log.debug("could not collect actor info: %s", exc)
-            return []
+        """Each reachable actor's info; one that cannot answer (its node gone since its last task) is left out
+        rather than emptying the list (diagnostics only: never fail a finished sweep over them)."""
+        refs = [a.handle.info.remote() for a in self._actors if a.alive and a.ready]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=30) if refs else ([], [])
+        info = []
+        for ref in ready:
+            try:
+                info.append(ray.get(ref))
+            except Exception as exc:
+                log.debug("could not collect an actor's info: %s", exc)
+        return info
 
     # -- the dispatch loop -----------------------------------------------------------------
     def _drive(self, ray: Any, queue: TaskQueue, shipped: dict[str, Shipped], ctx: RunContext,
